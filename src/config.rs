@@ -1,0 +1,170 @@
+//! Server configuration: every setting of API.md as a flag with an environment fallback (the flag wins).
+//!
+//! Parsed once by clap in `main.rs`, validated by [`Config::validate`] before anything touches the data dir.
+//! Defaults are the named constants below, chosen so that `shale` alone serves a laptop.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Default bind address: loopback only, so a fresh install is not reachable from the network.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default HTTP port.
+pub const DEFAULT_PORT: u16 = 4000;
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default shard count: one redb file and one writer thread per shard.
+pub const DEFAULT_SHARDS: u32 = 4;
+/// Default cache budget in bytes of keys plus values (256 MiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// Default largest value (1 MiB).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Default longest key (1 KiB).
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// Default longest time between durable commits under `DURABILITY=eventual`.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Most write requests one shard queues before answering 503.
+pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
+/// Most requests one shard applies in one write transaction.
+pub const DEFAULT_MAX_BATCH: usize = 512;
+/// Most value bytes one shard applies in one write transaction (a request larger than this is a batch alone).
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    /// Acknowledged only after its commit is fsynced.
+    Immediate,
+    /// Acknowledged after commit; fsynced by a durable commit at least every flush interval.
+    Eventual,
+}
+
+/// Every setting of `shale serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value = DEFAULT_HOST)]
+    pub host: String,
+    /// HTTP port (0 picks a free port; the chosen address is logged and printed as `LISTENING <addr>`).
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Where the shard files and the manifest live.
+    #[arg(long, env = "DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Number of shards (1..=1024); fixed for a data dir once created.
+    #[arg(long = "shards", env = "SHARD_LIMIT", default_value_t = DEFAULT_SHARDS,
+          value_parser = clap::value_parser!(u32).range(1..=crate::placement::PARTITIONS as i64))]
+    pub shards: u32,
+    /// In-memory cache budget, in bytes of keys plus values.
+    #[arg(long, env = "CACHE_BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: u64,
+    /// `immediate`: acknowledge after fsync; `eventual`: acknowledge after commit, fsync every flush interval.
+    #[arg(long, env = "DURABILITY", value_enum, default_value_t = Durability::Immediate)]
+    pub durability: Durability,
+    /// Larger values get 413.
+    #[arg(long, env = "MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES,
+          value_parser = parse_positive_usize)]
+    pub max_value_bytes: usize,
+    /// Longer keys get 414.
+    #[arg(long, env = "MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES,
+          value_parser = parse_positive_usize)]
+    pub max_key_bytes: usize,
+    /// With `eventual`, the longest time between durable commits, in milliseconds.
+    #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = DEFAULT_FLUSH_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub flush_interval_ms: u64,
+    /// Read-write bearer token(s), comma-separated.
+    #[arg(long, env = "AUTH_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    pub auth_token: Vec<String>,
+    /// Read-only bearer token(s), comma-separated.
+    #[arg(long, env = "AUTH_READ_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    pub auth_read_token: Vec<String>,
+    /// PEM certificate chain; with --tls-key, serve HTTPS.
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key; with --tls-cert, serve HTTPS.
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+    /// Write requests one shard may queue before answering 503.
+    #[arg(long, env = "SHARD_QUEUE_DEPTH", default_value_t = DEFAULT_QUEUE_DEPTH,
+          value_parser = parse_positive_usize)]
+    pub queue_depth: usize,
+    /// Most requests one shard applies in one write transaction.
+    #[arg(long, env = "MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH, value_parser = parse_positive_usize)]
+    pub max_batch: usize,
+}
+
+fn parse_positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a positive integer: {e}")),
+    }
+}
+
+/// A configuration that cannot be served, with a message for a person.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// A configuration for tests: port 0 on loopback, the given data dir, small limits, everything else default.
+    pub fn for_test(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            host: DEFAULT_HOST.into(),
+            port: 0,
+            data_dir: data_dir.into(),
+            shards: DEFAULT_SHARDS,
+            cache_bytes: 16 * 1024 * 1024,
+            durability: Durability::Immediate,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            auth_token: Vec::new(),
+            auth_read_token: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            http_workers: Some(2),
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+
+    /// Checks what clap cannot check field by field. Called once at start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards == 0 || self.shards > crate::placement::PARTITIONS {
+            return Err(ConfigError(format!(
+                "SHARD_LIMIT must be between 1 and {}, got {}",
+                crate::placement::PARTITIONS,
+                self.shards
+            )));
+        }
+        if self.max_value_bytes > 512 * 1024 * 1024 {
+            return Err(ConfigError(format!(
+                "MAX_VALUE_BYTES must be at most 536870912 (512 MiB), got {}",
+                self.max_value_bytes
+            )));
+        }
+        if self.max_key_bytes > 64 * 1024 {
+            return Err(ConfigError(format!("MAX_KEY_BYTES must be at most 65536, got {}", self.max_key_bytes)));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError("TLS needs both --tls-cert and --tls-key".into()));
+        }
+        if self.tls_cert.is_some() {
+            return Err(ConfigError("TLS is not supported by this build yet; terminate TLS in a proxy".into()));
+        }
+        if self.auth_token.iter().chain(&self.auth_read_token).any(|t| t.trim().is_empty()) {
+            return Err(ConfigError("AUTH_TOKEN / AUTH_READ_TOKEN must not contain empty tokens".into()));
+        }
+        Ok(())
+    }
+
+    /// The flush interval as a `Duration`.
+    pub fn flush_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.flush_interval_ms)
+    }
+}

@@ -1,0 +1,27 @@
+//! `/healthz` (the process runs), `/readyz` (every shard open and warm), `/ping` (ExDaas/dist_counter clients).
+
+use actix_web::{web, HttpResponse};
+
+use super::AppState;
+
+/// `GET /healthz` -> 200 `ok`.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok\n")
+}
+
+/// `GET /readyz` -> 200 `ok` once every shard finished its warm-up, 503 `not ready` before (and when stopping).
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.router.readiness().check() {
+        Ok(()) => HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok\n"),
+        Err(why) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .insert_header(("Retry-After", "1"))
+            .insert_header(("X-Not-Ready-Reason", why))
+            .body("not ready\n"),
+    }
+}
+
+/// `GET /ping` -> 200 `{"status":"OK"}`.
+pub async fn ping() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(r#"{"status":"OK"}"#)
+}

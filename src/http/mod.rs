@@ -1,0 +1,102 @@
+//! The HTTP layer: routes, shared state, access control, and the JSON error body for every error, including
+//! actix's own (unknown route, wrong method, bad query).
+//!
+//! Handlers turn a request into a [`crate::command::Command`] (or a read), call the [`Router`], and turn the
+//! reply into a response; they hold no state of their own.
+
+pub mod auth;
+pub mod health;
+pub mod kv;
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::config::Config;
+use crate::error::{json_body, Error};
+use crate::router::Router;
+
+/// What every handler shares: built once outside the server factory, cloned into each worker's App.
+pub struct AppState {
+    /// The router to the shard workers.
+    pub router: Arc<Router>,
+    /// The server configuration (limits).
+    pub config: Config,
+    /// Bearer tokens.
+    pub auth: auth::Tokens,
+}
+
+/// Registers every route on an App.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| Error::BadRequest(err.to_string()).into()))
+        .app_data(web::PathConfig::default().error_handler(|err, _| Error::BadRequest(err.to_string()).into()))
+        .service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(web::to(not_allowed)))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(web::to(not_allowed)))
+        .service(web::resource("/ping").route(web::get().to(health::ping)).default_service(web::to(not_allowed)))
+        .service(web::resource("/kv").route(web::get().to(kv::handle_list)).default_service(web::to(not_allowed)))
+        .service(
+            web::resource("/kv/{key:.*}")
+                .route(web::get().to(kv::handle_get))
+                .route(web::head().to(kv::handle_get))
+                .route(web::put().to(kv::handle_put))
+                .route(web::delete().to(kv::handle_delete))
+                .default_service(web::to(not_allowed)),
+        )
+        .default_service(web::to(not_found));
+}
+
+/// Builds the whole App for one worker.
+pub fn app(
+    state: web::Data<AppState>,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .app_data(state)
+        .wrap(actix_web::middleware::from_fn(auth::authorize))
+        .wrap(ErrorHandlers::new().default_handler(json_error))
+        .configure(configure)
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, Error> {
+    Err(Error::NotFound(format!("no route for {} {}", req.method(), req.path())))
+}
+
+async fn not_allowed(req: HttpRequest) -> Result<HttpResponse, Error> {
+    Err(Error::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
+}
+
+/// Rewrites an error response that does not already carry our JSON body (actix's own errors, such as a
+/// malformed request) into API.md's JSON error. 304 and HEAD answers keep an empty body.
+fn json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let status = res.status();
+    let is_json =
+        res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) || res.request().method() == "HEAD" {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let message = res
+        .response()
+        .error()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    let (req, old) = res.into_parts();
+    let mut new = HttpResponse::build(status);
+    for (name, value) in old.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            new.append_header((name.clone(), value.clone()));
+        }
+    }
+    let new = new.content_type("application/json").body(json_body(Error::code_for_status(status), &message));
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, new).map_into_right_body()))
+}

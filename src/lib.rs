@@ -1,0 +1,28 @@
+//! shale: a persistent, self-sharding key-value database served over HTTP.
+//!
+//! # Layout
+//! The modules follow one write from the socket to the disk:
+//! - [`http`]: actix-web routes; each handler turns a request into a [`command::Command`] or a read.
+//! - [`router`]: key -> shard ([`placement`]), write dispatch, cached reads, merged listings.
+//! - [`shard`]: one OS thread per shard; batches writes, commits once per batch, updates the [`cache`], answers.
+//! - [`store`]: one redb file per shard; tables, reads and the batch transaction; values are [`record`]s.
+//! - [`server`]: start-up (config, [`manifest`], stores, shards, HTTP) and graceful teardown.
+//! - [`config`] and [`error`]: every setting of API.md, and every error code of API.md.
+//!
+//! `docs/design.md` describes the data path, the on-disk layout and the durability and cache rules.
+
+pub mod cache;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod manifest;
+pub mod placement;
+pub mod record;
+pub mod router;
+pub mod server;
+pub mod shard;
+pub mod store;
+
+pub use config::Config;
+pub use error::Error;

@@ -1,0 +1,171 @@
+//! The data-dir manifest: format version, shard and partition counts, node id.
+//!
+//! `DATA_DIR/manifest.json` is written once when a data dir is created (temp file, fsync, rename, fsync of the
+//! dir) and read at every start. The shard count is on-disk layout: a start with a different `SHARD_LIMIT` is
+//! refused with both numbers, so data is never hidden in a shard the router no longer reads.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement::PARTITIONS;
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const FILE: &str = "manifest.json";
+
+/// What the manifest records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// On-disk format version.
+    pub format_version: u32,
+    /// Number of shard files.
+    pub shards: u32,
+    /// Size of the fixed partition space the placement uses.
+    pub partitions: u32,
+    /// Random id of this node, made at first start (the actor id of later cluster features).
+    pub node_id: String,
+}
+
+/// Why a data dir cannot be served with this configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The data dir holds a different shard count.
+    #[error(
+        "data dir {dir} holds {on_disk} shards but SHARD_LIMIT is {configured}; start with --shards {on_disk} \
+         (SHARD_LIMIT={on_disk}) to serve it, or use a new data dir. Resharding an existing data dir is not supported yet; \
+         nothing was changed"
+    )]
+    ShardMismatch {
+        /// The data dir.
+        dir: String,
+        /// Shard count in the manifest.
+        on_disk: u32,
+        /// Shard count asked for.
+        configured: u32,
+    },
+    /// The manifest is unreadable or from an unknown format.
+    #[error("manifest {path}: {why}")]
+    Invalid {
+        /// The manifest path.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Shard files exist without a manifest.
+    #[error("data dir {0} holds shard files but no manifest.json; refusing to guess its layout")]
+    Missing(String),
+    /// An I/O error.
+    #[error("data dir {path}: {err}")]
+    Io {
+        /// The file or dir.
+        path: String,
+        /// The error.
+        err: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ManifestError + '_ {
+    move |err| ManifestError::Io { path: path.display().to_string(), err }
+}
+
+/// The manifest path of a data dir.
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE)
+}
+
+/// Reads the manifest of `data_dir`, if there is one.
+pub fn read(data_dir: &Path) -> Result<Option<Manifest>, ManifestError> {
+    let p = path(data_dir);
+    let text = match fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&p)(e)),
+    };
+    let invalid = |why: String| ManifestError::Invalid { path: p.display().to_string(), why };
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    if m.format_version != FORMAT_VERSION {
+        return Err(invalid(format!("format version {} (this shale reads {FORMAT_VERSION})", m.format_version)));
+    }
+    if m.partitions != PARTITIONS || m.shards == 0 || m.shards > PARTITIONS {
+        return Err(invalid(format!("unsupported layout: {} shards over {} partitions", m.shards, m.partitions)));
+    }
+    Ok(Some(m))
+}
+
+/// Writes `m` atomically: temp file, fsync, rename over the old one, fsync of the dir.
+pub fn write(data_dir: &Path, m: &Manifest) -> Result<(), ManifestError> {
+    let p = path(data_dir);
+    let tmp = data_dir.join(format!("{FILE}.tmp"));
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    let text = serde_json::to_string_pretty(m).expect("a manifest always serializes");
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    f.write_all(b"\n").map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, &p).map_err(io(&p))?;
+    fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io(data_dir))?;
+    Ok(())
+}
+
+/// Opens the layout of `data_dir` for `shards` shards: creates the dir and the manifest on first start,
+/// refuses a mismatch otherwise.
+pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, ManifestError> {
+    fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    match read(data_dir)? {
+        Some(m) if m.shards != shards => Err(ManifestError::ShardMismatch {
+            dir: data_dir.display().to_string(),
+            on_disk: m.shards,
+            configured: shards,
+        }),
+        Some(m) => Ok(m),
+        None => {
+            let has_shards = fs::read_dir(data_dir)
+                .map_err(io(data_dir))?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("shard-"));
+            if has_shards {
+                return Err(ManifestError::Missing(data_dir.display().to_string()));
+            }
+            let m = Manifest { format_version: FORMAT_VERSION, shards, partitions: PARTITIONS, node_id: new_node_id() };
+            write(data_dir, &m)?;
+            Ok(m)
+        }
+    }
+}
+
+/// A random 128-bit node id in hex, from the OS's randomness where available.
+fn new_node_id() -> String {
+    let mut bytes = [0u8; 16];
+    let from_os = fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if from_os.is_err() {
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        bytes[..8].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(seed.as_bytes()).to_le_bytes());
+        bytes[8..].copy_from_slice(&xxhash_rust::xxh3::xxh3_64_with_seed(seed.as_bytes(), 1).to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_then_mismatch_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = open_or_create(dir.path(), 4).unwrap();
+        assert_eq!(m.shards, 4);
+        assert_eq!(open_or_create(dir.path(), 4).unwrap(), m);
+        let err = open_or_create(dir.path(), 8).unwrap_err().to_string();
+        assert!(err.contains("holds 4 shards") && err.contains("SHARD_LIMIT is 8"), "{err}");
+        assert_eq!(read(dir.path()).unwrap().unwrap().shards, 4);
+    }
+
+    #[test]
+    fn shard_files_without_manifest_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("shard-0.redb"), b"x").unwrap();
+        assert!(matches!(open_or_create(dir.path(), 4), Err(ManifestError::Missing(_))));
+    }
+}

@@ -1,0 +1,194 @@
+//! Server lifecycle: start-up in a logged order, and teardown in the reverse one.
+//!
+//! Start: validate config -> manifest (refuse a shard-count mismatch) -> open every shard file in parallel ->
+//! spawn the shard workers (each warms its part of the cache, then reports ready) -> bind HTTP. `/healthz`
+//! answers at once; `/readyz` answers 200 once every shard is warm.
+//!
+//! Stop: stop accepting and finish in-flight requests -> drop the router (the last shard senders) -> each
+//! worker drains and commits its queue and closes its file -> join every worker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, HttpServer};
+
+use crate::cache::Cache;
+use crate::command::Space;
+use crate::config::Config;
+use crate::http::{self, auth::Tokens, AppState};
+use crate::manifest;
+use crate::placement::ShardId;
+use crate::router::Router;
+use crate::shard::{self, Readiness, ShardOptions};
+use crate::store::{shard_file, Store};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A bad setting.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data dir's layout cannot be served.
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    /// A shard file cannot be opened.
+    #[error("{0}")]
+    Store(crate::error::Error),
+    /// The address cannot be bound, or a thread cannot be spawned.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    router: Arc<Router>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Starts shale with `config`. Must be called inside an actix system (`actix_web::rt::System`).
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    config.validate()?;
+    let started = Instant::now();
+    let m = manifest::open_or_create(&config.data_dir, config.shards)?;
+    tracing::info!(data_dir = %config.data_dir.display(), shards = m.shards, node_id = %m.node_id, "data dir opened");
+
+    // redb's own page cache: a share of the budget per file (its default is 1 GiB per database).
+    let redb_cache = (config.cache_bytes / 4 / u64::from(config.shards)).clamp(1 << 20, 1 << 30) as usize;
+    let stores = open_stores(&config, redb_cache)?;
+
+    let cache = Cache::new(config.cache_bytes);
+    let readiness = Readiness::new(stores.len());
+    let options = ShardOptions::from_config(&config);
+    let mut next_doc_id = 1u64;
+    let mut handles = Vec::new();
+    let mut workers = Vec::new();
+    for store in stores {
+        if let Some(last) = store.last_key(Space::Doc).map_err(StartError::Store)? {
+            let id = u64::from_be_bytes(last.as_slice().try_into().unwrap_or([0; 8]));
+            next_doc_id = next_doc_id.max(id.saturating_add(1));
+        }
+        let (handle, join) = shard::spawn(store, cache.clone(), options.clone(), readiness.clone())?;
+        handles.push(handle);
+        workers.push(join);
+    }
+    let router = Arc::new(Router::new(handles, cache, readiness, next_doc_id));
+
+    let state = web::Data::new(AppState {
+        router: router.clone(),
+        auth: Tokens::new(&config.auth_token, &config.auth_read_token),
+        config: config.clone(),
+    });
+    if !state.auth.enabled() && !is_loopback(&config.host) {
+        tracing::warn!(host = %config.host, "listening on a non-loopback address with no AUTH_TOKEN: anyone who can reach it can read and write");
+    }
+    let mut server = HttpServer::new(move || http::app(state.clone()))
+        .disable_signals()
+        .shutdown_timeout(30)
+        .client_request_timeout(Duration::from_secs(10))
+        .keep_alive(Duration::from_secs(75));
+    if let Some(n) = config.http_workers {
+        server = server.workers(n.max(1));
+    }
+    let server = server.bind((config.host.as_str(), config.port))?;
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    let serving = actix_web::rt::spawn(server);
+    tracing::info!(%addr, ms = started.elapsed().as_millis() as u64, "listening");
+    Ok(RunningServer { addr, handle, serving, router, workers })
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Opens every shard file on its own thread (a file that needs repair after a crash takes a while).
+fn open_stores(config: &Config, redb_cache: usize) -> Result<Vec<Arc<Store>>, StartError> {
+    std::thread::scope(|scope| {
+        let opening: Vec<_> = (0..config.shards)
+            .map(|i| {
+                let path = shard_file(&config.data_dir, ShardId(i));
+                scope.spawn(move || Store::open(path, ShardId(i), redb_cache))
+            })
+            .collect();
+        opening
+            .into_iter()
+            .map(|t| t.join().expect("opening a shard does not panic").map(Arc::new).map_err(StartError::Store))
+            .collect()
+    })
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The router, for in-process inspection.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Waits until every shard is warm (or `timeout` passes).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.router.readiness().is_ready() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Graceful stop: finish in-flight requests, commit every queued write, close every file.
+    pub async fn stop(self) {
+        let RunningServer { handle, serving, router, workers, .. } = self;
+        router.readiness().set_stopping();
+        handle.stop(true).await;
+        let _ = serving.await;
+        // The App instances are gone; our clone of the router holds the last shard senders.
+        let mut router = router;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Arc::try_unwrap(router) {
+                Ok(r) => {
+                    drop(r);
+                    break;
+                }
+                Err(still) if Instant::now() < deadline => {
+                    router = still;
+                    actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(_) => {
+                    tracing::error!("router still referenced after shutdown; shards may not close cleanly");
+                    break;
+                }
+            }
+        }
+        for w in workers {
+            if w.join().is_err() {
+                tracing::error!("a shard worker panicked");
+            }
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Runs until `shutdown` resolves, then stops gracefully. Prints `LISTENING <addr>` on stdout once bound.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
+    let server = start(config).await?;
+    println!("LISTENING {}", server.addr());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    shutdown.await;
+    tracing::info!("shutdown requested");
+    server.stop().await;
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! A shard worker: one OS thread that owns one [`Store`] and is the only writer of its file and of its keys in
+//! the cache.
+//!
+//! # Loop
+//! 1. Warm-up: scan the file into the cache (up to its budget), then report ready.
+//! 2. Block for the first message, then take everything already queued without waiting, up to `max_batch`
+//!    requests or `max_batch_bytes` (group commit).
+//! 3. Apply the batch's writes in arrival order in ONE write transaction and commit once.
+//! 4. Only after the commit: update the cache in commit order, then answer every writer. A failed transaction
+//!    answers every writer of the batch with the error, reopens the database, and changes no cache entry.
+//! 5. Serve the batch's cache fills from the committed state.
+//!
+//! Invariants: a write is acknowledged only after its commit returned (and, under `immediate`, was fsynced);
+//! a batch keeps arrival order; the worker exits only when every sender is gone and the queue is empty, so
+//! shutdown commits everything that was accepted.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::cache::{Cache, FillRequest};
+use crate::command::{Command, Reply, Space};
+use crate::config::{Config, Durability, DEFAULT_MAX_BATCH_BYTES};
+use crate::error::{Error, Result};
+use crate::placement::ShardId;
+use crate::store::{CacheEffect, Store};
+
+/// A message to a shard worker.
+pub enum ShardMsg {
+    /// Apply a write and answer on `reply` once it is committed.
+    Write {
+        /// The write.
+        cmd: Command,
+        /// Where the outcome goes; a closed receiver (client gone) is normal.
+        reply: oneshot::Sender<Result<Reply>>,
+    },
+    /// A reader missed the cache: fill this key from the committed state if it is still absent.
+    Fill(FillRequest),
+}
+
+/// How a shard worker batches and commits.
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    /// Fsync every commit, or only every `flush_interval`.
+    pub durability: Durability,
+    /// Longest time between durable commits under `eventual`.
+    pub flush_interval: Duration,
+    /// Most requests per write transaction.
+    pub max_batch: usize,
+    /// Most payload bytes per write transaction (a larger single request still goes alone).
+    pub max_batch_bytes: usize,
+    /// Capacity of the shard's queue.
+    pub queue_depth: usize,
+}
+
+impl ShardOptions {
+    /// The options a server configuration implies.
+    pub fn from_config(config: &Config) -> ShardOptions {
+        ShardOptions {
+            durability: config.durability,
+            flush_interval: config.flush_interval(),
+            max_batch: config.max_batch,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            queue_depth: config.queue_depth,
+        }
+    }
+}
+
+/// Tracks which shards finished their warm-up; the server is ready when all have.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    pending: AtomicUsize,
+    failed: Mutex<Option<String>>,
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    /// Readiness waiting for `shards` warm-ups.
+    pub fn new(shards: usize) -> Arc<Readiness> {
+        Arc::new(Readiness { pending: AtomicUsize::new(shards), ..Default::default() })
+    }
+
+    /// `Ok` once every shard is warm; otherwise why not.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Some(why) = self.failed.lock().expect("readiness lock never poisoned").clone() {
+            return Err(why);
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            return Err("shutting down".into());
+        }
+        match self.pending.load(Ordering::Acquire) {
+            0 => Ok(()),
+            n => Err(format!("warming up ({n} shards left)")),
+        }
+    }
+
+    /// Whether every shard is warm.
+    pub fn is_ready(&self) -> bool {
+        self.check().is_ok()
+    }
+
+    fn shard_ready(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn shard_failed(&self, why: String) {
+        *self.failed.lock().expect("readiness lock never poisoned") = Some(why);
+    }
+
+    /// Marks the server as stopping (so load balancers stop sending).
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// The sending side of a shard: cloneable, used by the router.
+#[derive(Clone)]
+pub struct ShardHandle {
+    id: ShardId,
+    tx: Sender<ShardMsg>,
+    store: Arc<Store>,
+}
+
+impl ShardHandle {
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// This shard's store, for reads (never for writes: those go through the worker).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Requests queued and not yet taken by the worker.
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Queues a write without blocking; a full queue is `Unavailable` (503 + Retry-After).
+    pub fn submit(&self, cmd: Command) -> Result<oneshot::Receiver<Result<Reply>>> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(ShardMsg::Write { cmd, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(Error::Unavailable(format!("shard {} is overloaded; retry", self.id))),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Unavailable(format!("shard {} is not running", self.id))),
+        }
+    }
+
+    /// Asks the worker to fill `key` into the cache; dropped silently when the queue is full.
+    pub fn request_fill(&self, space: Space, key: bytes::Bytes) {
+        let _ = self.tx.try_send(ShardMsg::Fill(FillRequest { space, key }));
+    }
+}
+
+/// Starts the worker thread of `store`. The thread exits when every [`ShardHandle`] is dropped and the queue is
+/// drained; join the returned handle to wait for its last commit and clean close.
+pub fn spawn(
+    store: Arc<Store>,
+    cache: Cache,
+    options: ShardOptions,
+    readiness: Arc<Readiness>,
+) -> std::io::Result<(ShardHandle, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(options.queue_depth);
+    let id = store.shard();
+    let handle = ShardHandle { id, tx, store: store.clone() };
+    let join = std::thread::Builder::new().name(format!("shard-{}", id.0)).spawn(move || {
+        let worker = Worker { store, cache, options, rx, readiness };
+        // A panic here would leave writers waiting on a half-alive shard: stop the whole process instead.
+        // redb is crash-safe, and nothing unacknowledged was reported as stored.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err() {
+            tracing::error!(shard = id.0, "shard worker panicked; aborting the process");
+            std::process::abort();
+        }
+    })?;
+    Ok((handle, join))
+}
+
+struct Worker {
+    store: Arc<Store>,
+    cache: Cache,
+    options: ShardOptions,
+    rx: Receiver<ShardMsg>,
+    readiness: Arc<Readiness>,
+}
+
+impl Worker {
+    fn run(self) {
+        let shard = self.store.shard();
+        let mut next_rev = match self.warm_up().and_then(|()| self.store.last_rev()) {
+            Ok(last) => last + 1,
+            Err(e) => {
+                tracing::error!(shard = shard.0, error = %e, "shard cannot serve");
+                self.readiness.shard_failed(format!("shard {shard}: {e}"));
+                self.store.close();
+                return;
+            }
+        };
+        self.readiness.shard_ready();
+
+        let mut writes: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
+        let mut fills: Vec<FillRequest> = Vec::new();
+        let mut last_durable = Instant::now();
+        let mut dirty = false;
+        loop {
+            // Under `eventual`, wake up in time for the next durable commit.
+            let first = if dirty {
+                let due = (last_durable + self.options.flush_interval).saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(due) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.flush(&mut dirty, &mut last_durable);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            };
+            self.collect(first, &mut writes, &mut fills);
+            if !writes.is_empty() {
+                let durable = self.options.durability == Durability::Immediate
+                    || last_durable.elapsed() >= self.options.flush_interval;
+                self.commit_batch(&mut writes, &mut next_rev, durable);
+                if durable {
+                    dirty = false;
+                    last_durable = Instant::now();
+                } else {
+                    dirty = true;
+                }
+            }
+            for fill in fills.drain(..) {
+                self.fill(fill);
+            }
+        }
+        if dirty {
+            self.flush(&mut dirty, &mut last_durable);
+        }
+        self.store.close();
+        tracing::debug!(shard = shard.0, "shard closed");
+    }
+
+    /// Scans the file into the cache until the cache is nearly full. No writer runs yet, so no race.
+    fn warm_up(&self) -> Result<()> {
+        let started = Instant::now();
+        let mut loaded = 0u64;
+        for space in Space::ALL {
+            let mut full = false;
+            self.store.scan(space, |key, rec| {
+                if loaded % 1024 == 0 && self.cache.nearly_full() {
+                    full = true;
+                    return false;
+                }
+                self.cache.insert(space, key, rec);
+                loaded += 1;
+                true
+            })?;
+            if full {
+                break;
+            }
+        }
+        tracing::info!(
+            shard = self.store.shard().0,
+            entries = loaded,
+            ms = started.elapsed().as_millis() as u64,
+            "shard cache warmed"
+        );
+        Ok(())
+    }
+
+    /// Takes `first` and everything already queued, up to the batch caps, without waiting.
+    fn collect(
+        &self,
+        first: ShardMsg,
+        writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
+        fills: &mut Vec<FillRequest>,
+    ) {
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ShardMsg::Write { cmd, reply } => {
+                    bytes += cmd.weight();
+                    writes.push((cmd, reply));
+                }
+                ShardMsg::Fill(f) => fills.push(f),
+            }
+            if writes.len() >= self.options.max_batch || bytes >= self.options.max_batch_bytes {
+                break;
+            }
+            next = self.rx.try_recv().ok();
+        }
+    }
+
+    /// Applies and commits one batch, then updates the cache, then answers; see the module doc.
+    fn commit_batch(
+        &self,
+        writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
+        next_rev: &mut u64,
+        durable: bool,
+    ) {
+        let started = Instant::now();
+        let result = self.store.apply_batch(writes.iter().map(|(c, _)| c), next_rev, durable);
+        let len = writes.len();
+        match result {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in writes.drain(..).zip(outcomes) {
+                    let answer = outcome.map(|(r, effect)| {
+                        match effect {
+                            CacheEffect::None => {}
+                            CacheEffect::Insert(space, key, rec) => self.cache.insert(space, &key, rec),
+                            CacheEffect::Invalidate(space, key) => self.cache.invalidate(space, &key),
+                        }
+                        r
+                    });
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::error!(shard = self.store.shard().0, batch = len, error = %e, "write transaction failed; batch rejected");
+                // The commit may have reached the disk partly or wholly before failing: drop what the cache
+                // holds for these keys so the next read goes to the file.
+                for (cmd, reply) in writes.drain(..) {
+                    let space = match &cmd {
+                        Command::Put { space, .. } | Command::Delete { space, .. } => *space,
+                        Command::CounterAdd { .. } => Space::Counter,
+                    };
+                    self.cache.invalidate(space, cmd.key());
+                    let _ = reply.send(Err(e.clone()));
+                }
+                self.reopen(next_rev);
+            }
+        }
+        tracing::debug!(
+            shard = self.store.shard().0,
+            batch = len,
+            durable,
+            commit_us = started.elapsed().as_micros() as u64,
+            "batch committed"
+        );
+    }
+
+    fn reopen(&self, next_rev: &mut u64) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.store.reopen().and_then(|()| self.store.last_rev()) {
+                Ok(last) => {
+                    *next_rev = (*next_rev).max(last + 1);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.store.shard().0, error = %e, "cannot reopen shard; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn flush(&self, dirty: &mut bool, last_durable: &mut Instant) {
+        match self.store.flush() {
+            Ok(()) => {
+                *dirty = false;
+                *last_durable = Instant::now();
+            }
+            Err(e) => {
+                // Pending non-durable commits are not yet safe; retry at the next interval. redb refuses writes
+                // after a failed commit until reopened, and a clean reopen persists what was committed.
+                tracing::error!(shard = self.store.shard().0, error = %e, "durable flush failed");
+                *last_durable = Instant::now();
+                let mut rev = 0;
+                self.reopen(&mut rev);
+            }
+        }
+    }
+
+    /// Fills one key from the committed state if it is still absent. Runs after the batch commit, on the only
+    /// thread that writes this key, so what it reads is the newest committed value.
+    fn fill(&self, FillRequest { space, key }: FillRequest) {
+        if self.cache.contains(space, &key) {
+            return;
+        }
+        if let Ok(Some(rec)) = self.store.get(space, &key) {
+            self.cache.insert(space, &key, rec);
+        }
+    }
+}

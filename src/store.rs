@@ -1,0 +1,423 @@
+//! One shard's redb file: tables, reads, and the batch write transaction.
+//!
+//! A [`Store`] is shared: the shard thread is its only writer ([`Store::apply_batch`], [`Store::flush`],
+//! [`Store::reopen`]), while HTTP handlers read it through short read transactions ([`Store::get`],
+//! [`Store::list`]) that never block the writer (redb MVCC).
+//!
+//! # Tables
+//! - `kv`, `docs`, `counters`: key bytes -> encoded [`Record`] (one table per [`Space`]).
+//! - `meta`: `"rev"` -> the last revision handed out in this file.
+//!
+//! Invariant: the database sits behind a lock only so that a failed commit can close and reopen it (redb refuses
+//! writes after a failed commit); readers hold the lock just long enough to clone the `Arc`.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+
+use crate::command::{Command, EtagMatch, Precondition, Reply, Space};
+use crate::error::{Error, Result};
+use crate::placement::ShardId;
+use crate::record::Record;
+
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REV: &str = "rev";
+
+fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    match space {
+        Space::Kv => KV,
+        Space::Doc => DOCS,
+        Space::Counter => COUNTERS,
+    }
+}
+
+/// The file name of shard `i` inside the data dir.
+pub fn shard_file(data_dir: &Path, shard: ShardId) -> PathBuf {
+    data_dir.join(format!("shard-{}.redb", shard.0))
+}
+
+/// What the cache must do after a committed command.
+#[derive(Debug, Clone)]
+pub enum CacheEffect {
+    /// Nothing changed.
+    None,
+    /// The key now holds this record.
+    Insert(Space, Bytes, Record),
+    /// The key was removed.
+    Invalidate(Space, Bytes),
+}
+
+/// The outcome of one command inside a batch: its reply (or its own failure) and its cache effect.
+pub type Outcome = Result<(Reply, CacheEffect)>;
+
+/// One shard's database.
+pub struct Store {
+    path: PathBuf,
+    shard: ShardId,
+    cache_size: usize,
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+fn storage(shard: ShardId, what: &str) -> impl Fn(redb::Error) -> Error + '_ {
+    move |e| Error::storage(&format!("shard {shard}: {what}"), e)
+}
+
+impl Store {
+    /// Opens (or creates) the shard file, runs redb's repair if the last close was unclean, creates the tables.
+    pub fn open(path: PathBuf, shard: ShardId, cache_size: usize) -> Result<Store> {
+        let db = Self::open_db(&path, shard, cache_size)?;
+        Ok(Store { path, shard, cache_size, db: RwLock::new(Some(Arc::new(db))) })
+    }
+
+    fn open_db(path: &Path, shard: ShardId, cache_size: usize) -> Result<Database> {
+        let started = Instant::now();
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_size);
+        builder.set_repair_callback(move |session: &mut redb::RepairSession| {
+            tracing::warn!(shard = shard.0, progress = session.progress(), "repairing shard after unclean shutdown");
+        });
+        let db = builder.create(path).map_err(|e| {
+            Error::storage(&format!("shard {shard}: cannot open {} (damaged or locked?)", path.display()), e)
+        })?;
+        let txn = db.begin_write().map_err(|e| storage(shard, "begin")(e.into()))?;
+        {
+            for space in Space::ALL {
+                txn.open_table(table(space)).map_err(|e| storage(shard, "create table")(e.into()))?;
+            }
+            txn.open_table(META).map_err(|e| storage(shard, "create table")(e.into()))?;
+        }
+        txn.commit().map_err(|e| storage(shard, "commit")(e.into()))?;
+        tracing::debug!(shard = shard.0, path = %path.display(), ms = started.elapsed().as_millis() as u64, "shard opened");
+        Ok(db)
+    }
+
+    /// The shard this store belongs to.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    fn db(&self) -> Result<Arc<Database>> {
+        self.db
+            .read()
+            .expect("db lock is never held across a panic")
+            .clone()
+            .ok_or_else(|| Error::Unavailable(format!("shard {} is reopening its database", self.shard)))
+    }
+
+    /// Reads one record in its own read transaction.
+    pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Record>> {
+        let err = storage(self.shard, "read");
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(table(space)).map_err(|e| err(e.into()))?;
+        let got = t.get(key).map_err(|e| err(e.into()))?;
+        match got {
+            None => Ok(None),
+            Some(g) => Record::decode(Bytes::copy_from_slice(g.value()))
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("shard {}: damaged record: {e}", self.shard))),
+        }
+    }
+
+    /// Up to `limit` keys of `space` that start with `prefix` and sort strictly after `after`, ascending.
+    pub fn list(&self, space: Space, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<Bytes>> {
+        let err = storage(self.shard, "list");
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(table(space)).map_err(|e| err(e.into()))?;
+        let start: Bound<&[u8]> = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut keys = Vec::with_capacity(limit.min(1024));
+        for item in t.range::<&[u8]>((start, Bound::Unbounded)).map_err(|e| err(e.into()))? {
+            if keys.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(|e| err(e.into()))?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            keys.push(Bytes::copy_from_slice(k));
+        }
+        Ok(keys)
+    }
+
+    /// Calls `f` on every record of `space` in key order from one read transaction, until `f` returns false.
+    pub fn scan(&self, space: Space, mut f: impl FnMut(&[u8], Record) -> bool) -> Result<u64> {
+        let err = storage(self.shard, "scan");
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(table(space)).map_err(|e| err(e.into()))?;
+        let mut n = 0;
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            let rec = Record::decode(Bytes::copy_from_slice(v.value()))
+                .map_err(|e| Error::Internal(format!("shard {}: damaged record: {e}", self.shard)))?;
+            n += 1;
+            if !f(k.value(), rec) {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The largest key of `space` (documents use big-endian ids, so this is the highest id).
+    pub fn last_key(&self, space: Space) -> Result<Option<Vec<u8>>> {
+        let err = storage(self.shard, "read");
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(table(space)).map_err(|e| err(e.into()))?;
+        let last = t.last().map_err(|e| err(e.into()))?;
+        Ok(last.map(|(k, _)| k.value().to_vec()))
+    }
+
+    /// Number of records in `space`.
+    pub fn len(&self, space: Space) -> Result<u64> {
+        let err = storage(self.shard, "read");
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(table(space)).map_err(|e| err(e.into()))?;
+        t.len().map_err(|e| err(e.into()))
+    }
+
+    /// The last revision handed out in this file.
+    pub fn last_rev(&self) -> Result<u64> {
+        let err = storage(self.shard, "read");
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(META).map_err(|e| err(e.into()))?;
+        let rev = t.get(META_REV).map_err(|e| err(e.into()))?.map(|g| g.value());
+        Ok(rev.unwrap_or(0))
+    }
+
+    /// Applies `cmds` in order in ONE write transaction and commits once.
+    ///
+    /// Each command is checked against the state left by the commands before it (its precondition, a counter's
+    /// overflow) and may fail alone. `Err` means the transaction itself failed: nothing of the batch is stored,
+    /// and the caller must [`reopen`](Self::reopen) before writing again.
+    /// `durable` selects an fsynced commit; otherwise redb's non-durable commit.
+    pub fn apply_batch<'c>(
+        &self,
+        cmds: impl Iterator<Item = &'c Command>,
+        next_rev: &mut u64,
+        durable: bool,
+    ) -> Result<Vec<Outcome>> {
+        let err = storage(self.shard, "write");
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+        if !durable {
+            txn.set_durability(Durability::None).map_err(|e| err(e.into()))?;
+        }
+        let mut outcomes = Vec::new();
+        let mut rev = *next_rev;
+        for cmd in cmds {
+            outcomes.push(apply_one(&txn, cmd, &mut rev).map_err(|e| err(e))?);
+        }
+        if rev != *next_rev {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(META_REV, rev - 1).map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        *next_rev = rev;
+        Ok(outcomes)
+    }
+
+    /// A durable commit of nothing: makes every earlier non-durable commit survive a crash.
+    pub fn flush(&self) -> Result<()> {
+        let err = storage(self.shard, "flush");
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
+        txn.commit().map_err(|e| err(e.into()))
+    }
+
+    /// Closes and reopens the database after a failed transaction. Waits for readers to let go of the old handle.
+    pub fn reopen(&self) -> Result<()> {
+        let old = self.db.write().expect("db lock is never held across a panic").take();
+        if let Some(mut old) = old {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if Instant::now() < deadline => {
+                        old = still_shared;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => return Err(Error::Internal(format!("shard {}: readers hold the database", self.shard))),
+                }
+            }
+        }
+        let db = Self::open_db(&self.path, self.shard, self.cache_size)?;
+        *self.db.write().expect("db lock is never held across a panic") = Some(Arc::new(db));
+        tracing::warn!(shard = self.shard.0, "shard database reopened after a failed transaction");
+        Ok(())
+    }
+
+    /// Closes the database cleanly (redb writes its allocator state, so the next open needs no repair).
+    pub fn close(&self) {
+        let old = self.db.write().expect("db lock is never held across a panic").take();
+        drop(old);
+    }
+}
+
+/// Applies one command inside `txn`. `Ok(Err(..))` is the command's own failure (precondition, overflow);
+/// `Err` is a storage failure that dooms the whole transaction.
+fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Outcome, redb::Error> {
+    let mut take_rev = || {
+        let r = *rev;
+        *rev += 1;
+        r
+    };
+    match cmd {
+        Command::Put { space, key, value, content_type, precondition, skip_if_unchanged } => {
+            let mut t = txn.open_table(table(*space))?;
+            let current = t.get(&key[..])?.map(|g| Record::decode(Bytes::copy_from_slice(g.value())));
+            let current = match current {
+                Some(Err(e)) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
+                Some(Ok(r)) => Some(r),
+                None => None,
+            };
+            if !precondition.holds(current.as_ref().map(Record::rev)) {
+                return Ok(Err(precondition_failed(precondition)));
+            }
+            if let Some(cur) = &current {
+                if *skip_if_unchanged && cur.value_ref() == &value[..] && cur.content_type_raw() == &content_type[..] {
+                    return Ok(Ok((Reply::Unchanged { rev: cur.rev() }, CacheEffect::None)));
+                }
+            }
+            let r = take_rev();
+            let rec = Record::encode(r, content_type, value);
+            t.insert(&key[..], rec.as_bytes())?;
+            let reply = Reply::Stored { created: current.is_none(), rev: r };
+            Ok(Ok((reply, CacheEffect::Insert(*space, key.clone(), rec))))
+        }
+        Command::Delete { space, key, precondition } => {
+            let mut t = txn.open_table(table(*space))?;
+            let current = t.get(&key[..])?.map(|g| Record::decode(Bytes::copy_from_slice(g.value())).map(|r| r.rev()));
+            let current = match current {
+                Some(Err(e)) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
+                Some(Ok(r)) => Some(r),
+                None => None,
+            };
+            if !precondition.holds(current) {
+                return Ok(Err(precondition_failed(precondition)));
+            }
+            if current.is_none() {
+                return Ok(Err(Error::NotFound("key not found".into())));
+            }
+            t.remove(&key[..])?;
+            Ok(Ok((Reply::Deleted, CacheEffect::Invalidate(*space, key.clone()))))
+        }
+        Command::CounterAdd { name, delta } => {
+            let mut t = txn.open_table(COUNTERS)?;
+            let current = match t.get(&name[..])? {
+                None => 0,
+                Some(g) => match Record::decode(Bytes::copy_from_slice(g.value())).ok().and_then(|r| counter_value(&r))
+                {
+                    Some(v) => v,
+                    None => return Ok(Err(Error::Internal("damaged counter record".into()))),
+                },
+            };
+            let Some(sum) = current.checked_add(*delta) else {
+                return Ok(Err(Error::BadRequest(format!(
+                    "adding {delta} to {current} overflows a 64-bit signed integer; the counter is unchanged"
+                ))));
+            };
+            let rec = Record::encode(take_rev(), b"", &sum.to_le_bytes());
+            t.insert(&name[..], rec.as_bytes())?;
+            Ok(Ok((Reply::Counter(sum), CacheEffect::Insert(Space::Counter, name.clone(), rec))))
+        }
+    }
+}
+
+/// The value of a counter record (8 bytes, little-endian i64).
+pub fn counter_value(rec: &Record) -> Option<i64> {
+    rec.value_ref().try_into().ok().map(i64::from_le_bytes)
+}
+
+fn precondition_failed(p: &Precondition) -> Error {
+    Error::PreconditionFailed(match (&p.if_match, &p.if_none_match) {
+        (_, Some(EtagMatch::Any)) => "the key already exists (If-None-Match: *)".into(),
+        (Some(EtagMatch::Any), _) => "the key does not exist (If-Match: *)".into(),
+        (Some(_), _) => "the current ETag does not match If-Match".into(),
+        _ => "the current ETag matches If-None-Match".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, precondition: Precondition) -> Command {
+        Command::Put {
+            space: Space::Kv,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            content_type: Bytes::new(),
+            precondition,
+            skip_if_unchanged: false,
+        }
+    }
+
+    fn absent() -> Precondition {
+        Precondition { if_none_match: Some(EtagMatch::Any), ..Precondition::NONE }
+    }
+
+    fn exists() -> Precondition {
+        Precondition { if_match: Some(EtagMatch::Any), ..Precondition::NONE }
+    }
+
+    #[test]
+    fn batch_checks_each_command_against_the_ones_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let mut rev = store.last_rev().unwrap() + 1;
+        let cmds = [put("a", "1", absent()), put("a", "2", absent()), put("a", "3", exists())];
+        let out = store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
+        assert!(matches!(out[0], Ok((Reply::Stored { created: true, rev: 1 }, _))));
+        assert!(matches!(out[1], Err(Error::PreconditionFailed(_))));
+        assert!(matches!(out[2], Ok((Reply::Stored { created: false, rev: 2 }, _))));
+        assert_eq!(&store.get(Space::Kv, b"a").unwrap().unwrap().value()[..], b"3");
+        assert_eq!(store.last_rev().unwrap(), 2);
+    }
+
+    #[test]
+    fn counter_overflow_fails_alone_and_keeps_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let mut rev = 1;
+        let add = |d| Command::CounterAdd { name: Bytes::from_static(b"c"), delta: d };
+        let cmds = [add(i64::MAX), add(1), add(-1)];
+        let out = store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
+        assert!(matches!(out[1], Err(Error::BadRequest(_))));
+        assert!(matches!(out[2], Ok((Reply::Counter(v), _)) if v == i64::MAX - 1));
+    }
+
+    #[test]
+    fn list_respects_prefix_after_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let mut rev = 1;
+        let cmds: Vec<_> = ["a/1", "a/2", "a/3", "b/1", "a"].iter().map(|k| put(k, "v", Precondition::NONE)).collect();
+        store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
+        let l = store.list(Space::Kv, b"a/", None, 10).unwrap();
+        assert_eq!(l, vec![Bytes::from("a/1"), Bytes::from("a/2"), Bytes::from("a/3")]);
+        let l = store.list(Space::Kv, b"a/", Some(b"a/1"), 1).unwrap();
+        assert_eq!(l, vec![Bytes::from("a/2")]);
+        let l = store.list(Space::Kv, b"", Some(b"a/3"), 10).unwrap();
+        assert_eq!(l, vec![Bytes::from("b/1")]);
+    }
+}
