@@ -224,6 +224,13 @@ impl Store {
         for cmd in cmds {
             outcomes.push(apply_one(&txn, cmd, &mut rev).map_err(|e| err(e))?);
         }
+        let changed =
+            outcomes.iter().any(|o| matches!(o, Ok((_, CacheEffect::Insert(..) | CacheEffect::Invalidate(..)))));
+        if !changed {
+            // Nothing to store (failed preconditions, unchanged documents): no commit, no fsync.
+            txn.abort().map_err(|e| err(e.into()))?;
+            return Ok(outcomes);
+        }
         if rev != *next_rev {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             meta.insert(META_REV, rev - 1).map_err(|e| err(e.into()))?;

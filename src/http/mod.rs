@@ -5,6 +5,8 @@
 //! reply into a response; they hold no state of their own.
 
 pub mod auth;
+pub mod counter;
+pub mod docs;
 pub mod health;
 pub mod kv;
 
@@ -44,6 +46,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::head().to(kv::handle_get))
                 .route(web::put().to(kv::handle_put))
                 .route(web::delete().to(kv::handle_delete))
+                .default_service(web::to(not_allowed)),
+        )
+        .service(
+            web::resource("/api")
+                .route(web::get().to(docs::handle_get))
+                .route(web::post().to(docs::handle_post))
+                .default_service(web::to(not_allowed)),
+        )
+        .service(
+            web::resource("/api/cmd")
+                .route(web::get().to(docs::handle_cmd_get))
+                .route(web::post().to(docs::handle_cmd_post))
+                .default_service(web::to(not_allowed)),
+        )
+        .service(
+            web::resource("/counter/{name}")
+                .route(web::post().to(counter::handle_add))
+                .default_service(web::to(not_allowed)),
+        )
+        .service(
+            web::resource(["/counter/{name}/value", "/counter/{name}/consistent_value"])
+                .route(web::get().to(counter::handle_value))
                 .default_service(web::to(not_allowed)),
         )
         .default_service(web::to(not_found));
