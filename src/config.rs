@@ -13,6 +13,8 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 4000;
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default directory of backups taken without an explicit path.
+pub const DEFAULT_BACKUP_DIR: &str = "./backups";
 /// Default shard count: one redb file and one writer thread per shard.
 pub const DEFAULT_SHARDS: u32 = 4;
 /// Default cache budget in bytes of keys plus values (256 MiB).
@@ -85,6 +87,9 @@ pub struct Config {
     /// PEM private key; with --tls-cert, serve HTTPS.
     #[arg(long, env = "TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Where `POST /admin/backup` writes backups when the request names no path.
+    #[arg(long, env = "BACKUP_DIR", default_value = DEFAULT_BACKUP_DIR)]
+    pub backup_dir: PathBuf,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "HTTP_WORKERS")]
     pub http_workers: Option<usize>,
@@ -116,6 +121,7 @@ impl Config {
         Config {
             host: DEFAULT_HOST.into(),
             port: 0,
+            backup_dir: std::env::temp_dir().join("shale-test-backups"),
             data_dir: data_dir.into(),
             shards: DEFAULT_SHARDS,
             cache_bytes: 16 * 1024 * 1024,

@@ -11,6 +11,7 @@
 //!
 //! `docs/design.md` describes the data path, the on-disk layout and the durability and cache rules.
 
+pub mod backup;
 pub mod cache;
 pub mod command;
 pub mod config;

@@ -136,7 +136,7 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, Manifest
 }
 
 /// A random 128-bit node id in hex, from the OS's randomness where available.
-fn new_node_id() -> String {
+pub fn new_node_id() -> String {
     let mut bytes = [0u8; 16];
     let from_os = fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
     if from_os.is_err() {

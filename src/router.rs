@@ -111,9 +111,10 @@ impl Router {
         Ok((keys, next))
     }
 
-    /// Reserves the next document id (unique for the life of the process; see `docs/design.md`).
-    pub fn allocate_doc_id(&self) -> u64 {
-        self.next_doc_id.fetch_add(1, Ordering::AcqRel)
+    /// Reserves the next document id (unique for the life of the process; see `docs/design.md`), or `None` once
+    /// the id space is used up (an id of `u64::MAX - 1` or more was stored): the counter never wraps to 0.
+    pub fn allocate_doc_id(&self) -> Option<u64> {
+        self.next_doc_id.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_add(1)).ok()
     }
 
     /// Records that document `id` exists, so allocation never hands it out.

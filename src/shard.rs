@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
+use crate::backup::SnapshotRequest;
 use crate::cache::{Cache, FillRequest};
 use crate::command::{Command, Reply, Space};
 use crate::config::{Config, Durability, DEFAULT_MAX_BATCH_BYTES};
@@ -40,6 +41,8 @@ pub enum ShardMsg {
     },
     /// A reader missed the cache: fill this key from the committed state if it is still absent.
     Fill(FillRequest),
+    /// A backup: after committing what came before, meet the other shards and hand over a snapshot.
+    Snapshot(SnapshotRequest),
 }
 
 /// How a shard worker batches and commits.
@@ -151,6 +154,13 @@ impl ShardHandle {
         }
     }
 
+    /// Asks the worker to take part in a backup; waits up to a second for room in the queue.
+    pub fn request_snapshot(&self, req: SnapshotRequest) -> Result<()> {
+        self.tx
+            .send_timeout(ShardMsg::Snapshot(req), Duration::from_secs(1))
+            .map_err(|_| Error::Unavailable(format!("shard {} is too busy to take a backup; retry", self.id)))
+    }
+
     /// Asks the worker to fill `key` into the cache; dropped silently when the queue is full.
     pub fn request_fill(&self, space: Space, key: bytes::Bytes) {
         let _ = self.tx.try_send(ShardMsg::Fill(FillRequest { space, key }));
@@ -224,7 +234,7 @@ impl Worker {
                     Err(_) => break,
                 }
             };
-            self.collect(first, &mut writes, &mut fills);
+            let snapshot = self.collect(first, &mut writes, &mut fills);
             if !writes.is_empty() {
                 let durable = self.options.durability == Durability::Immediate
                     || last_durable.elapsed() >= self.options.flush_interval;
@@ -238,6 +248,9 @@ impl Worker {
             }
             for fill in fills.drain(..) {
                 self.fill(fill);
+            }
+            if let Some(req) = snapshot {
+                req.serve(&self.store);
             }
         }
         if dirty {
@@ -275,13 +288,14 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes `first` and everything already queued, up to the batch caps, without waiting.
+    /// Takes `first` and everything already queued, up to the batch caps, without waiting. Stops at a
+    /// snapshot request, which is returned so it is served after the writes queued before it are committed.
     fn collect(
         &self,
         first: ShardMsg,
         writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
         fills: &mut Vec<FillRequest>,
-    ) {
+    ) -> Option<SnapshotRequest> {
         let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -291,12 +305,14 @@ impl Worker {
                     writes.push((cmd, reply));
                 }
                 ShardMsg::Fill(f) => fills.push(f),
+                ShardMsg::Snapshot(req) => return Some(req),
             }
             if writes.len() >= self.options.max_batch || bytes >= self.options.max_batch_bytes {
                 break;
             }
             next = self.rx.try_recv().ok();
         }
+        None
     }
 
     /// Applies and commits one batch, then updates the cache, then answers; see the module doc.

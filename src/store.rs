@@ -30,6 +30,10 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Every keyspace table (for copies: backup, resharding).
+pub const TABLES_BYTES: [TableDefinition<&[u8], &[u8]>; 3] = [KV, DOCS, COUNTERS];
+/// The metadata table.
+pub const TABLE_META: TableDefinition<&str, u64> = META;
 const META_REV: &str = "rev";
 
 fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -72,8 +76,12 @@ fn storage(shard: ShardId, what: &str) -> impl Fn(redb::Error) -> Error + '_ {
 }
 
 impl Store {
-    /// Opens (or creates) the shard file, runs redb's repair if the last close was unclean, creates the tables.
+    /// Opens (or creates) the shard file, runs redb's repair if the last close was unclean, compacts it when
+    /// more than half of it is free space, and creates the tables.
     pub fn open(path: PathBuf, shard: ShardId, cache_size: usize) -> Result<Store> {
+        if path.exists() {
+            crate::backup::compact_file(&path, shard, 0.5)?;
+        }
         let db = Self::open_db(&path, shard, cache_size)?;
         Ok(Store { path, shard, cache_size, db: RwLock::new(Some(Arc::new(db))) })
     }
@@ -111,6 +119,11 @@ impl Store {
             .expect("db lock is never held across a panic")
             .clone()
             .ok_or_else(|| Error::Unavailable(format!("shard {} is reopening its database", self.shard)))
+    }
+
+    /// A read transaction: a consistent snapshot of the whole file (for backups).
+    pub fn begin_snapshot(&self) -> Result<redb::ReadTransaction> {
+        self.db()?.begin_read().map_err(|e| storage(self.shard, "snapshot")(e.into()))
     }
 
     /// Reads one record in its own read transaction.

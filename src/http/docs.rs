@@ -99,7 +99,9 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
             Ok(doc_response(id, &data))
         }
         None => loop {
-            let id = router.allocate_doc_id();
+            let Some(id) = router.allocate_doc_id() else {
+                return Err(Error::InsufficientStorage("no document id is left to allocate".into()));
+            };
             let cmd = Command::Put {
                 space: Space::Doc,
                 key: doc_key(id),

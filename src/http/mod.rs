@@ -4,6 +4,7 @@
 //! Handlers turn a request into a [`crate::command::Command`] (or a read), call the [`Router`], and turn the
 //! reply into a response; they hold no state of their own.
 
+pub mod admin;
 pub mod auth;
 pub mod counter;
 pub mod docs;
@@ -68,6 +69,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource(["/counter/{name}/value", "/counter/{name}/consistent_value"])
                 .route(web::get().to(counter::handle_value))
+                .default_service(web::to(not_allowed)),
+        )
+        .service(
+            web::resource("/admin/backup")
+                .route(web::post().to(admin::handle_backup))
                 .default_service(web::to(not_allowed)),
         )
         .default_service(web::to(not_found));
