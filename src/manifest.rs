@@ -27,25 +27,35 @@ pub struct Manifest {
     pub partitions: u32,
     /// Random id of this node, made at first start (the actor id of later cluster features).
     pub node_id: String,
+    /// A resharding in progress (see `reshard.rs`); absent when the layout is settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshard: Option<ReshardPlan>,
+}
+
+/// A resharding recorded in the manifest before any file moves, so a crash at any step can be finished or undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReshardPlan {
+    /// The shard count being moved to (`shards` stays the old count until the switch).
+    pub to: u32,
+    /// How far it got.
+    pub state: ReshardState,
+}
+
+/// Steps of a resharding, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReshardState {
+    /// New files are being written in the staging dir; the old files are still the truth. Undone on restart.
+    Copying,
+    /// The new files are complete and durable; the old files are being moved aside. Finished on restart.
+    Copied,
+    /// Every old file is aside; the new files are being moved in. Finished on restart.
+    OldMoved,
 }
 
 /// Why a data dir cannot be served with this configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// The data dir holds a different shard count.
-    #[error(
-        "data dir {dir} holds {on_disk} shards but SHARD_LIMIT is {configured}; start with --shards {on_disk} \
-         (SHARD_LIMIT={on_disk}) to serve it, or use a new data dir. Resharding an existing data dir is not supported yet; \
-         nothing was changed"
-    )]
-    ShardMismatch {
-        /// The data dir.
-        dir: String,
-        /// Shard count in the manifest.
-        on_disk: u32,
-        /// Shard count asked for.
-        configured: u32,
-    },
     /// The manifest is unreadable or from an unknown format.
     #[error("manifest {path}: {why}")]
     Invalid {
@@ -109,30 +119,29 @@ pub fn write(data_dir: &Path, m: &Manifest) -> Result<(), ManifestError> {
     Ok(())
 }
 
-/// Opens the layout of `data_dir` for `shards` shards: creates the dir and the manifest on first start,
-/// refuses a mismatch otherwise.
+/// Reads the manifest of `data_dir`, or creates the dir and a manifest for `shards` shards on first start.
+/// A different shard count on disk is not an error here: `reshard::reconcile` moves the data.
 pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, ManifestError> {
     fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-    match read(data_dir)? {
-        Some(m) if m.shards != shards => Err(ManifestError::ShardMismatch {
-            dir: data_dir.display().to_string(),
-            on_disk: m.shards,
-            configured: shards,
-        }),
-        Some(m) => Ok(m),
-        None => {
-            let has_shards = fs::read_dir(data_dir)
-                .map_err(io(data_dir))?
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().starts_with("shard-"));
-            if has_shards {
-                return Err(ManifestError::Missing(data_dir.display().to_string()));
-            }
-            let m = Manifest { format_version: FORMAT_VERSION, shards, partitions: PARTITIONS, node_id: new_node_id() };
-            write(data_dir, &m)?;
-            Ok(m)
-        }
+    if let Some(m) = read(data_dir)? {
+        return Ok(m);
     }
+    let has_shards = fs::read_dir(data_dir)
+        .map_err(io(data_dir))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("shard-"));
+    if has_shards {
+        return Err(ManifestError::Missing(data_dir.display().to_string()));
+    }
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        shards,
+        partitions: PARTITIONS,
+        node_id: new_node_id(),
+        reshard: None,
+    };
+    write(data_dir, &m)?;
+    Ok(m)
 }
 
 /// A random 128-bit node id in hex, from the OS's randomness where available.
@@ -152,14 +161,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn created_once_then_mismatch_refused() {
+    fn created_once_then_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let m = open_or_create(dir.path(), 4).unwrap();
         assert_eq!(m.shards, 4);
-        assert_eq!(open_or_create(dir.path(), 4).unwrap(), m);
-        let err = open_or_create(dir.path(), 8).unwrap_err().to_string();
-        assert!(err.contains("holds 4 shards") && err.contains("SHARD_LIMIT is 8"), "{err}");
-        assert_eq!(read(dir.path()).unwrap().unwrap().shards, 4);
+        assert_eq!(open_or_create(dir.path(), 8).unwrap(), m, "the count on disk wins until resharded");
+        let with_plan = Manifest { reshard: Some(ReshardPlan { to: 7, state: ReshardState::Copied }), ..m };
+        write(dir.path(), &with_plan).unwrap();
+        assert_eq!(read(dir.path()).unwrap().unwrap(), with_plan);
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum StartError {
     /// The data dir's layout cannot be served.
     #[error(transparent)]
     Manifest(#[from] manifest::ManifestError),
+    /// A resharding failed (the data dir still holds one complete layout).
+    #[error(transparent)]
+    Reshard(#[from] crate::reshard::ReshardError),
     /// A shard file cannot be opened.
     #[error("{0}")]
     Store(crate::error::Error),
@@ -56,6 +59,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     config.validate()?;
     let started = Instant::now();
     let m = manifest::open_or_create(&config.data_dir, config.shards)?;
+    let m = crate::reshard::reconcile(&config.data_dir, m, config.shards)?;
     tracing::info!(data_dir = %config.data_dir.display(), shards = m.shards, node_id = %m.node_id, "data dir opened");
 
     // redb's own page cache: a share of the budget per file (its default is 1 GiB per database).
