@@ -13,6 +13,7 @@
 
 pub mod backup;
 pub mod cache;
+pub mod cli;
 pub mod command;
 pub mod config;
 pub mod error;

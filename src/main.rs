@@ -20,6 +20,10 @@ struct Cli {
 enum Cmd {
     /// Run the server (the default).
     Serve(Config),
+    /// Interactive shell with history; reads one command per line when stdin is not a terminal.
+    Cli(shale::cli::Connect),
+    #[command(flatten)]
+    Client(shale::cli::OneShot),
 }
 
 fn init_tracing() {
@@ -45,11 +49,13 @@ async fn shutdown_signal() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let config = match cli.command {
         None => cli.serve,
         Some(Cmd::Serve(c)) => c,
+        Some(Cmd::Cli(connect)) => return shale::cli::run_shell(&connect),
+        Some(Cmd::Client(cmd)) => return shale::cli::run_one(cmd),
     };
+    init_tracing();
     let result = actix_web::rt::System::new().block_on(shale::server::run(config, shutdown_signal()));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -13,6 +13,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,8 @@ pub struct Store {
     shard: ShardId,
     cache_size: usize,
     db: RwLock<Option<Arc<Database>>>,
+    /// Fault injection: how many of the next batch transactions fail as if the disk had failed.
+    injected_failures: AtomicU32,
 }
 
 fn storage(shard: ShardId, what: &str) -> impl Fn(redb::Error) -> Error + '_ {
@@ -83,7 +86,7 @@ impl Store {
             crate::backup::compact_file(&path, shard, 0.5)?;
         }
         let db = Self::open_db(&path, shard, cache_size)?;
-        Ok(Store { path, shard, cache_size, db: RwLock::new(Some(Arc::new(db))) })
+        Ok(Store { path, shard, cache_size, db: RwLock::new(Some(Arc::new(db))), injected_failures: AtomicU32::new(0) })
     }
 
     fn open_db(path: &Path, shard: ShardId, cache_size: usize) -> Result<Database> {
@@ -237,6 +240,10 @@ impl Store {
         for cmd in cmds {
             outcomes.push(apply_one(&txn, cmd, &mut rev).map_err(|e| err(e))?);
         }
+        if self.injected_failures.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+            // Dropping the transaction aborts it: nothing of this batch reaches the file.
+            return Err(Error::Internal(format!("shard {}: injected commit failure", self.shard)));
+        }
         let changed =
             outcomes.iter().any(|o| matches!(o, Ok((_, CacheEffect::Insert(..) | CacheEffect::Invalidate(..)))));
         if !changed {
@@ -251,6 +258,12 @@ impl Store {
         txn.commit().map_err(|e| err(e.into()))?;
         *next_rev = rev;
         Ok(outcomes)
+    }
+
+    /// Fault injection for tests: the next `n` batch transactions fail (the batch is rejected and the shard
+    /// reopens its database, exactly as after a real I/O error).
+    pub fn inject_commit_failures(&self, n: u32) {
+        self.injected_failures.store(n, Ordering::Release);
     }
 
     /// A durable commit of nothing: makes every earlier non-durable commit survive a crash.
@@ -439,5 +452,19 @@ mod tests {
         assert_eq!(l, vec![Bytes::from("a/2")]);
         let l = store.list(Space::Kv, b"", Some(b"a/3"), 10).unwrap();
         assert_eq!(l, vec![Bytes::from("b/1")]);
+    }
+
+    #[test]
+    fn an_injected_failure_rejects_the_batch_and_the_store_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let mut rev = 1;
+        store.inject_commit_failures(1);
+        let cmds = [put("a", "1", Precondition::NONE)];
+        assert!(store.apply_batch(cmds.iter(), &mut rev, true).is_err());
+        assert!(store.get(Space::Kv, b"a").unwrap().is_none(), "nothing of a failed batch is stored");
+        store.reopen().unwrap();
+        store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
+        assert_eq!(&store.get(Space::Kv, b"a").unwrap().unwrap().value()[..], b"1");
     }
 }
