@@ -20,6 +20,7 @@ pub mod error;
 pub mod fault;
 pub mod http;
 pub mod manifest;
+pub mod metrics;
 pub mod placement;
 pub mod record;
 pub mod reshard;

@@ -24,6 +24,78 @@ enum Cmd {
     Cli(shale::cli::Connect),
     #[command(flatten)]
     Client(shale::cli::OneShot),
+    /// Ask a running server for a consistent backup of every shard into PATH (on the server's machine).
+    Backup {
+        #[command(flatten)]
+        connect: shale::cli::Connect,
+        /// Directory to create (absolute, absent or empty, outside the data dir); a relative path is made
+        /// absolute against the current directory.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Restore a backup into a data dir (server stopped): checksums verified, a non-empty dir needs --force.
+    Restore {
+        /// The backup directory (manifest.json, shard-<i>.redb, SHA256SUMS).
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The data dir to restore into.
+        #[arg(long, env = "DATA_DIR")]
+        data_dir: std::path::PathBuf,
+        /// Replace the shard files and manifest of a non-empty data dir.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Compact every shard file of a data dir (server stopped), reclaiming free space.
+    Compact {
+        /// The data dir.
+        #[arg(long, env = "DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+/// `shale backup`, `shale restore`, `shale compact`: exit 0 on success, 2 on a refused request, 3 when the
+/// server cannot be reached or fails.
+fn run_operation(cmd: Cmd) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let fail = |code: u8, msg: String| {
+        eprintln!("shale: {msg}");
+        ExitCode::from(code)
+    };
+    match cmd {
+        Cmd::Backup { connect, out } => {
+            let out = match std::path::absolute(&out) {
+                Ok(p) => p,
+                Err(e) => return fail(2, format!("--out {}: {e}", out.display())),
+            };
+            let client = match connect.client() {
+                Ok(c) => c,
+                Err(e) => return fail(shale::cli::exit_code(&e), e.to_string()),
+            };
+            match client.backup(&out) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(shale::cli::exit_code(&e), e.to_string()),
+            }
+        }
+        Cmd::Restore { from, data_dir, force } => match shale::backup::restore(&from, &data_dir, force) {
+            Ok(m) => {
+                println!("restored {} shards from {} into {}", m.shards, from.display(), data_dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e @ shale::backup::RestoreError::NotEmpty(_)) => fail(2, e.to_string()),
+            Err(e) => fail(1, e.to_string()),
+        },
+        Cmd::Compact { data_dir } => match shale::backup::compact_dir(&data_dir) {
+            Ok(reclaimed) => {
+                println!("compacted {}: {reclaimed} bytes reclaimed", data_dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
+        _ => unreachable!("only operations reach run_operation"),
+    }
 }
 
 fn init_tracing() {
@@ -36,14 +108,18 @@ fn init_tracing() {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT: both are graceful (finish in-flight requests, commit, close).
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, before start-up (a signal that arrives right after the
+/// `LISTENING` line must not kill the process), and resolves on the first of them.
+/// Both are graceful: finish in-flight requests, commit, close.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
@@ -54,9 +130,17 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::Serve(c)) => c,
         Some(Cmd::Cli(connect)) => return shale::cli::run_shell(&connect),
         Some(Cmd::Client(cmd)) => return shale::cli::run_one(cmd),
+        Some(op @ (Cmd::Backup { .. } | Cmd::Restore { .. } | Cmd::Compact { .. })) => {
+            init_tracing();
+            return run_operation(op);
+        }
     };
     init_tracing();
-    let result = actix_web::rt::System::new().block_on(shale::server::run(config, shutdown_signal()));
+    let result = actix_web::rt::System::new().block_on(async {
+        // Inside the runtime (the handlers need its reactor), before the server starts.
+        let shutdown = shutdown_signal();
+        shale::server::run(config, shutdown).await
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

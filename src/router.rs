@@ -72,8 +72,10 @@ impl Router {
     /// shard is asked to fill the cache (readers never insert; see `cache`).
     pub async fn get(&self, space: Space, key: Bytes) -> Result<Option<Record>> {
         if let Some(rec) = self.cache.get(space, &key) {
+            metrics::counter!("shale_cache_requests_total", "result" => "hit").increment(1);
             return Ok(Some(rec));
         }
+        metrics::counter!("shale_cache_requests_total", "result" => "miss").increment(1);
         let shard = self.shard(&key).clone();
         let store = shard.store().clone();
         let k = key.clone();

@@ -57,6 +57,7 @@ pub struct RunningServer {
 /// Starts shale with `config`. Must be called inside an actix system (`actix_web::rt::System`).
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     config.validate()?;
+    crate::metrics::init();
     let started = Instant::now();
     let m = manifest::open_or_create(&config.data_dir, config.shards)?;
     let m = crate::reshard::reconcile(&config.data_dir, m, config.shards)?;

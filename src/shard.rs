@@ -179,7 +179,8 @@ pub fn spawn(
     let id = store.shard();
     let handle = ShardHandle { id, tx, store: store.clone() };
     let join = std::thread::Builder::new().name(format!("shard-{}", id.0)).spawn(move || {
-        let worker = Worker { store, cache, options, rx, readiness };
+        let metrics = ShardMetrics::new(id);
+        let worker = Worker { store, cache, options, rx, readiness, metrics };
         // A panic here would leave writers waiting on a half-alive shard: stop the whole process instead.
         // redb is crash-safe, and nothing unacknowledged was reported as stored.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err() {
@@ -196,6 +197,31 @@ struct Worker {
     options: ShardOptions,
     rx: Receiver<ShardMsg>,
     readiness: Arc<Readiness>,
+    metrics: ShardMetrics,
+}
+
+/// This shard's metric handles, registered once so that recording is a few atomic operations per batch.
+struct ShardMetrics {
+    batch_size: metrics::Histogram,
+    commit_seconds: metrics::Histogram,
+    commits: metrics::Counter,
+    fsyncs: metrics::Counter,
+    failed_batches: metrics::Counter,
+    warmup_seconds: metrics::Gauge,
+}
+
+impl ShardMetrics {
+    fn new(id: ShardId) -> ShardMetrics {
+        let shard = id.to_string();
+        ShardMetrics {
+            batch_size: metrics::histogram!("shale_shard_batch_size", "shard" => shard.clone()),
+            commit_seconds: metrics::histogram!("shale_shard_commit_seconds", "shard" => shard.clone()),
+            commits: metrics::counter!("shale_shard_commits_total", "shard" => shard.clone()),
+            fsyncs: metrics::counter!("shale_shard_fsyncs_total", "shard" => shard.clone()),
+            failed_batches: metrics::counter!("shale_shard_failed_batches_total", "shard" => shard.clone()),
+            warmup_seconds: metrics::gauge!("shale_shard_warmup_seconds", "shard" => shard),
+        }
+    }
 }
 
 impl Worker {
@@ -279,6 +305,7 @@ impl Worker {
                 break;
             }
         }
+        self.metrics.warmup_seconds.set(started.elapsed().as_secs_f64());
         tracing::info!(
             shard = self.store.shard().0,
             entries = loaded,
@@ -325,8 +352,14 @@ impl Worker {
         let started = Instant::now();
         let result = self.store.apply_batch(writes.iter().map(|(c, _)| c), next_rev, durable);
         let len = writes.len();
+        self.metrics.batch_size.record(len as f64);
         match result {
             Ok(outcomes) => {
+                self.metrics.commits.increment(1);
+                if durable {
+                    self.metrics.fsyncs.increment(1);
+                }
+                self.metrics.commit_seconds.record(started.elapsed().as_secs_f64());
                 for ((_, reply), outcome) in writes.drain(..).zip(outcomes) {
                     let answer = outcome.map(|(r, effect)| {
                         match effect {
@@ -340,6 +373,7 @@ impl Worker {
                 }
             }
             Err(e) => {
+                self.metrics.failed_batches.increment(1);
                 tracing::error!(shard = self.store.shard().0, batch = len, error = %e, "write transaction failed; batch rejected");
                 // The commit may have reached the disk partly or wholly before failing: drop what the cache
                 // holds for these keys so the next read goes to the file.
@@ -383,6 +417,7 @@ impl Worker {
     fn flush(&self, dirty: &mut bool, last_durable: &mut Instant) {
         match self.store.flush() {
             Ok(()) => {
+                self.metrics.fsyncs.increment(1);
                 *dirty = false;
                 *last_durable = Instant::now();
             }

@@ -111,6 +111,11 @@ impl Store {
         Ok(db)
     }
 
+    /// The path of the shard file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The shard this store belongs to.
     pub fn shard(&self) -> ShardId {
         self.shard

@@ -259,6 +259,20 @@ impl Client {
         Ok(read_json::<Document>(&mut resp, &self.base)?.id)
     }
 
+    // ---- operations ----
+
+    /// `POST /admin/backup {"path": out}`: the server writes a consistent backup into `out` (a directory on the
+    /// server's machine); returns the server's JSON report.
+    pub fn backup(&self, out: &std::path::Path) -> Result<serde_json::Value, Error> {
+        let body = serde_json::json!({ "path": out }).to_string();
+        let req = self.agent.post(format!("{}/admin/backup", self.base)).header("Content-Type", "application/json");
+        let mut resp = self.send(req, body)?;
+        if resp.status().as_u16() != 200 {
+            return Err(self.failure(resp));
+        }
+        read_json::<serde_json::Value>(&mut resp, &self.base)
+    }
+
     /// `GET /healthz`: `Ok` when the server answers at all.
     pub fn ping(&self) -> Result<(), Error> {
         let resp = self.call(self.agent.get(format!("{}/healthz", self.base)))?;

@@ -21,6 +21,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// `GET /metrics` -> Prometheus text exposition (read access when tokens are configured).
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let router = state.router.clone();
+    let text = web::block(move || crate::metrics::render(&router)).await.unwrap_or_default();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
+}
+
 /// `GET /ping` -> 200 `{"status":"OK"}`.
 pub async fn ping() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(r#"{"status":"OK"}"#)

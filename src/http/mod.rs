@@ -10,6 +10,7 @@ pub mod counter;
 pub mod docs;
 pub mod health;
 pub mod kv;
+pub mod observe;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub struct AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| Error::BadRequest(err.to_string()).into()))
         .app_data(web::PathConfig::default().error_handler(|err, _| Error::BadRequest(err.to_string()).into()))
+        .service(web::resource("/metrics").route(web::get().to(health::metrics)).default_service(web::to(not_allowed)))
         .service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(web::to(not_allowed)))
         .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(web::to(not_allowed)))
         .service(web::resource("/ping").route(web::get().to(health::ping)).default_service(web::to(not_allowed)))
@@ -95,6 +97,7 @@ pub fn app(
         .app_data(state)
         .wrap(actix_web::middleware::from_fn(auth::authorize))
         .wrap(ErrorHandlers::new().default_handler(json_error))
+        .wrap(actix_web::middleware::from_fn(observe::observe))
         .configure(configure)
 }
 

@@ -1,0 +1,67 @@
+//! Prometheus metrics: one process-wide recorder (the `metrics` facade, usable from the shard OS threads), and
+//! the gauges that are read at scrape time (queue depths, cache size, keys and file bytes per shard, uptime).
+//!
+//! Labels name route patterns (`/kv/{key:.*}`) and shard ids, never keys, so cardinality stays bounded.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::command::Space;
+use crate::router::Router;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Latency buckets in seconds: 50 µs to 5 s.
+const SECONDS: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// Batch-size buckets (requests per transaction).
+const BATCH: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Installs the process-wide recorder on first use (later calls, e.g. a second in-process server in a test,
+/// share it) and returns its handle.
+pub fn init() -> &'static PrometheusHandle {
+    STARTED.get_or_init(Instant::now);
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("shale_shard_batch_size".into()), &BATCH))
+            .expect("bucket lists are non-empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed in this process");
+        metrics::gauge!("shale_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+/// The Prometheus text exposition, with the scrape-time gauges refreshed from `router`.
+pub fn render(router: &Router) -> String {
+    let handle = init();
+    let uptime = STARTED.get().map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+    metrics::gauge!("shale_uptime_seconds").set(uptime);
+    let cache = router.cache();
+    metrics::gauge!("shale_cache_bytes").set(cache.weighted_size() as f64);
+    metrics::gauge!("shale_cache_entries").set(cache.entry_count() as f64);
+    metrics::gauge!("shale_cache_capacity_bytes").set(cache.capacity() as f64);
+    for shard in router.shards() {
+        let id = shard.id().to_string();
+        metrics::gauge!("shale_shard_queue_depth", "shard" => id.clone()).set(shard.queue_len() as f64);
+        for space in Space::ALL {
+            if let Ok(n) = shard.store().len(space) {
+                let space = match space {
+                    Space::Kv => "kv",
+                    Space::Doc => "docs",
+                    Space::Counter => "counters",
+                };
+                metrics::gauge!("shale_shard_keys", "shard" => id.clone(), "space" => space).set(n as f64);
+            }
+        }
+        if let Ok(meta) = std::fs::metadata(shard.store().path()) {
+            metrics::gauge!("shale_shard_file_bytes", "shard" => id).set(meta.len() as f64);
+        }
+    }
+    handle.run_upkeep();
+    handle.render()
+}
