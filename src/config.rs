@@ -160,9 +160,6 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError("TLS needs both --tls-cert and --tls-key".into()));
         }
-        if self.tls_cert.is_some() {
-            return Err(ConfigError("TLS is not supported by this build yet; terminate TLS in a proxy".into()));
-        }
         if self.auth_token.iter().chain(&self.auth_read_token).any(|t| t.trim().is_empty()) {
             return Err(ConfigError("AUTH_TOKEN / AUTH_READ_TOKEN must not contain empty tokens".into()));
         }

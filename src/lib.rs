@@ -28,6 +28,7 @@ pub mod router;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use error::Error;

@@ -57,6 +57,10 @@ pub struct RunningServer {
 /// Starts shale with `config`. Must be called inside an actix system (`actix_web::rt::System`).
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     config.validate()?;
+    // Load the certificate before touching the data dir, so a bad file fails fast and changes nothing.
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        crate::tls::server_config(cert, key)?;
+    }
     crate::metrics::init();
     let started = Instant::now();
     let m = manifest::open_or_create(&config.data_dir, config.shards)?;
@@ -100,12 +104,19 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if let Some(n) = config.http_workers {
         server = server.workers(n.max(1));
     }
-    let server = server.bind((config.host.as_str(), config.port))?;
+    let server = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = crate::tls::server_config(cert, key)?;
+            server.bind_rustls_0_23((config.host.as_str(), config.port), tls)?
+        }
+        _ => server.bind((config.host.as_str(), config.port))?,
+    };
     let addr = server.addrs()[0];
     let server = server.run();
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);
-    tracing::info!(%addr, ms = started.elapsed().as_millis() as u64, "listening");
+    let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, ms = started.elapsed().as_millis() as u64, "listening");
     Ok(RunningServer { addr, handle, serving, router, workers })
 }
 

@@ -330,9 +330,12 @@ fn usage_errors_exit_2() {
         let out = run(shale(&args), b"");
         assert_code(&out, 2);
     }
-    let out = run(shale(&["get", "k", "--url", "https://127.0.0.1:1"]), b"");
+    let out = run(shale(&["get", "k", "--url", "ftp://127.0.0.1:1"]), b"");
     assert_code(&out, 2);
-    assert!(text(&out.stderr).contains("https"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("https://"), "{}", text(&out.stderr));
+    let out = run(shale(&["get", "k", "--url", "https://127.0.0.1:1", "--ca", "/nonexistent/ca.pem"]), b"");
+    assert_code(&out, 2);
+    assert!(text(&out.stderr).contains("--ca"), "{}", text(&out.stderr));
     let out = run(shale(&["get", "", "--url", &dead_url()]), b"");
     assert_code(&out, 2);
 }
@@ -408,7 +411,7 @@ fn piped_cli_against_a_dead_server_says_so_per_line() {
     // The shell went on to the next command.
     assert!(text(&out.stdout).starts_with("commands:"));
 
-    let out = run(shale(&["cli", "--url", "https://127.0.0.1:1"]), b"get a\n");
+    let out = run(shale(&["cli", "--url", "ftp://127.0.0.1:1"]), b"get a\n");
     assert_code(&out, 2);
 }
 

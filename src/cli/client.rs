@@ -89,37 +89,58 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `url` (`http://host:port`; a bare `host:port` means `http://`), sending `token` as a bearer
-    /// token when given (the first of a comma-separated list, as `AUTH_TOKEN` may hold several).
+    /// A client for `url` (see [`Client::with_ca`]) that trusts the Mozilla roots for `https://`, sending `token`
+    /// as a bearer token when given (the first of a comma-separated list, as `AUTH_TOKEN` may hold several).
     ///
     /// # Errors
-    /// [`Error::Usage`] for an `https://` URL (TLS is not built into the client yet), another scheme, or a URL that
-    /// does not parse.
+    /// [`Error::Usage`] for another scheme, or a URL that does not parse.
     pub fn new(url: &str, token: Option<&str>) -> Result<Client, Error> {
+        Client::with_ca(url, token, None)
+    }
+
+    /// A client for `url` (`http://` or `https://`; a bare `host:port` means `http://`), sending `token` as a
+    /// bearer token. For `https://`, the server certificate is checked against the PEM certificates in `ca`
+    /// when given (e.g. a self-signed server), else against the Mozilla roots.
+    pub fn with_ca(url: &str, token: Option<&str>, ca: Option<&std::path::Path>) -> Result<Client, Error> {
         let url = url.trim();
         let lower = url.to_ascii_lowercase();
-        let base = if lower.starts_with("http://") {
-            url.to_string()
+        let (scheme, rest) = if lower.starts_with("http://") {
+            ("http", &url["http://".len()..])
         } else if lower.starts_with("https://") {
-            return Err(Error::Usage(format!(
-                "{url}: https:// is not supported by this client yet (it speaks plain HTTP only); use http://"
-            )));
+            ("https", &url["https://".len()..])
         } else if url.contains("://") {
-            return Err(Error::Usage(format!("{url}: only http:// URLs are supported")));
+            return Err(Error::Usage(format!("{url}: only http:// and https:// URLs are supported")));
         } else {
-            format!("http://{url}")
+            ("http", url)
         };
-        let rest = base["http://".len()..].trim_end_matches('/');
+        let rest = rest.trim_end_matches('/');
         if rest.is_empty() || rest.starts_with('/') {
             return Err(Error::Usage(format!("{url} names no server; use a URL like {DEFAULT_URL}")));
         }
-        let base = format!("http://{rest}");
+        let base = format!("{scheme}://{rest}");
         let uri: Uri = base.parse().map_err(|e| Error::Usage(format!("{url} is not a valid URL: {e}")))?;
         if uri.host().is_none_or(str::is_empty) || uri.query().is_some() {
             return Err(Error::Usage(format!("{url} is not a server URL like http://127.0.0.1:4000")));
         }
         let token = token.and_then(|t| t.split(',').map(str::trim).find(|t| !t.is_empty()));
+        let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| Error::Usage(format!("--ca {}: {e}", ca.display())))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Usage(format!("--ca {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(Error::Usage(format!("--ca {}: no PEM certificate in the file", ca.display())));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let agent = Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
@@ -136,7 +157,7 @@ impl Client {
 
     /// `host:port` of the server, for a prompt.
     pub fn authority(&self) -> &str {
-        let rest = &self.base["http://".len()..];
+        let rest = self.base.split_once("://").map_or(self.base.as_str(), |(_, r)| r);
         rest.split('/').next().unwrap_or(rest)
     }
 
@@ -380,7 +401,11 @@ mod tests {
         let c = Client::new("HTTP://h:1/base", Some(" ,tok, other")).unwrap();
         assert_eq!(c.authority(), "h:1");
         assert_eq!(c.auth.as_deref(), Some("Bearer tok"));
-        assert!(matches!(Client::new("https://h:1", None), Err(Error::Usage(m)) if m.contains("https")));
+        assert_eq!(Client::new("https://h:1/", None).unwrap().url(), "https://h:1");
+        assert_eq!(Client::new("https://h:1", None).unwrap().authority(), "h:1");
+        assert!(
+            matches!(Client::with_ca("https://h:1", None, Some(std::path::Path::new("/nonexistent.pem"))), Err(Error::Usage(m)) if m.contains("--ca"))
+        );
         assert!(matches!(Client::new("ftp://h", None), Err(Error::Usage(_))));
         assert!(matches!(Client::new("http://", None), Err(Error::Usage(_))));
     }

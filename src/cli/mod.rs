@@ -11,7 +11,8 @@
 //! [`EXIT_FAILED`] 3 server unreachable or server error. A piped `shale cli` runs every line, then exits with the
 //! worst of 0, 2 and 3 it met (a key that is absent is an answer there, not a failure).
 //!
-//! The client speaks plain HTTP only for now: an `https://` URL is a usage error that says so.
+//! `https://` URLs use rustls; `--ca FILE` (or `SHALE_CA`) names the PEM certificate(s) to trust, e.g. a
+//! self-signed server's.
 
 pub mod client;
 pub mod parse;
@@ -38,18 +39,21 @@ pub const EXIT_FAILED: u8 = 3;
 /// Which server to talk to, and as whom.
 #[derive(Debug, Clone, Args)]
 pub struct Connect {
-    /// Server URL (plain http:// only; https:// is not supported by the client yet).
+    /// Server URL: http://HOST:PORT or https://HOST:PORT.
     #[arg(long, env = "SHALE_URL", default_value = DEFAULT_URL)]
     pub url: String,
     /// Bearer token sent with every request (the first one if the variable holds a comma-separated list).
     #[arg(long = "auth-token", env = "AUTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the certificate(s) to trust for an https:// server (e.g. a self-signed one).
+    #[arg(long, env = "SHALE_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Connect {
     /// A [`Client`] for these settings.
     pub fn client(&self) -> Result<Client, Error> {
-        Client::new(&self.url, self.token.as_deref())
+        Client::with_ca(&self.url, self.token.as_deref(), self.ca.as_deref())
     }
 }
 
