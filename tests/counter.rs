@@ -2,122 +2,50 @@
 //! increments, values as text, exact sums under concurrency, i64 overflow and malformed bodies answered 400
 //! with the value unchanged, and acknowledged increments surviving `kill -9`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 
+use common::{client, temp_dir, BinaryServer};
+
 /// Shards the binary runs with.
 const SHARDS: u32 = 4;
-/// Longest a server may take to bind and become ready.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---- the real binary, killed on drop ----
 
-/// A `shale` process on a port of its own, serving `dir`.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    /// Starts `shale --port 0 --data-dir dir` (immediate durability) and waits for `/readyz`.
-    async fn start(dir: &Path) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shale"));
-        cmd.args(["--port", "0", "--shards", &SHARDS.to_string(), "--durability", "immediate", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for var in ["AUTH_TOKEN", "AUTH_READ_TOKEN", "TLS_CERT", "TLS_KEY", "HOST"] {
-            cmd.env_remove(var);
-        }
-        let mut child = cmd.spawn().expect("spawning shale");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        // Reads the LISTENING line, then keeps draining stdout so the server never writes into a closed pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("LISTENING ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(e) => {
-                let _ = child.kill();
-                panic!("shale printed no LISTENING line: {e}");
-            }
-        };
-        let server = Server { child, base: format!("http://{addr}") };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&self) {
-        let http = client();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match http.get(self.url("/readyz")).send().await {
-                Ok(r) if r.status() == StatusCode::OK => return,
-                _ if Instant::now() > deadline => panic!("{} not ready after {START_TIMEOUT:?}", self.base),
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// SIGKILL, then reap: no shutdown code runs.
-    fn kill9(mut self) {
-        self.child.kill().expect("sending SIGKILL");
-        self.child.wait().expect("reaping shale");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client() -> Client {
-    Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("building the HTTP client")
-}
-
-fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("shale-counter-").tempdir().expect("creating a temp dir")
+/// `shale --port 0 --shards 4 --durability immediate --data-dir dir`, once `/readyz` answers 200.
+async fn start(dir: &Path) -> BinaryServer {
+    let shards = SHARDS.to_string();
+    let server = BinaryServer::start(dir, &["--shards", &shards, "--durability", "immediate"], &[("RUST_LOG", "warn")]);
+    common::wait_ready(&server.base()).await;
+    server
 }
 
 // ---- requests ----
 
 /// `POST /counter/{name}` with `body`; returns status and body text.
-async fn add_raw(http: &Client, s: &Server, name: &str, body: impl Into<reqwest::Body>) -> (StatusCode, String) {
+async fn add_raw(http: &Client, s: &BinaryServer, name: &str, body: impl Into<reqwest::Body>) -> (StatusCode, String) {
     let res = http.post(s.url(&format!("/counter/{name}"))).body(body).send().await.expect("POST failed");
     let status = res.status();
     (status, res.text().await.expect("reading the body"))
 }
 
 /// An increment that must answer 204 with no body.
-async fn add(http: &Client, s: &Server, name: &str, delta: i64) {
+async fn add(http: &Client, s: &BinaryServer, name: &str, delta: i64) {
     let (status, body) = add_raw(http, s, name, delta.to_string()).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "POST /counter/{name} {delta}: {body}");
     assert!(body.is_empty(), "a 204 has no body: {body:?}");
 }
 
 /// `GET /counter/{name}/{route}` (`value` or `consistent_value`): must be 200 text/plain; returns the number.
-async fn value_at(http: &Client, s: &Server, name: &str, route: &str) -> i64 {
+async fn value_at(http: &Client, s: &BinaryServer, name: &str, route: &str) -> i64 {
     let res = http.get(s.url(&format!("/counter/{name}/{route}"))).send().await.expect("GET failed");
     assert_eq!(res.status(), StatusCode::OK, "GET /counter/{name}/{route}");
     let ct = res.headers()["content-type"].to_str().unwrap().to_string();
@@ -127,7 +55,7 @@ async fn value_at(http: &Client, s: &Server, name: &str, route: &str) -> i64 {
 }
 
 /// The value, read through both routes, which must agree on a single node.
-async fn value(http: &Client, s: &Server, name: &str) -> i64 {
+async fn value(http: &Client, s: &BinaryServer, name: &str) -> i64 {
     let v = value_at(http, s, name, "value").await;
     assert_eq!(value_at(http, s, name, "consistent_value").await, v, "value and consistent_value of {name}");
     v
@@ -145,7 +73,7 @@ fn assert_json_error(status: StatusCode, body: &str, want: StatusCode, code: &st
 #[tokio::test]
 async fn increments_add_up_and_read_as_text() {
     let dir = temp_dir();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let http = client();
     add(&http, &s, "hits", 2).await;
     assert_eq!(value(&http, &s, "hits").await, 2);
@@ -169,7 +97,7 @@ async fn increments_add_up_and_read_as_text() {
 #[tokio::test]
 async fn never_written_counters_are_zero() {
     let dir = temp_dir();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let http = client();
     for name in ["never", "a%20b", "%E2%98%83", "1"] {
         assert_eq!(value(&http, &s, name).await, 0, "{name}");
@@ -188,7 +116,7 @@ async fn never_written_counters_are_zero() {
 #[tokio::test]
 async fn routes_outside_the_contract_are_json_errors() {
     let dir = temp_dir();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let http = client();
     let cases = [
         (reqwest::Method::GET, "/counter", StatusCode::NOT_FOUND, "not_found"),
@@ -211,7 +139,7 @@ async fn routes_outside_the_contract_are_json_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_increments_give_a_thousand() {
     let dir = temp_dir();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let http = client();
     let statuses: Vec<StatusCode> = stream::iter(0..1000)
         .map(|_| {
@@ -228,7 +156,7 @@ async fn a_thousand_concurrent_increments_give_a_thousand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_mixed_increments_on_several_counters_are_exact() {
     let dir = temp_dir();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let http = client();
     // 1200 requests over 4 counters, 64 in flight: counter k gets +k 200 times and -1 100 times.
     let work: Vec<(String, i64)> =
@@ -249,7 +177,7 @@ async fn concurrent_mixed_increments_on_several_counters_are_exact() {
 #[tokio::test]
 async fn overflow_is_400_and_keeps_the_value() {
     let dir = temp_dir();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let http = client();
     add(&http, &s, "max", i64::MAX).await;
     assert_eq!(value(&http, &s, "max").await, i64::MAX);
@@ -275,7 +203,7 @@ async fn overflow_is_400_and_keeps_the_value() {
 #[tokio::test]
 async fn bodies_that_are_not_an_i64_are_400_and_keep_the_value() {
     let dir = temp_dir();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let http = client();
     add(&http, &s, "c", 5).await;
     let bodies: Vec<Vec<u8>> = [
@@ -321,7 +249,7 @@ async fn bodies_that_are_not_an_i64_are_400_and_keep_the_value() {
 async fn acknowledged_increments_survive_kill_9() {
     let dir = temp_dir();
     let http = client();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     for _ in 0..25 {
         add(&http, &s, "durable", 2).await;
     }
@@ -329,13 +257,13 @@ async fn acknowledged_increments_survive_kill_9() {
     add(&http, &s, "other", i64::MIN).await;
     s.kill9();
 
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     assert_eq!(value(&http, &s, "durable").await, 43);
     assert_eq!(value(&http, &s, "other").await, i64::MIN);
     add(&http, &s, "durable", 1).await;
     s.kill9();
 
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     assert_eq!(value(&http, &s, "durable").await, 44);
 }
 
@@ -343,7 +271,7 @@ async fn acknowledged_increments_survive_kill_9() {
 async fn increments_acknowledged_before_a_kill_9_mid_load_are_kept() {
     let dir = temp_dir();
     let http = client();
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let sent = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let load = {
@@ -378,7 +306,7 @@ async fn increments_acknowledged_before_a_kill_9_mid_load_are_kept() {
     tokio::time::timeout(Duration::from_secs(60), load).await.expect("the load ends once the server is gone").unwrap();
     let (sent, acked) = (sent.load(Ordering::SeqCst), acked.load(Ordering::SeqCst));
 
-    let s = Server::start(dir.path()).await;
+    let s = start(dir.path()).await;
     let v = value(&http, &s, "crash").await as u64;
     // Every acknowledged increment is there; the ones cut off by the kill may or may not be.
     assert!((acked..=sent).contains(&v), "acknowledged {acked}, sent {sent}, value after kill -9 {v}");
