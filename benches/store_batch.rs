@@ -1,1 +1,132 @@
-fn main() {}
+//! One shard's [`Store`] alone, without threads or HTTP.
+//!
+//! - `store/put_durable/{1,16,256}`: one fsynced write transaction of N puts of 32-byte values to random keys.
+//!   Throughput is in elements (puts), so the sweep shows how much group commit buys per fsync.
+//! - `store/get/{cache,redb}`: a cached read (`shale::cache::Cache`, moka) against a read from the file
+//!   (`Store::get`: one redb read transaction; the file is small, so its pages sit in redb's and the OS's cache),
+//!   on random keys of a preloaded set.
+//!
+//! The data dir is a fresh temp dir inside `SHALE_BENCH_DIR` when set (put it on the disk you want to measure),
+//! else inside the system temp dir. Keys come from a fixed-seed xorshift, so every run writes the same keys.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use shale::cache::Cache;
+use shale::command::{Command, Precondition, Space};
+use shale::placement::ShardId;
+use shale::store::Store;
+
+/// Distinct keys the benches write and read.
+const KEY_SPACE: u64 = 100_000;
+/// Keys preloaded for the read benches.
+const PRELOAD: u64 = 10_000;
+const VALUE: [u8; 32] = [0x5a; 32];
+const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Marsaglia's xorshift64: deterministic and good enough to scatter keys.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn key(&mut self, space: u64) -> Bytes {
+        key_of(self.next() % space)
+    }
+}
+
+fn key_of(i: u64) -> Bytes {
+    Bytes::from(format!("k{i}"))
+}
+
+fn put(key: Bytes) -> Command {
+    Command::Put {
+        space: Space::Kv,
+        key,
+        value: Bytes::from_static(&VALUE),
+        content_type: Bytes::new(),
+        precondition: Precondition::NONE,
+        skip_if_unchanged: false,
+    }
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    match std::env::var_os("SHALE_BENCH_DIR") {
+        Some(base) => {
+            std::fs::create_dir_all(&base).expect("SHALE_BENCH_DIR can be created");
+            tempfile::tempdir_in(base).expect("temp dir inside SHALE_BENCH_DIR")
+        }
+        None => tempfile::tempdir().expect("temp dir"),
+    }
+}
+
+fn bench_store(c: &mut Criterion) {
+    let dir = temp_dir();
+    let store = Store::open(dir.path().join("shard-0.redb"), ShardId(0), 64 << 20).expect("open store");
+    let mut next_rev = store.last_rev().expect("read rev") + 1;
+
+    // Preload in a few large non-durable transactions, then one durable commit.
+    let keys: Vec<Bytes> = (0..PRELOAD).map(key_of).collect();
+    for chunk in keys.chunks(5_000) {
+        let cmds: Vec<Command> = chunk.iter().cloned().map(put).collect();
+        store.apply_batch(cmds.iter(), &mut next_rev, false).expect("preload");
+    }
+    store.flush().expect("flush");
+
+    let mut group = c.benchmark_group("store/put_durable");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    let mut rng = XorShift(SEED);
+    for n in [1u64, 16, 256] {
+        group.throughput(Throughput::Elements(n));
+        group.bench_function(n.to_string(), |b| {
+            b.iter_batched(
+                || (0..n).map(|_| put(rng.key(KEY_SPACE))).collect::<Vec<_>>(),
+                |cmds| {
+                    let out = store.apply_batch(cmds.iter(), &mut next_rev, true).expect("commit");
+                    assert!(out.iter().all(Result::is_ok));
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+
+    let cache = Cache::new(64 << 20);
+    for k in &keys {
+        let rec = store.get(Space::Kv, k).expect("read").expect("preloaded");
+        cache.insert(Space::Kv, k, rec);
+    }
+    cache.sync();
+    assert_eq!(cache.entry_count(), PRELOAD, "every preloaded key fits in the cache");
+
+    let mut group = c.benchmark_group("store/get");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    group.throughput(Throughput::Elements(1));
+    let mut rng = XorShift(SEED ^ 1);
+    group.bench_function("cache", |b| {
+        b.iter(|| {
+            let k = &keys[(rng.next() % PRELOAD) as usize];
+            cache.get(Space::Kv, k).expect("cached")
+        })
+    });
+    group.bench_function("redb", |b| {
+        b.iter(|| {
+            let k = &keys[(rng.next() % PRELOAD) as usize];
+            store.get(Space::Kv, k).expect("read").expect("stored")
+        })
+    });
+    group.finish();
+
+    store.close();
+}
+
+criterion_group!(benches, bench_store);
+criterion_main!(benches);

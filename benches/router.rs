@@ -1,0 +1,206 @@
+//! Router plus shard workers, without HTTP: what a handler costs below actix.
+//!
+//! The rig is built the way `src/server.rs` builds it (`Store::open` per shard, `shard::spawn`, `Router::new`),
+//! with durable (`immediate`) commits, and driven from a 2-thread tokio runtime (like actix's 2 workers here).
+//!
+//! - `router/put_durable/shards{1,2,4}/inflight{1,64}`: tasks that each `dispatch` puts of 32-byte values to
+//!   random keys back to back, so `inflight` puts are always waiting. With 64 in flight the shard workers batch
+//!   them (group commit), and more shards commit in parallel.
+//! - `router/get_cached/shards4/inflight64`: `Router::get` of preloaded keys, all served by the moka cache.
+//!
+//! The data dir is a fresh temp dir inside `SHALE_BENCH_DIR` when set, else inside the system temp dir. Keys come
+//! from fixed-seed xorshifts.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use shale::cache::Cache;
+use shale::command::{Command, Precondition, Reply, Space};
+use shale::placement::ShardId;
+use shale::router::Router;
+use shale::shard::{self, Readiness, ShardOptions};
+use shale::store::{shard_file, Store};
+use shale::Config;
+
+/// Distinct keys the put benches write.
+const KEY_SPACE: u64 = 100_000;
+/// Keys preloaded for the read bench.
+const PRELOAD: u64 = 10_000;
+const VALUE: [u8; 32] = [0x5a; 32];
+const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+const CACHE_BYTES: u64 = 64 << 20;
+
+/// Marsaglia's xorshift64: deterministic and good enough to scatter keys.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(stream: u64) -> XorShift {
+        // Any non-zero state works; mix the stream number in so tasks draw different keys.
+        XorShift((SEED ^ stream.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+fn key_of(i: u64) -> Bytes {
+    Bytes::from(format!("k{i}"))
+}
+
+fn put(key: Bytes) -> Command {
+    Command::Put {
+        space: Space::Kv,
+        key,
+        value: Bytes::from_static(&VALUE),
+        content_type: Bytes::new(),
+        precondition: Precondition::NONE,
+        skip_if_unchanged: false,
+    }
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    match std::env::var_os("SHALE_BENCH_DIR") {
+        Some(base) => {
+            std::fs::create_dir_all(&base).expect("SHALE_BENCH_DIR can be created");
+            tempfile::tempdir_in(base).expect("temp dir inside SHALE_BENCH_DIR")
+        }
+        None => tempfile::tempdir().expect("temp dir"),
+    }
+}
+
+/// Shards, their worker threads and the router over them, on a fresh data dir.
+struct Rig {
+    router: Arc<Router>,
+    workers: Vec<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn start(shards: u32) -> Rig {
+        let dir = temp_dir();
+        let mut config = Config::for_test(dir.path());
+        config.shards = shards;
+        config.cache_bytes = CACHE_BYTES;
+        let redb_cache = (CACHE_BYTES / 4 / u64::from(shards)) as usize;
+        let cache = Cache::new(CACHE_BYTES);
+        let readiness = Readiness::new(shards as usize);
+        let options = ShardOptions::from_config(&config);
+        let mut handles = Vec::new();
+        let mut workers = Vec::new();
+        for i in 0..shards {
+            let store = Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), redb_cache).expect("open shard");
+            let (handle, join) =
+                shard::spawn(Arc::new(store), cache.clone(), options.clone(), readiness.clone()).expect("spawn");
+            handles.push(handle);
+            workers.push(join);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !readiness.is_ready() {
+            assert!(Instant::now() < deadline, "shards not ready: {:?}", readiness.check());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let router = Arc::new(Router::new(handles, cache, readiness, 1));
+        Rig { router, workers, _dir: dir }
+    }
+
+    /// Drops the last shard senders, so every worker commits its queue, closes its file and exits.
+    fn stop(self) {
+        let Rig { router, workers, _dir } = self;
+        drop(Arc::into_inner(router).expect("no task still holds the router"));
+        for w in workers {
+            w.join().expect("shard worker exits cleanly");
+        }
+    }
+}
+
+/// Runs `inflight` tasks that each do `per_task` operations back to back; returns the wall time.
+fn drive<F, Fut>(rt: &tokio::runtime::Runtime, router: &Arc<Router>, inflight: u64, per_task: u64, op: F) -> Duration
+where
+    F: Fn(Arc<Router>, u64) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    rt.block_on(async move {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..inflight)
+            .map(|task| {
+                let router = router.clone();
+                tokio::spawn(async move {
+                    let mut rng = XorShift::new(task);
+                    for _ in 0..per_task {
+                        op(router.clone(), rng.next()).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("bench task");
+        }
+        started.elapsed()
+    })
+}
+
+async fn put_random(router: Arc<Router>, r: u64) {
+    let reply = router.dispatch(put(key_of(r % KEY_SPACE))).await.expect("put");
+    assert!(matches!(reply, Reply::Stored { .. }));
+}
+
+async fn get_preloaded(router: Arc<Router>, r: u64) {
+    let rec = router.get(Space::Kv, key_of(r % PRELOAD)).await.expect("get");
+    assert!(rec.is_some(), "preloaded key is present");
+}
+
+fn bench_router(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+
+    let mut group = c.benchmark_group("router/put_durable");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for shards in [1u32, 2, 4] {
+        let rig = Rig::start(shards);
+        for inflight in [1u64, 64] {
+            group.throughput(Throughput::Elements(inflight));
+            let id = BenchmarkId::new(format!("shards{shards}"), format!("inflight{inflight}"));
+            group.bench_function(id, |b| b.iter_custom(|iters| drive(&rt, &rig.router, inflight, iters, put_random)));
+        }
+        rig.stop();
+    }
+    group.finish();
+
+    let rig = Rig::start(4);
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..64u64)
+            .map(|t| {
+                let router = rig.router.clone();
+                tokio::spawn(async move {
+                    for i in (t..PRELOAD).step_by(64) {
+                        router.dispatch(put(key_of(i))).await.expect("preload");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("preload task");
+        }
+    });
+    rig.router.cache().sync();
+    assert_eq!(rig.router.cache().entry_count(), PRELOAD, "every preloaded key is cached");
+    let mut group = c.benchmark_group("router/get_cached");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("shards4/inflight64", |b| {
+        b.iter_custom(|iters| drive(&rt, &rig.router, 64, iters, get_preloaded))
+    });
+    group.finish();
+    rig.stop();
+}
+
+criterion_group!(benches, bench_router);
+criterion_main!(benches);

@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# HTTP benchmark of shale against a do-nothing actix-web "ceiling" (examples/ceiling.rs), with wrk.
+#
+# Usage: scripts/bench.sh
+# Environment:
+#   BENCH_SECONDS     length of each measured wrk run (default 10)
+#   BENCH_RUNS        runs per measurement; the table shows medians (default 3)
+#   BENCH_KEYS        keys k0..k{N-1} of 32 bytes preloaded into shale and the ceiling's moka cache (default 100000)
+#   DURABILITY        shale's durability, immediate | eventual (default immediate)
+#   SHALE_BENCH_DIR   where the temporary data dir goes (default: $TMPDIR or /tmp)
+#
+# Loads (each at -t2 -c256 and at -t1 -c50, random keys from a fixed per-thread seed):
+#   GET  cached GET of preloaded keys; ceiling: /kvm (moka lookup) and /kv (fixed body)
+#   PUT  PUT of a 32-byte value to a preloaded key (durable under DURABILITY=immediate); ceiling: read body, 204
+#   MIX  90 % GET / 10 % PUT; ceiling: /kvm GET and /kv PUT
+# shale and the ceiling run side by side (both idle when not measured) and are measured alternately, so a
+# background load disturbs both alike. Ratios compare medians: GET and MIX against the ceiling's moka GET,
+# PUT against the ceiling's PUT.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_RUNS=${BENCH_RUNS:-3}
+BENCH_KEYS=${BENCH_KEYS:-100000}
+export DURABILITY=${DURABILITY:-immediate}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+PIDS=()
+TMP=""
+cleanup() {
+    local pid i
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || continue
+        for ((i = 0; i < 300; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n "$TMP" ]]; then
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "[bench] $*" >&2; }
+
+if ! command -v wrk >/dev/null; then
+    log "installing wrk"
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq wrk
+fi
+
+log "building shale and the ceiling (release)"
+cargo build --release --quiet --bin shale --example ceiling
+SHALE_BIN=$TARGET_DIR/release/shale
+CEILING_BIN=$TARGET_DIR/release/examples/ceiling
+
+TMP=$(mktemp -d "${SHALE_BENCH_DIR:-${TMPDIR:-/tmp}}/shale-bench.XXXXXX")
+
+# start NAME CMD...: starts a server, waits (30 s at most) for its `LISTENING addr` line; sets ADDR.
+start() {
+    local name=$1 i
+    shift
+    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+    PIDS+=($!)
+    for ((i = 0; i < 300; i++)); do
+        ADDR=$(sed -n 's/^LISTENING //p' "$TMP/$name.out" | head -n1)
+        if [[ -n "$ADDR" ]]; then
+            return 0
+        fi
+        if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    log "$name did not start; its stderr:"
+    cat "$TMP/$name.err" >&2
+    exit 1
+}
+
+# ---- Lua scripts for wrk ----
+
+cat >"$TMP/preload.lua" <<'EOF'
+-- PUTs k0..k{N-1}, split between the threads, and starts over until the end of the run (the second pass
+-- answers 204; it also covers the first request of thread 0, which wrk builds to check the script and never sends).
+-- Prints how many PUTs answered 201 (created), summed over the threads.
+local threads = {}
+local next_id = 0
+function setup(thread)
+  thread:set("id", next_id)
+  table.insert(threads, thread)
+  next_id = next_id + 1
+end
+function init(args)
+  n = tonumber(args[1])
+  step = tonumber(args[2])
+  i = id
+  created = 0
+  body = string.rep("v", 32)
+end
+function request()
+  if i >= n then i = id end
+  local k = i
+  i = i + step
+  return wrk.format("PUT", "/kv/k" .. k, nil, body)
+end
+function response(status, headers, body)
+  if status == 201 then created = created + 1 end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, t in ipairs(threads) do total = total + t:get("created") end
+  io.write(string.format("CREATED %d\n", total))
+end
+EOF
+
+cat >"$TMP/load.lua" <<'EOF'
+-- args: GET path prefix, PUT path prefix, PUT percentage, key count. Keys are random in k0..k{N-1}.
+local next_id = 1
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+end
+function init(args)
+  get_prefix = args[1]
+  put_prefix = args[2]
+  put_pct = tonumber(args[3])
+  n = tonumber(args[4])
+  math.randomseed(7919 * id + 17)
+  body = string.rep("v", 32)
+end
+function request()
+  local k = math.random(0, n - 1)
+  if put_pct > 0 and math.random(100) <= put_pct then
+    return wrk.format("PUT", put_prefix .. k, nil, body)
+  end
+  return wrk.format("GET", get_prefix .. k, nil, nil)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %d %d %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+EOF
+
+# ---- servers ----
+
+log "starting shale (DURABILITY=$DURABILITY) on $TMP/data"
+start shale "$SHALE_BIN" serve --port 0 --data-dir "$TMP/data"
+SHALE=$ADDR
+for ((i = 0; ; i++)); do
+    if curl -fs -o /dev/null "http://$SHALE/readyz"; then break; fi
+    if ((i >= 600)); then
+        log "shale not ready after 60 s; its stderr:"
+        tail -n 20 "$TMP/shale.err" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+
+log "starting the ceiling"
+start ceiling "$CEILING_BIN" --port 0 --keys "$BENCH_KEYS"
+CEILING=$ADDR
+log "shale at $SHALE, ceiling at $CEILING"
+
+log "preloading $BENCH_KEYS keys into shale"
+created=0
+for ((round = 1; round <= 6 && created < BENCH_KEYS; round++)); do
+    out=$(timeout 60 wrk -t2 -c64 -d10s --timeout 5s -s "$TMP/preload.lua" "http://$SHALE" -- "$BENCH_KEYS" 2)
+    created=$((created + $(sed -n 's/^CREATED //p' <<<"$out")))
+    log "preload round $round: $created of $BENCH_KEYS keys created"
+done
+if ((created < BENCH_KEYS)); then
+    log "preload incomplete"
+    exit 1
+fi
+for k in 0 $((BENCH_KEYS / 2)) $((BENCH_KEYS - 1)); do
+    curl -fsS -o /dev/null "http://$SHALE/kv/k$k"
+    curl -fsS -o /dev/null "http://$CEILING/kvm/k$k"
+done
+
+# measure ADDR THREADS CONNS SECONDS GET_PREFIX PUT_PREFIX PUT_PCT: prints "rps p50_us p99_us status_errors io_errors".
+measure() {
+    local out line
+    out=$(timeout $(($4 + 30)) wrk -t"$2" -c"$3" -d"$4"s --timeout 5s -s "$TMP/load.lua" "http://$1" -- \
+        "$5" "$6" "$7" "$BENCH_KEYS")
+    line=$(sed -n 's/^RESULT //p' <<<"$out")
+    if [[ -z "$line" ]]; then
+        log "wrk gave no result: $out"
+        exit 1
+    fi
+    echo "$line"
+}
+
+log "warming up (3 s each)"
+measure "$SHALE" 2 256 3 /kv/k /kv/k 10 >/dev/null
+measure "$CEILING" 2 256 3 /kvm/k /kv/k 10 >/dev/null
+
+# Each case: label | server | addr | GET prefix | PUT prefix | PUT %.
+CASES=(
+    "GET|shale|$SHALE|/kv/k|/kv/k|0"
+    "GET|ceiling moka|$CEILING|/kvm/k|/kv/k|0"
+    "GET|ceiling fixed|$CEILING|/kv/k|/kv/k|0"
+    "PUT|shale|$SHALE|/kv/k|/kv/k|100"
+    "PUT|ceiling|$CEILING|/kv/k|/kv/k|100"
+    "MIX|shale|$SHALE|/kv/k|/kv/k|10"
+    "MIX|ceiling moka|$CEILING|/kvm/k|/kv/k|10"
+)
+CONNS=("2 256" "1 50")
+
+# median N...: the median of the arguments (mean of the middle two for an even count).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {
+        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+declare -A RPS P50 P99 ERR
+total=$((${#CASES[@]} * ${#CONNS[@]} * BENCH_RUNS))
+n=0
+for conns in "${CONNS[@]}"; do
+    read -r threads c <<<"$conns"
+    for ((run = 1; run <= BENCH_RUNS; run++)); do
+        for case in "${CASES[@]}"; do
+            IFS='|' read -r load server addr get put pct <<<"$case"
+            n=$((n + 1))
+            res=$(measure "$addr" "$threads" "$c" "$BENCH_SECONDS" "$get" "$put" "$pct")
+            read -r rps p50 p99 serr ierr <<<"$res"
+            log "[$n/$total] $load $server -t$threads -c$c run $run: $rps req/s, p50 ${p50} us, p99 ${p99} us, errors $serr status / $ierr io"
+            key="$load|$server|$conns"
+            RPS[$key]="${RPS[$key]:-} $rps"
+            P50[$key]="${P50[$key]:-} $p50"
+            P99[$key]="${P99[$key]:-} $p99"
+            ERR[$key]=$((${ERR[$key]:-0} + serr + ierr))
+        done
+    done
+done
+
+ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
+
+echo
+echo "shale $(git rev-parse --short HEAD 2>/dev/null || echo '?'), DURABILITY=$DURABILITY, $BENCH_KEYS keys of 32 bytes," \
+    "wrk ${BENCH_SECONDS} s x $BENCH_RUNS runs (medians), $(nproc) cores, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| load | server | wrk | req/s | p50 ms | p99 ms | errors | ratio |"
+echo "|---|---|---|---:|---:|---:|---:|---:|"
+declare -A MED
+for conns in "${CONNS[@]}"; do
+    read -r threads c <<<"$conns"
+    for case in "${CASES[@]}"; do
+        IFS='|' read -r load server _ <<<"$case"
+        key="$load|$server|$conns"
+        # shellcheck disable=SC2086
+        MED[$key]=$(median ${RPS[$key]})
+    done
+    for case in "${CASES[@]}"; do
+        IFS='|' read -r load server _ <<<"$case"
+        key="$load|$server|$conns"
+        ratio=""
+        if [[ $server == shale ]]; then
+            base=$([[ $load == PUT ]] && echo "PUT|ceiling|$conns" || echo "$load|ceiling moka|$conns")
+            ratio=$(awk -v a="${MED[$key]}" -v b="${MED[$base]}" 'BEGIN { printf "%.2fx", a / b }')
+        fi
+        # shellcheck disable=SC2086
+        printf '| %s | %s | -t%s -c%s | %.0f | %s | %s | %s | %s |\n' "$load" "$server" "$threads" "$c" "${MED[$key]}" \
+            "$(ms "$(median ${P50[$key]})")" "$(ms "$(median ${P99[$key]})")" "${ERR[$key]}" "$ratio"
+    done
+done
+
+echo
+c="2 256"
+verdict() {
+    awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { r = a / b; printf "%.2fx (target >= %.1fx): %s", r, t, (r >= t ? "MET" : "MISSED") }'
+}
+echo "Target, cached GET vs ceiling moka GET at -t2 -c256: $(verdict "${MED[GET|shale|$c]}" "${MED[GET|ceiling moka|$c]}" 0.6)"
+echo "        cached GET vs ceiling fixed GET at -t2 -c256: $(verdict "${MED[GET|shale|$c]}" "${MED[GET|ceiling fixed|$c]}" 0.6)"
+echo "Target, durable PUT vs ceiling PUT at -t2 -c256:    $(verdict "${MED[PUT|shale|$c]}" "${MED[PUT|ceiling|$c]}" 0.2)"
