@@ -9,6 +9,12 @@
 //! - [`server`]: start-up (config, [`manifest`], stores, shards, HTTP) and graceful teardown.
 //! - [`config`] and [`error`]: every setting of API.md, and every error code of API.md.
 //!
+//! Around the data path:
+//! - [`reshard`]: moves every record to its new shard when `SHARD_LIMIT` changes, crash-safe at every step.
+//! - [`backup`]: consistent online backup (a rendezvous of all shard workers), restore, compaction.
+//! - [`metrics`] (Prometheus `/metrics`), [`tls`] (HTTPS with rustls), [`fault`] (named crash points for tests).
+//! - [`cli`]: `shale cli` and the one-shot client commands, over HTTP.
+//!
 //! `docs/design.md` describes the data path, the on-disk layout and the durability and cache rules.
 
 pub mod backup;
