@@ -26,11 +26,19 @@ pub fn doc_key(id: u64) -> Bytes {
     Bytes::copy_from_slice(&id.to_be_bytes())
 }
 
-/// Parses an id given as a JSON number or digit string: a positive integer, or 400.
+/// Parses an id given as a JSON number or digit string: a positive integer, or 400. A number written with a
+/// fraction part of zero (`7.0`, as Python's `json` writes a float) is the same JSON number as `7`.
 pub fn parse_id(v: &Value) -> Result<u64> {
     let bad = || Error::BadRequest(format!("id must be a positive integer, got {v}"));
     let id = match v {
-        Value::Number(n) => n.as_u64().ok_or_else(bad)?,
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (1.0..18_446_744_073_709_551_616.0).contains(f))
+                    .map(|f| f as u64)
+            })
+            .ok_or_else(bad)?,
         Value::String(s) => parse_id_str(s)?,
         _ => return Err(bad()),
     };
@@ -289,6 +297,7 @@ mod tests {
     fn ids() {
         assert_eq!(parse_id(&json!(7)).unwrap(), 7);
         assert_eq!(parse_id(&json!("42")).unwrap(), 42);
+        assert_eq!(parse_id(&json!(1230.0)).unwrap(), 1230);
         for bad in [
             json!(0),
             json!(-1),

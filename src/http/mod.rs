@@ -11,6 +11,7 @@ pub mod docs;
 pub mod health;
 pub mod kv;
 pub mod observe;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -38,45 +39,50 @@ pub struct AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| Error::BadRequest(err.to_string()).into()))
         .app_data(web::PathConfig::default().error_handler(|err, _| Error::BadRequest(err.to_string()).into()))
-        .service(web::resource("/metrics").route(web::get().to(health::metrics)).default_service(web::to(not_allowed)))
-        .service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(web::to(not_allowed)))
-        .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(web::to(not_allowed)))
-        .service(web::resource("/ping").route(web::get().to(health::ping)).default_service(web::to(not_allowed)))
-        .service(web::resource("/kv").route(web::get().to(kv::handle_list)).default_service(web::to(not_allowed)))
+        .service(web::resource("/metrics").route(web::get().to(health::metrics)).default_service(not_allowed("GET")))
+        .service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(not_allowed("GET")))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(not_allowed("GET")))
+        .service(
+            web::resource("/openapi.json")
+                .route(web::get().to(openapi::handle_openapi))
+                .default_service(not_allowed("GET")),
+        )
+        .service(web::resource("/ping").route(web::get().to(health::ping)).default_service(not_allowed("GET")))
+        .service(web::resource("/kv").route(web::get().to(kv::handle_list)).default_service(not_allowed("GET")))
         .service(
             web::resource("/kv/{key:.*}")
                 .route(web::get().to(kv::handle_get))
                 .route(web::head().to(kv::handle_get))
                 .route(web::put().to(kv::handle_put))
                 .route(web::delete().to(kv::handle_delete))
-                .default_service(web::to(not_allowed)),
+                .default_service(not_allowed("GET, HEAD, PUT, DELETE")),
         )
         .service(
             web::resource("/api")
                 .route(web::get().to(docs::handle_get))
                 .route(web::post().to(docs::handle_post))
-                .default_service(web::to(not_allowed)),
+                .default_service(not_allowed("GET, POST")),
         )
         .service(
             web::resource("/api/cmd")
                 .route(web::get().to(docs::handle_cmd_get))
                 .route(web::post().to(docs::handle_cmd_post))
-                .default_service(web::to(not_allowed)),
+                .default_service(not_allowed("GET, POST")),
         )
         .service(
             web::resource("/counter/{name}")
                 .route(web::post().to(counter::handle_add))
-                .default_service(web::to(not_allowed)),
+                .default_service(not_allowed("POST")),
         )
         .service(
             web::resource(["/counter/{name}/value", "/counter/{name}/consistent_value"])
                 .route(web::get().to(counter::handle_value))
-                .default_service(web::to(not_allowed)),
+                .default_service(not_allowed("GET")),
         )
         .service(
             web::resource("/admin/backup")
                 .route(web::post().to(admin::handle_backup))
-                .default_service(web::to(not_allowed)),
+                .default_service(not_allowed("POST")),
         )
         .default_service(web::to(not_found));
 }
@@ -105,8 +111,15 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, Error> {
     Err(Error::NotFound(format!("no route for {} {}", req.method(), req.path())))
 }
 
-async fn not_allowed(req: HttpRequest) -> Result<HttpResponse, Error> {
-    Err(Error::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
+/// The answer to a method the resource does not serve: 405 with the `Allow` header RFC 9110 requires.
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move |req: HttpRequest| async move {
+        let err =
+            Error::MethodNotAllowed(format!("{} is not allowed on {} (allowed: {allow})", req.method(), req.path()));
+        let mut res = actix_web::ResponseError::error_response(&err);
+        res.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        res
+    })
 }
 
 /// Rewrites an error response that does not already carry our JSON body (actix's own errors, such as a

@@ -1,0 +1,399 @@
+//! Observability, black-box over HTTP: an `X-Request-Id` on every answer (errors, 404s, 401s and 304s too), kept
+//! when the client sends a usable one, unique when generated, and named in the request's log span; `/metrics`
+//! is Prometheus text with every metric family of issue 7, whose values move with the traffic, labelled by
+//! route pattern and never by key.
+//!
+//! The metrics recorder is process-wide, so the metrics tests run the real binary (a process of its own) and
+//! assert exact deltas between two scrapes.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{client, temp_dir, wait_ready, BinaryServer, TestServer};
+use reqwest::header::{HeaderValue, ETAG, IF_MATCH, IF_NONE_MATCH};
+use reqwest::{Client, Method, RequestBuilder, StatusCode};
+use shale::Config;
+
+const TOKEN: &str = "obs-rw";
+const READ_TOKEN: &str = "obs-ro";
+
+fn id_of(res: &reqwest::Response) -> String {
+    let v =
+        res.headers().get("x-request-id").unwrap_or_else(|| panic!("{} {}: no X-Request-Id", res.status(), res.url()));
+    let id = v.to_str().expect("X-Request-Id is ASCII").to_string();
+    assert!(!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()), "X-Request-Id {id:?}");
+    id
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let dir = temp_dir();
+    let mut config = Config::for_test(dir.path());
+    config.auth_token = vec![TOKEN.into()];
+    config.auth_read_token = vec![READ_TOKEN.into()];
+    config.max_value_bytes = 1024;
+    config.max_key_bytes = 64;
+    let server = TestServer::start(config);
+    let http = client();
+    let url = |p: &str| server.url(p);
+    let rw = |r: RequestBuilder| r.bearer_auth(TOKEN);
+
+    let created = rw(http.put(url("/kv/a"))).body("v1").send().await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let etag = created.headers()[ETAG].to_str().unwrap().to_string();
+    let mut ids = vec![id_of(&created)];
+
+    let requests: Vec<(RequestBuilder, StatusCode)> = vec![
+        (http.get(url("/healthz")), StatusCode::OK),
+        (http.get(url("/readyz")), StatusCode::OK),
+        (rw(http.put(url("/kv/a"))).body("v2"), StatusCode::NO_CONTENT),
+        (rw(http.get(url("/kv/a"))), StatusCode::OK),
+        (rw(http.head(url("/kv/a"))), StatusCode::OK),
+        (rw(http.get(url("/kv/a"))).header(IF_NONE_MATCH, "*"), StatusCode::NOT_MODIFIED),
+        (rw(http.get(url("/kv/absent"))), StatusCode::NOT_FOUND),
+        (rw(http.head(url("/kv/absent"))), StatusCode::NOT_FOUND),
+        (rw(http.get(url("/no/such/route"))), StatusCode::NOT_FOUND),
+        (rw(http.patch(url("/kv/a"))), StatusCode::METHOD_NOT_ALLOWED),
+        (rw(http.get(url("/kv?limit=0"))), StatusCode::BAD_REQUEST),
+        (rw(http.put(url("/kv/a"))).header(IF_MATCH, etag.as_str()), StatusCode::PRECONDITION_FAILED),
+        (rw(http.put(url("/kv/big"))).body(vec![b'x'; 1025]), StatusCode::PAYLOAD_TOO_LARGE),
+        (rw(http.put(url(&format!("/kv/{}", "k".repeat(65))))), StatusCode::URI_TOO_LONG),
+        (rw(http.post(url("/api"))).body("{not json"), StatusCode::BAD_REQUEST),
+        (http.get(url("/kv/a")), StatusCode::UNAUTHORIZED),
+        (http.get(url("/kv/a")).bearer_auth("wrong"), StatusCode::UNAUTHORIZED),
+        (http.put(url("/kv/a")).bearer_auth(READ_TOKEN).body("x"), StatusCode::FORBIDDEN),
+        (rw(http.get(url("/metrics"))), StatusCode::OK),
+        (rw(http.get(url("/openapi.json"))), StatusCode::OK),
+    ];
+    for (req, expected) in requests {
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), expected, "{}", res.url());
+        ids.push(id_of(&res));
+    }
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "generated ids repeat: {ids:?}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_usable_client_request_id_is_kept_and_an_unusable_one_replaced() {
+    let dir = temp_dir();
+    let mut config = Config::for_test(dir.path());
+    config.auth_token = vec![TOKEN.into()];
+    let server = TestServer::start(config);
+    let http = client();
+
+    let longest = "x".repeat(128);
+    for sent in ["abc-123", "0f9a7c3e-5b6d-4e1f-8a2b-3c4d5e6f7a8b", "a", longest.as_str(), "!#$%&'*+-.^_`|~"] {
+        for (req, status) in [
+            (http.get(server.url("/healthz")), StatusCode::OK),
+            (http.get(server.url("/kv/absent")).bearer_auth(TOKEN), StatusCode::NOT_FOUND),
+            (http.get(server.url("/nowhere")).bearer_auth(TOKEN), StatusCode::NOT_FOUND),
+            (http.get(server.url("/kv/absent")), StatusCode::UNAUTHORIZED),
+            (http.delete(server.url("/healthz")), StatusCode::METHOD_NOT_ALLOWED),
+        ] {
+            let res = req.header("x-request-id", sent).send().await.unwrap();
+            assert_eq!(res.status(), status);
+            assert_eq!(id_of(&res), sent, "{}", res.url());
+        }
+    }
+    let too_long = "y".repeat(129);
+    for sent in [too_long.as_bytes(), b"has space", b"tab\there", b"", "caf\u{e9}".as_bytes()] {
+        let value = HeaderValue::from_bytes(sent).expect("a header value the wire can carry");
+        let res = http.get(server.url("/healthz")).header("x-request-id", value).send().await.unwrap();
+        let got = id_of(&res);
+        assert_ne!(got.as_bytes(), sent, "an unusable id {sent:?} must be replaced");
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn generated_request_ids_are_unique_under_concurrency() {
+    let dir = temp_dir();
+    let server = TestServer::start(Config::for_test(dir.path()));
+    let http = client();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (http, url) = (http.clone(), server.url(&format!("/kv/k{t}")));
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..50 {
+                let req = if i % 2 == 0 { http.get(&url) } else { http.put(&url).body("v") };
+                ids.push(id_of(&req.send().await.unwrap()));
+            }
+            ids
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(all.insert(id.clone()), "repeated id {id}");
+        }
+    }
+    assert_eq!(all.len(), 400);
+    server.stop();
+}
+
+#[tokio::test]
+async fn the_request_id_names_the_log_span() {
+    let dir = temp_dir();
+    let s = BinaryServer::start(dir.path(), &[], &[("RUST_LOG", "shale=debug")]);
+    wait_ready(&s.base()).await;
+    let http = client();
+    let res = http.put(s.url("/kv/logged")).header("x-request-id", "trace-me-4711").body("v").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = http.get(s.url("/kv/unlogged")).send().await.unwrap();
+    let generated = id_of(&res);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(s.stderr().contains("trace-me-4711") && s.stderr().contains(&generated)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = s.stderr();
+    let line = log.lines().find(|l| l.contains("trace-me-4711")).unwrap_or_else(|| panic!("id not logged:\n{log}"));
+    assert!(line.contains("PUT") && line.contains("/kv/{key:.*}"), "the span names method and route: {line}");
+    assert!(!line.contains("/kv/logged"), "the span names the route pattern, not the path: {line}");
+    assert!(log.contains(&generated), "a generated id is logged too:\n{log}");
+    s.terminate();
+}
+
+// ---- metrics ----
+
+/// One sample: metric name, labels, value.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A parsed Prometheus text exposition: `# TYPE` lines and samples.
+struct Exposition {
+    types: BTreeMap<String, String>,
+    samples: Vec<Sample>,
+}
+
+fn parse_exposition(text: &str) -> Exposition {
+    let mut types = BTreeMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            types.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("sample without a value: {line}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        let (name, labels) = match series.find('{') {
+            None => (series.to_string(), BTreeMap::new()),
+            Some(i) => (series[..i].to_string(), parse_labels(&series[i + 1..], line)),
+        };
+        assert!(
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "metric name {name:?} in {line}"
+        );
+        samples.push(Sample { name, labels, value });
+    }
+    Exposition { types, samples }
+}
+
+/// `k="v",k2="v2"}` -> map; values may hold `{`, `}`, `,` and escaped quotes.
+fn parse_labels(mut s: &str, line: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    loop {
+        s = s.trim_start_matches(',');
+        if let Some(rest) = s.strip_prefix('}') {
+            assert!(rest.is_empty(), "trailing text after labels: {line}");
+            return labels;
+        }
+        let eq = s.find("=\"").unwrap_or_else(|| panic!("malformed labels: {line}"));
+        let key = s[..eq].to_string();
+        let mut value = String::new();
+        let mut chars = s[eq + 2..].char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => panic!("dangling escape: {line}"),
+                },
+                Some((i, '"')) => break eq + 2 + i + 1,
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value: {line}"),
+            }
+        };
+        labels.insert(key, value);
+        s = &s[end..];
+    }
+}
+
+impl Exposition {
+    /// Sum of the samples of `name` whose labels include every pair of `with`.
+    fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+        self.matching(name, with).map(|s| s.value).sum()
+    }
+
+    fn matching<'a>(&'a self, name: &'a str, with: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name && with.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    fn count(&self, name: &str, with: &[(&str, &str)]) -> usize {
+        self.matching(name, with).count()
+    }
+}
+
+async fn scrape(http: &Client, s: &BinaryServer) -> (String, Exposition) {
+    let res = http.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/plain") && ct.contains("version=0.0.4"), "content type {ct}");
+    let text = res.text().await.unwrap();
+    let parsed = parse_exposition(&text);
+    (text, parsed)
+}
+
+/// The metric families of issue 7, with their Prometheus types.
+const FAMILIES: [(&str, &str); 16] = [
+    ("shale_http_requests_total", "counter"),
+    ("shale_http_request_duration_seconds", "histogram"),
+    ("shale_shard_queue_depth", "gauge"),
+    ("shale_shard_batch_size", "histogram"),
+    ("shale_shard_commit_seconds", "histogram"),
+    ("shale_shard_commits_total", "counter"),
+    ("shale_shard_fsyncs_total", "counter"),
+    ("shale_cache_requests_total", "counter"),
+    ("shale_cache_bytes", "gauge"),
+    ("shale_cache_entries", "gauge"),
+    ("shale_cache_capacity_bytes", "gauge"),
+    ("shale_shard_keys", "gauge"),
+    ("shale_shard_file_bytes", "gauge"),
+    ("shale_shard_warmup_seconds", "gauge"),
+    ("shale_uptime_seconds", "gauge"),
+    ("shale_build_info", "gauge"),
+];
+
+const KV_ROUTE: (&str, &str) = ("route", "/kv/{key:.*}");
+
+#[tokio::test]
+async fn metrics_expose_every_family_and_move_with_the_traffic() {
+    const N: usize = 20;
+    const SHARDS: usize = 4;
+    let dir = temp_dir();
+    let s = BinaryServer::start(dir.path(), &["--shards", "4"], &[]);
+    wait_ready(&s.base()).await;
+    let http = client();
+
+    let (_, before) = scrape(&http, &s).await;
+    for family in
+        ["shale_shard_queue_depth", "shale_shard_commits_total", "shale_shard_file_bytes", "shale_shard_warmup_seconds"]
+    {
+        let shards: BTreeSet<&String> = before.matching(family, &[]).filter_map(|s| s.labels.get("shard")).collect();
+        assert_eq!(shards.len(), SHARDS, "{family} per shard: {shards:?}");
+    }
+    for space in ["kv", "docs", "counters"] {
+        assert_eq!(before.count("shale_shard_keys", &[("space", space)]), SHARDS, "shale_shard_keys {space}");
+    }
+    assert!(before.count("shale_shard_batch_size_bucket", &[("shard", "0")]) > 1, "batch size buckets");
+    assert!(before.matching("shale_shard_file_bytes", &[]).all(|s| s.value > 0.0));
+    assert_eq!(before.sum("shale_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    assert_eq!(before.sum("shale_shard_keys", &[("space", "kv")]), 0.0);
+
+    // Traffic: N creates, 2N hits, 5 misses, one unrouted path; keys and paths that must never become labels.
+    for i in 0..N {
+        let res = http.put(s.url(&format!("/kv/secret-key-{i}"))).body(format!("value {i}")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    for _ in 0..2 {
+        for i in 0..N {
+            let res = http.get(s.url(&format!("/kv/secret-key-{i}"))).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+    }
+    for i in 0..5 {
+        let res = http.get(s.url(&format!("/kv/secret-absent-{i}"))).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
+    let res = http.request(Method::GET, s.url("/secret-unrouted/path")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    let (text, after) = scrape(&http, &s).await;
+    // (The cache counters appear with the first read, hence after the traffic.)
+    for (family, kind) in FAMILIES {
+        assert_eq!(after.types.get(family).map(String::as_str), Some(kind), "# TYPE of {family}");
+    }
+    let delta = |name: &str, with: &[(&str, &str)]| after.sum(name, with) - before.sum(name, with);
+    let put = [KV_ROUTE, ("method", "PUT")];
+    assert_eq!(delta("shale_http_requests_total", &[KV_ROUTE, ("method", "PUT"), ("status", "201")]), N as f64);
+    assert_eq!(delta("shale_http_requests_total", &[KV_ROUTE, ("method", "GET"), ("status", "200")]), 2.0 * N as f64);
+    assert_eq!(delta("shale_http_requests_total", &[KV_ROUTE, ("method", "GET"), ("status", "404")]), 5.0);
+    assert_eq!(delta("shale_http_requests_total", &[("route", "unmatched"), ("status", "404")]), 1.0);
+    assert_eq!(delta("shale_http_request_duration_seconds_count", &put), N as f64);
+    assert_eq!(
+        delta("shale_http_request_duration_seconds_bucket", &[KV_ROUTE, ("method", "PUT"), ("le", "+Inf")]),
+        N as f64
+    );
+    assert!(delta("shale_http_request_duration_seconds_sum", &put) > 0.0);
+    // The latency histogram is per route: the GETs are counted apart from the PUTs.
+    assert_eq!(
+        delta("shale_http_request_duration_seconds_count", &[KV_ROUTE, ("method", "GET")]),
+        2.0 * N as f64 + 5.0
+    );
+
+    // Every PUT is one write in some batch; each batch is one commit with one fsync (DURABILITY=immediate).
+    let commits = delta("shale_shard_commits_total", &[]);
+    assert!((1.0..=N as f64).contains(&commits), "commits {commits}");
+    assert_eq!(delta("shale_shard_fsyncs_total", &[]), commits);
+    assert_eq!(delta("shale_shard_batch_size_count", &[]), commits);
+    assert_eq!(delta("shale_shard_batch_size_sum", &[]), N as f64);
+    assert_eq!(delta("shale_shard_commit_seconds_count", &[]), commits);
+    assert!(delta("shale_shard_commit_seconds_sum", &[]) > 0.0);
+
+    // Cache: every GET is one hit or one miss; the absent keys are misses; the writes filled the cache.
+    let (hits, misses) = (
+        delta("shale_cache_requests_total", &[("result", "hit")]),
+        delta("shale_cache_requests_total", &[("result", "miss")]),
+    );
+    assert_eq!(hits + misses, 2.0 * N as f64 + 5.0, "hits {hits} misses {misses}");
+    assert!(misses >= 5.0 && hits >= 1.0, "hits {hits} misses {misses}");
+    assert_eq!(after.sum("shale_cache_entries", &[]), N as f64);
+    assert!(after.sum("shale_cache_bytes", &[]) > before.sum("shale_cache_bytes", &[]));
+    assert_eq!(after.sum("shale_shard_keys", &[("space", "kv")]), N as f64);
+    assert_eq!(after.sum("shale_shard_queue_depth", &[]), 0.0, "nothing queued at rest");
+    assert!(after.sum("shale_uptime_seconds", &[]) > before.sum("shale_uptime_seconds", &[]));
+
+    // Labels name route patterns, never keys or raw paths.
+    assert!(!text.contains("secret"), "a key or path leaked into a label:\n{text}");
+    let routes: BTreeSet<&String> =
+        after.matching("shale_http_requests_total", &[]).filter_map(|s| s.labels.get("route")).collect();
+    for route in &routes {
+        assert!(route.as_str() == "unmatched" || route.starts_with('/'), "route label {route}");
+    }
+    assert!(routes.contains(&"/readyz".to_string()) && routes.contains(&"/metrics".to_string()), "{routes:?}");
+
+    let (status, _) = s.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn the_exposition_parser_handles_braces_and_escapes_in_label_values() {
+    let e = parse_exposition(
+        "# TYPE m counter\nm{route=\"/kv/{key:.*}\",x=\"a\\\"b,c}\"} 3\nm 1.5\n# HELP m text\nh_bucket{le=\"+Inf\"} 2\n",
+    );
+    assert_eq!(e.types["m"], "counter");
+    assert_eq!(e.samples.len(), 3);
+    assert_eq!(e.samples[0].labels["route"], "/kv/{key:.*}");
+    assert_eq!(e.samples[0].labels["x"], "a\"b,c}");
+    assert_eq!(e.sum("m", &[]), 4.5);
+    assert_eq!(e.sum("h_bucket", &[("le", "+Inf")]), 2.0);
+}
