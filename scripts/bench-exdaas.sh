@@ -6,7 +6,7 @@
 #   2. the same body with a fixed "id": 1, as ExDaas's own bench posts: the first request writes, every later one
 #      finds the same document in the cache and answers without touching the disk;
 #   3. the ceiling server (examples/ceiling.rs, actix doing nothing) with the same body, when it exists: POST /api
-#      if it has that route, otherwise PUT /kv/bench (same body, different route, labelled as such).
+#      (which echoes the body) if it has that route, otherwise PUT /kv/bench (same body, different route, labelled).
 # Prints req/s of each and the comparison to ExDaas's published 12.9k req/s. Every server it starts is stopped by
 # PID; temp dirs are removed.
 #
@@ -148,7 +148,7 @@ CEIL_RPS=""
 if ((HAVE_CEILING)); then
     start ceiling "$TARGET/release/examples/ceiling" --port 0
     if grep -q '"/api"' examples/ceiling.rs; then
-        bench "ceiling POST /api (same body, nothing stored)" -p "$DATA" -T application/json "http://$ADDR/api"
+        bench "ceiling POST /api (echoes the body; no parse, no store)" -p "$DATA" -T application/json "http://$ADDR/api"
         CEIL_LABEL="ceiling POST /api"
     else
         bench "ceiling PUT /kv/bench (same body; it has no POST /api)" -u "$DATA" -T application/json \
