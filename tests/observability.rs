@@ -326,6 +326,9 @@ async fn metrics_expose_every_family_and_move_with_the_traffic() {
     }
     let res = http.request(Method::GET, s.url("/secret-unrouted/path")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    for path in ["/counter/secret-counter/value", "/counter/secret-counter/consistent_value"] {
+        assert_eq!(http.get(s.url(path)).send().await.unwrap().status(), StatusCode::OK);
+    }
 
     let (text, after) = scrape(&http, &s).await;
     // (The cache counters appear with the first read, hence after the traffic.)
@@ -338,6 +341,10 @@ async fn metrics_expose_every_family_and_move_with_the_traffic() {
     assert_eq!(delta("shale_http_requests_total", &[KV_ROUTE, ("method", "GET"), ("status", "200")]), 2.0 * N as f64);
     assert_eq!(delta("shale_http_requests_total", &[KV_ROUTE, ("method", "GET"), ("status", "404")]), 5.0);
     assert_eq!(delta("shale_http_requests_total", &[("route", "unmatched"), ("status", "404")]), 1.0);
+    // Each route pattern is its own label, also where two routes share a handler.
+    for route in ["/counter/{name}/value", "/counter/{name}/consistent_value"] {
+        assert_eq!(delta("shale_http_requests_total", &[("route", route), ("status", "200")]), 1.0, "{route}");
+    }
     assert_eq!(delta("shale_http_request_duration_seconds_count", &put), N as f64);
     assert_eq!(
         delta("shale_http_request_duration_seconds_bucket", &[KV_ROUTE, ("method", "PUT"), ("le", "+Inf")]),
@@ -359,13 +366,13 @@ async fn metrics_expose_every_family_and_move_with_the_traffic() {
     assert_eq!(delta("shale_shard_commit_seconds_count", &[]), commits);
     assert!(delta("shale_shard_commit_seconds_sum", &[]) > 0.0);
 
-    // Cache: every GET is one hit or one miss; the absent keys are misses; the writes filled the cache.
+    // Cache: every read is one hit or one miss; absent keys and counters are misses; the writes filled the cache.
     let (hits, misses) = (
         delta("shale_cache_requests_total", &[("result", "hit")]),
         delta("shale_cache_requests_total", &[("result", "miss")]),
     );
-    assert_eq!(hits + misses, 2.0 * N as f64 + 5.0, "hits {hits} misses {misses}");
-    assert!(misses >= 5.0 && hits >= 1.0, "hits {hits} misses {misses}");
+    assert_eq!(hits + misses, 2.0 * N as f64 + 5.0 + 2.0, "hits {hits} misses {misses} (2 counter reads)");
+    assert!(misses >= 5.0 + 2.0 && hits >= 1.0, "hits {hits} misses {misses}");
     assert_eq!(after.sum("shale_cache_entries", &[]), N as f64);
     assert!(after.sum("shale_cache_bytes", &[]) > before.sum("shale_cache_bytes", &[]));
     assert_eq!(after.sum("shale_shard_keys", &[("space", "kv")]), N as f64);

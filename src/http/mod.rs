@@ -74,8 +74,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(counter::handle_add))
                 .default_service(not_allowed("POST")),
         )
+        // Two resources, not one with two patterns: a multi-pattern resource reports its first pattern as the
+        // route of both, which would mislabel metrics and logs.
         .service(
-            web::resource(["/counter/{name}/value", "/counter/{name}/consistent_value"])
+            web::resource("/counter/{name}/value")
+                .route(web::get().to(counter::handle_value))
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/counter/{name}/consistent_value")
                 .route(web::get().to(counter::handle_value))
                 .default_service(not_allowed("GET")),
         )
