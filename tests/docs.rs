@@ -601,28 +601,25 @@ async fn ids_acknowledged_before_a_kill_9_mid_load_are_never_reused() {
 }
 
 #[tokio::test]
-async fn the_allocator_never_wraps_past_the_largest_id() {
-    // Regression: an explicit id of u64::MAX made the next null-id create answer id 0, then 1, 2, ...
+async fn explicit_ids_stop_at_2_pow_53_so_allocation_is_never_exhausted() {
+    // Regression: an explicit id of u64::MAX once made the next null-id create answer id 0; then, capped, it
+    // made every later create fail. Explicit ids now stop at 2^53-1, far below the end of the allocator's range.
+    let max = shale::http::docs::MAX_WRITABLE_DOC_ID;
     let dir = temp_dir();
     let http = client();
     let s = start(dir.path()).await;
-    assert_eq!(create(&http, &s, json!(5), &json!("five")).await, 5);
-    assert_eq!(create(&http, &s, json!(u64::MAX), &json!("max")).await, u64::MAX);
-    for _ in 0..3 {
-        let (status, body) = post_raw(&http, &s, "/api", r#"{"id": null, "data": "more"}"#).await;
-        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
-        let v: Value = serde_json::from_str(&body).expect("JSON error body");
-        assert_eq!(v["error"], "insufficient_storage");
+    for too_big in [json!(max + 1), json!(u64::MAX), json!((max + 1).to_string()), json!(u64::MAX.to_string())] {
+        let body = json!({"id": too_big, "data": 1}).to_string();
+        let (status, text) = post_raw(&http, &s, "/api", &body).await;
+        assert_bad_request(status, &text, &format!("POST /api {body}"));
     }
-    // Explicit ids still work, and nothing was written at 0, 1 or 6.
-    assert_eq!(create(&http, &s, json!(u64::MAX - 1), &json!("max-1")).await, u64::MAX - 1);
-    assert_eq!(read(&http, &s, 1).await, Value::Null);
-    assert_eq!(read(&http, &s, 6).await, Value::Null);
+    assert_eq!(create(&http, &s, json!(max), &json!("max")).await, max);
+    assert_eq!(create(&http, &s, json!(null), &json!("next")).await, max + 1);
     s.kill9();
 
     let s = start(dir.path()).await;
-    assert_eq!(read(&http, &s, u64::MAX).await, json!("max"));
-    let (status, body) = post_raw(&http, &s, "/api", r#"{"id": null, "data": "more"}"#).await;
-    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "after a restart: {body}");
+    assert_eq!(read(&http, &s, max).await, json!("max"));
+    assert_eq!(read(&http, &s, max + 1).await, json!("next"), "reads accept ids past the explicit limit");
+    assert_eq!(create(&http, &s, json!(null), &json!("after restart")).await, max + 2);
     assert_eq!(read(&http, &s, 1).await, Value::Null);
 }

@@ -18,6 +18,11 @@ use super::AppState;
 use crate::command::{Command, EtagMatch, Precondition, Space};
 use crate::error::{Error, Result};
 
+/// The largest id a client may write explicitly: 2^53-1, the largest integer every JSON client represents
+/// exactly. Larger explicit ids are refused, so no client can push the allocator to the end of the id space;
+/// reads accept any u64.
+pub const MAX_WRITABLE_DOC_ID: u64 = (1 << 53) - 1;
+
 /// The content type documents are stored with.
 const JSON: &str = "application/json";
 
@@ -90,6 +95,11 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
     match doc.get("id").filter(|v| !v.is_null()) {
         Some(v) => {
             let id = parse_id(v)?;
+            if id > MAX_WRITABLE_DOC_ID {
+                return Err(Error::BadRequest(format!(
+                    "id {id} is too large: explicit ids go up to {MAX_WRITABLE_DOC_ID} (2^53-1)"
+                )));
+            }
             router.observe_doc_id(id);
             // Rewriting the same document changes nothing: answer from the committed state without a commit.
             if router.cache().get(Space::Doc, &id.to_be_bytes()).is_some_and(|r| r.value_ref() == &data[..]) {
