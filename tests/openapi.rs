@@ -1,6 +1,6 @@
 //! The OpenAPI document (`src/http/openapi.json`, served at `GET /openapi.json`) cannot drift from the code.
 //!
-//! - Its path set equals the `web::resource(..)` patterns registered in `src/http/mod.rs`, read from the source
+//! - Its path set equals the `resource(..)` patterns registered in `src/http/mod.rs`, read from the source
 //!   file itself (so a new resource without a spec entry, or a spec path without a resource, fails here; no
 //!   hand-kept route list can go stale).
 //! - A real server routes every (path, method) of the spec (no "no route" 404, no 405), and the status it gives
@@ -57,12 +57,17 @@ fn normalize(pattern: &str) -> String {
     out
 }
 
-/// Every pattern passed to `web::resource(..)` in the source: a string literal, or an array of them.
+/// Every pattern passed to `resource(..)` (the named-resource helper of `src/http/mod.rs`) or `web::resource(..)`
+/// in the source: a string literal, or an array of them. Calls with a non-literal argument (the helper's own body)
+/// are not registrations and are skipped.
 fn registered_routes(source: &str) -> BTreeSet<String> {
     let mut routes = BTreeSet::new();
     let mut rest = source;
-    while let Some(i) = rest.find("web::resource(") {
-        rest = &rest[i + "web::resource(".len()..];
+    while let Some(i) = rest.find("resource(") {
+        rest = &rest[i + "resource(".len()..];
+        if !rest.starts_with('"') && !rest.starts_with('[') {
+            continue;
+        }
         // The argument ends at the first ')' outside a string literal.
         let mut in_str = false;
         let mut end = None;

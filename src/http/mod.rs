@@ -35,22 +35,26 @@ pub struct AppState {
     pub auth: auth::Tokens,
 }
 
+/// A resource named by its own pattern: the request-metrics middleware labels requests with the matched
+/// resource's name, which it can read after routing without allocating.
+fn resource(pattern: &'static str) -> actix_web::Resource {
+    web::resource(pattern).name(pattern)
+}
+
 /// Registers every route on an App.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| Error::BadRequest(err.to_string()).into()))
         .app_data(web::PathConfig::default().error_handler(|err, _| Error::BadRequest(err.to_string()).into()))
-        .service(web::resource("/metrics").route(web::get().to(health::metrics)).default_service(not_allowed("GET")))
-        .service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(not_allowed("GET")))
-        .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(not_allowed("GET")))
+        .service(resource("/metrics").route(web::get().to(health::metrics)).default_service(not_allowed("GET")))
+        .service(resource("/healthz").route(web::get().to(health::healthz)).default_service(not_allowed("GET")))
+        .service(resource("/readyz").route(web::get().to(health::readyz)).default_service(not_allowed("GET")))
         .service(
-            web::resource("/openapi.json")
-                .route(web::get().to(openapi::handle_openapi))
-                .default_service(not_allowed("GET")),
+            resource("/openapi.json").route(web::get().to(openapi::handle_openapi)).default_service(not_allowed("GET")),
         )
-        .service(web::resource("/ping").route(web::get().to(health::ping)).default_service(not_allowed("GET")))
-        .service(web::resource("/kv").route(web::get().to(kv::handle_list)).default_service(not_allowed("GET")))
+        .service(resource("/ping").route(web::get().to(health::ping)).default_service(not_allowed("GET")))
+        .service(resource("/kv").route(web::get().to(kv::handle_list)).default_service(not_allowed("GET")))
         .service(
-            web::resource("/kv/{key:.*}")
+            resource("/kv/{key:.*}")
                 .route(web::get().to(kv::handle_get))
                 .route(web::head().to(kv::handle_get))
                 .route(web::put().to(kv::handle_put))
@@ -58,38 +62,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(not_allowed("GET, HEAD, PUT, DELETE")),
         )
         .service(
-            web::resource("/api")
+            resource("/api")
                 .route(web::get().to(docs::handle_get))
                 .route(web::post().to(docs::handle_post))
                 .default_service(not_allowed("GET, POST")),
         )
         .service(
-            web::resource("/api/cmd")
+            resource("/api/cmd")
                 .route(web::get().to(docs::handle_cmd_get))
                 .route(web::post().to(docs::handle_cmd_post))
                 .default_service(not_allowed("GET, POST")),
         )
         .service(
-            web::resource("/counter/{name}")
-                .route(web::post().to(counter::handle_add))
-                .default_service(not_allowed("POST")),
+            resource("/counter/{name}").route(web::post().to(counter::handle_add)).default_service(not_allowed("POST")),
         )
         // Two resources, not one with two patterns: a multi-pattern resource reports its first pattern as the
         // route of both, which would mislabel metrics and logs.
         .service(
-            web::resource("/counter/{name}/value")
+            resource("/counter/{name}/value")
                 .route(web::get().to(counter::handle_value))
                 .default_service(not_allowed("GET")),
         )
         .service(
-            web::resource("/counter/{name}/consistent_value")
+            resource("/counter/{name}/consistent_value")
                 .route(web::get().to(counter::handle_value))
                 .default_service(not_allowed("GET")),
         )
         .service(
-            web::resource("/admin/backup")
-                .route(web::post().to(admin::handle_backup))
-                .default_service(not_allowed("POST")),
+            resource("/admin/backup").route(web::post().to(admin::handle_backup)).default_service(not_allowed("POST")),
         )
         .default_service(web::to(not_found));
 }

@@ -1,12 +1,20 @@
 //! Per-request observability: an `X-Request-Id` on every answer (kept from the request when it sent a sane one),
 //! a tracing span carrying it, and request counters and latency histograms labelled by route pattern.
+//!
+//! This runs on every request, so it allocates nothing in the steady state: the route label is the matched
+//! resource's name (every resource is named by its pattern in `http/mod.rs`), methods outside a fixed list are
+//! labelled `OTHER` (bounded cardinality whatever clients send), and each worker thread keeps the metric handles
+//! it has used, so recording is a lookup and two atomic updates.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use tracing::Instrument;
 
@@ -33,31 +41,80 @@ fn request_id(req: &ServiceRequest) -> HeaderValue {
     HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}")).expect("hex is a valid header value")
 }
 
+/// Method labels: a fixed list, so arbitrary client methods cannot grow the label set.
+const METHODS: [&str; 8] = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "OTHER"];
+
+fn method_index(m: &Method) -> u8 {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::PUT => 2,
+        Method::POST => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// The metric handles of one (route, method, status).
+struct Handles {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+thread_local! {
+    /// route label -> (method, status) -> handles, filled on first use per thread.
+    static HANDLES: RefCell<HashMap<String, HashMap<(u8, u16), Handles>>> = RefCell::new(HashMap::new());
+}
+
+fn record(route: &str, method: u8, status: u16, seconds: f64) {
+    HANDLES.with(|h| {
+        let mut h = h.borrow_mut();
+        if !h.contains_key(route) {
+            h.insert(route.to_string(), HashMap::new());
+        }
+        let per_route = h.get_mut(route).expect("inserted above");
+        let handles = per_route.entry((method, status)).or_insert_with(|| {
+            let (route, method) = (route.to_string(), METHODS[method as usize]);
+            Handles {
+                requests: metrics::counter!("shale_http_requests_total", "route" => route.clone(), "method" => method, "status" => status.to_string()),
+                duration: metrics::histogram!("shale_http_request_duration_seconds", "route" => route, "method" => method),
+            }
+        });
+        handles.requests.increment(1);
+        handles.duration.record(seconds);
+    });
+}
+
 /// Middleware: request id, span, metrics.
 pub async fn observe(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let id = request_id(&req);
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or(""), %method, %route);
-    let result = next.call(req).instrument(span.clone()).await;
-    let status = match &result {
-        Ok(res) => res.status(),
-        Err(e) => e.as_response_error().status_code(),
-    };
+    let method = method_index(req.method());
+    // The route is known only after routing: recorded into the span then. Never the path: it holds the key.
+    let span = tracing::debug_span!(
+        "request",
+        request_id = id.to_str().unwrap_or(""),
+        method = METHODS[method as usize],
+        route = tracing::field::Empty
+    );
+    // Never clone the request here: routing needs the only reference (actix panics otherwise). The inner
+    // middlewares answer their errors (auth's 401/403) as responses, so they get the id too.
+    let mut res = next.call(req).instrument(span.clone()).await?;
+    let status = res.status();
     let elapsed = started.elapsed().as_secs_f64();
-    metrics::counter!("shale_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.as_str().to_string())
-        .increment(1);
-    metrics::histogram!("shale_http_request_duration_seconds", "route" => route, "method" => method).record(elapsed);
+    let route = res.request().match_name().unwrap_or("unmatched");
+    span.record("route", route);
+    record(route, method, status.as_u16(), elapsed);
     if status.is_server_error() {
-        span.in_scope(|| tracing::warn!(status = status.as_u16(), "request failed"));
+        tracing::warn!(request_id = id.to_str().unwrap_or(""), route, status = status.as_u16(), "request failed");
     } else {
         span.in_scope(|| tracing::debug!(status = status.as_u16(), ms = elapsed * 1e3, "request"));
     }
-    let mut res = result?;
     res.headers_mut().insert(REQUEST_ID.clone(), id);
     Ok(res)
 }
