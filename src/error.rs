@@ -94,12 +94,21 @@ impl Error {
         }
     }
 
-    /// Maps a storage-layer failure, telling a full disk (507) from other faults (500).
+    /// Maps a storage-layer failure, telling a full disk (507) and a shard that is reopening its file after a
+    /// failed write (503; redb answers "Previous I/O error" on the old handle until then) from other faults (500).
+    /// redb keeps the `std::io::Error` text, which ends in `(os error N)`: 28 is ENOSPC, 122 EDQUOT.
     pub fn storage(context: &str, err: impl std::fmt::Display) -> Error {
         let text = err.to_string();
         let lower = text.to_ascii_lowercase();
-        if lower.contains("no space left") || lower.contains("disk quota") || lower.contains("storage full") {
+        if lower.contains("no space left")
+            || lower.contains("disk quota")
+            || lower.contains("storage full")
+            || lower.contains("(os error 28)")
+            || lower.contains("(os error 122)")
+        {
             Error::InsufficientStorage(format!("{context}: disk full ({text})"))
+        } else if lower.contains("previous i/o error") || lower.contains("database has been closed") {
+            Error::Unavailable(format!("{context}: the shard is reopening its file after a failed write ({text})"))
         } else {
             Error::Internal(format!("{context}: {text}"))
         }

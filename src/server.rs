@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpServer};
 
 use crate::cache::Cache;
@@ -43,6 +45,40 @@ pub enum StartError {
     /// The address cannot be bound, or a thread cannot be spawned.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+// ---- connection limits (slow and hostile clients; `tests/hostile.rs`) ----
+
+/// Time a client has to send a complete request head, from connecting or from the end of its previous request;
+/// then it gets 408 and the connection is closed. Bounds slowloris clients that trickle header bytes.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a closing connection has to finish its shutdown before it is dropped.
+pub const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an idle keep-alive connection stays open between requests.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
+/// Open connections per HTTP worker; past it the worker stops accepting until one closes.
+pub const MAX_CONNECTIONS_PER_WORKER: usize = 10_000;
+/// Connections the kernel queues before they are accepted.
+pub const BACKLOG: u32 = 2048;
+/// Largest sum of header name and value bytes of a request (431 above). actix itself only refuses a request head
+/// over 128 KiB (431 with an empty body, before any handler runs).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Answers 431 with the JSON error body when the request's headers exceed [`MAX_HEADER_BYTES`].
+async fn limit_header_bytes(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let bytes: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if bytes > MAX_HEADER_BYTES {
+        let status = actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        let message = format!("the request headers are {bytes} bytes; the limit is {MAX_HEADER_BYTES}");
+        let res = actix_web::HttpResponse::build(status)
+            .content_type("application/json")
+            .body(crate::error::json_body(crate::error::Error::code_for_status(status), &message));
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// A started server.
@@ -96,11 +132,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if !state.auth.enabled() && !is_loopback(&config.host) {
         tracing::warn!(host = %config.host, "listening on a non-loopback address with no AUTH_TOKEN: anyone who can reach it can read and write");
     }
-    let mut server = HttpServer::new(move || http::app(state.clone()))
+    let mut server = HttpServer::new(move || http::app(state.clone()).wrap(from_fn(limit_header_bytes)))
         .disable_signals()
         .shutdown_timeout(30)
-        .client_request_timeout(Duration::from_secs(10))
-        .keep_alive(Duration::from_secs(75));
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+        .keep_alive(KEEP_ALIVE)
+        .max_connections(MAX_CONNECTIONS_PER_WORKER)
+        .backlog(BACKLOG);
     if let Some(n) = config.http_workers {
         server = server.workers(n.max(1));
     }
