@@ -63,9 +63,12 @@ struct Handles {
     duration: metrics::Histogram,
 }
 
+/// route label -> (method index, status) -> handles.
+type HandleCache = HashMap<String, HashMap<(u8, u16), Handles>>;
+
 thread_local! {
-    /// route label -> (method, status) -> handles, filled on first use per thread.
-    static HANDLES: RefCell<HashMap<String, HashMap<(u8, u16), Handles>>> = RefCell::new(HashMap::new());
+    /// This worker thread's handles, filled on first use of each (route, method, status).
+    static HANDLES: RefCell<HandleCache> = RefCell::new(HashMap::new());
 }
 
 fn record(route: &str, method: u8, status: u16, seconds: f64) {
