@@ -293,7 +293,7 @@ impl Worker {
         for space in Space::ALL {
             let mut full = false;
             self.store.scan(space, |key, rec| {
-                if loaded % 1024 == 0 && self.cache.nearly_full() {
+                if loaded.is_multiple_of(1024) && self.cache.nearly_full() {
                     full = true;
                     return false;
                 }
