@@ -1,0 +1,412 @@
+#!/usr/bin/env bash
+# Issue 8, side by side: shale against the stores users would pick instead, in one run on this machine.
+#
+# Usage: scripts/bench-compare.sh > table.md        (progress on stderr, the table on stdout)
+#
+# Systems (each on loopback, its own temp data dir, all started first, stopped by PID at exit):
+#   ceiling          examples/ceiling.rs: actix-web doing nothing (GET: a moka lookup on /kvm; PUT: read body, 204)
+#   shale immediate  DURABILITY=immediate (a 2xx PUT is fsynced)
+#   shale eventual   DURABILITY=eventual (fsynced within FLUSH_INTERVAL_MS, default 1 s)
+#   shale uncached   DURABILITY=immediate with CACHE_BYTES a quarter of the data set's cache weight
+#   redis always     redis-server --appendonly yes --appendfsync always --save ""   (measured with redis-benchmark)
+#   redis everysec   redis-server --appendonly yes --appendfsync everysec --save ""
+#   etcd             etcd-server from apt, one member, through its JSON gateway (POST /v3/kv/put, /v3/kv/range)
+# Loads: BENCH_KEYS keys (default 100000), 32-byte values, uniform random keys, all preloaded:
+#   GET  -c256   cached GET (shale uncached: the data set is 4x its cache budget)
+#   PUT  -c256   PUT replacing a preloaded key
+#   GET  -c64, PUT -c64   the same at 64 connections, for the latency targets
+# HTTP systems with wrk -t2; Redis with redis-benchmark --threads 2 -P 1 at the same connection counts, -n sized
+# to last about BENCH_SECONDS. Runs are interleaved (run 1 of every system and load, then run 2, ...) so a
+# background load disturbs all alike; the table shows medians of BENCH_RUNS runs.
+#
+# Environment: BENCH_SECONDS (10), BENCH_RUNS (3), BENCH_KEYS (100000), SHALE_BIN / CEILING_BIN (prebuilt
+# binaries; default: build release from this tree), NO_ETCD=1 (skip etcd), NO_REDIS=1 (skip Redis).
+set -euo pipefail
+
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
+bench_init compare
+
+KEYS=${BENCH_KEYS:-100000}
+VALUE=32
+WARM_SECONDS=3
+
+need wrk wrk || die "wrk is needed"
+HAVE_REDIS=1
+HAVE_ETCD=1
+ETCD_NOTE=""
+if [[ -n "${NO_REDIS:-}" ]]; then
+    HAVE_REDIS=0
+elif ! need redis-server redis-server || ! need redis-benchmark redis-tools; then
+    HAVE_REDIS=0
+    log "redis-server could not be installed: Redis rows skipped"
+fi
+if [[ -n "${NO_ETCD:-}" ]]; then
+    HAVE_ETCD=0
+    ETCD_NOTE="etcd skipped (NO_ETCD set)"
+elif ! need etcd etcd-server; then
+    HAVE_ETCD=0
+    ETCD_NOTE="etcd not measured: apt-get install etcd-server failed here"
+    log "$ETCD_NOTE"
+fi
+build_bins ceiling
+write_lua
+
+# The shale cache charges key + 1 + record (10-byte header + value) + 48 per entry (src/cache.rs); the uncached
+# instance gets a quarter of what the whole data set weighs.
+DATA_WEIGHT=$(awk -v n="$KEYS" -v v="$VALUE" 'BEGIN { for (i = 0; i < n; i++) s += 1 + length("k" i) + 10 + v + 48; printf "%d", s }')
+UNCACHED_CACHE_BYTES=$((DATA_WEIGHT / 4))
+
+# ---- etcd's Lua scripts ----
+B64_LUA='local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function b64(s)
+  local out = {}
+  for p = 1, #s, 3 do
+    local a, b, c = s:byte(p, p + 2)
+    local v = a * 65536 + (b or 0) * 256 + (c or 0)
+    local c1, c2, c3, c4 = math.floor(v / 262144) % 64, math.floor(v / 4096) % 64, math.floor(v / 64) % 64, v % 64
+    out[#out + 1] = alphabet:sub(c1 + 1, c1 + 1) .. alphabet:sub(c2 + 1, c2 + 1) ..
+      (b and alphabet:sub(c3 + 1, c3 + 1) or "=") .. (c and alphabet:sub(c4 + 1, c4 + 1) or "=")
+  end
+  return table.concat(out)
+end'
+# etcd.lua: args mode (put | get), key count, value bytes: random keys k0..k{N-1}; load.lua's RESULT line.
+cat >"$TMP/etcd.lua" <<EOF
+$B64_LUA
+local next_id = 1
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+end
+function init(args)
+  mode = args[1]
+  n = tonumber(args[2])
+  value = b64(string.rep("v", tonumber(args[3])))
+  math.randomseed(7919 * id + 17)
+  headers = { ["Content-Type"] = "application/json" }
+end
+function request()
+  local k = b64("k" .. math.random(0, n - 1))
+  if mode == "put" then
+    return wrk.format("POST", "/v3/kv/put", headers, '{"key":"' .. k .. '","value":"' .. value .. '"}')
+  end
+  return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. k .. '"}')
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %d %d %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+EOF
+# etcdload.lua: args key count, value bytes, done file, threads: thread t PUTs k(t-1), k(t-1+T), ... once each,
+# then writes a line to the done file and repeats its last key until stopped (SIGINT from etcd_load).
+cat >"$TMP/etcdload.lua" <<EOF
+$B64_LUA
+local next_id = 0
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+end
+function init(args)
+  n = tonumber(args[1])
+  value = b64(string.rep("v", tonumber(args[2])))
+  done_file = args[3]
+  step = tonumber(args[4])
+  i = id
+  last = id
+  headers = { ["Content-Type"] = "application/json" }
+  first = true
+end
+function request()
+  if first then
+    first = false
+    return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. b64("k0") .. '"}')
+  end
+  if i < n then
+    last = i
+    i = i + step
+    if i >= n then
+      local f = io.open(done_file, "a")
+      f:write("done\n")
+      f:close()
+    end
+  end
+  return wrk.format("POST", "/v3/kv/put", headers, '{"key":"' .. b64("k" .. last) .. '","value":"' .. value .. '"}')
+end
+EOF
+
+# ---- start everything ----
+shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
+    -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS RUST_LOG=warn)
+declare -A URL
+start ceiling "$CEILING_BIN" --port 0 --keys "$KEYS"
+URL[ceiling]=$ADDR
+start shale-imm "${shale_env[@]}" DURABILITY=immediate "$SHALE_BIN" serve --port 0 --data-dir "$TMP/shale-imm"
+URL[shale-imm]=$ADDR
+start shale-ev "${shale_env[@]}" DURABILITY=eventual "$SHALE_BIN" serve --port 0 --data-dir "$TMP/shale-ev"
+URL[shale-ev]=$ADDR
+start shale-unc "${shale_env[@]}" DURABILITY=immediate CACHE_BYTES="$UNCACHED_CACHE_BYTES" "$SHALE_BIN" serve \
+    --port 0 --data-dir "$TMP/shale-unc"
+URL[shale-unc]=$ADDR
+for s in shale-imm shale-ev shale-unc; do wait_http "http://${URL[$s]}/readyz"; done
+
+declare -A RPORT
+if ((HAVE_REDIS)); then
+    for mode in always everysec; do
+        port=$(free_port)
+        mkdir -p "$TMP/redis-$mode"
+        start_plain "redis-$mode" redis-server --bind 127.0.0.1 --port "$port" --dir "$TMP/redis-$mode" \
+            --appendonly yes --appendfsync "$mode" --save "" --daemonize no --logfile ""
+        RPORT[$mode]=$port
+        for ((i = 0; i < 300; i++)); do
+            [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
+            sleep 0.1
+        done
+        [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] || die "redis ($mode) did not start: $(tail -5 "$TMP/redis-$mode.log")"
+    done
+fi
+if ((HAVE_ETCD)); then
+    cport=$(free_port)
+    pport=$(free_port)
+    start_plain etcd etcd --name bench --data-dir "$TMP/etcd" --logger zap --log-level warn \
+        --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+        --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+        --initial-cluster "bench=http://127.0.0.1:$pport"
+    URL[etcd]=127.0.0.1:$cport
+    wait_http "http://${URL[etcd]}/health"
+fi
+log "ceiling ${URL[ceiling]}, shale immediate ${URL[shale-imm]}, eventual ${URL[shale-ev]}," \
+    "uncached ${URL[shale-unc]} (CACHE_BYTES=$UNCACHED_CACHE_BYTES, data weighs $DATA_WEIGHT)," \
+    "redis ${RPORT[always]:-none}/${RPORT[everysec]:-none}, etcd ${URL[etcd]:-none}"
+
+# ---- preload ----
+for s in shale-imm shale-ev shale-unc; do
+    log "preloading $KEYS keys into $s"
+    shale_load "${URL[$s]}" "$KEYS" "$VALUE"
+done
+if ((HAVE_REDIS)); then
+    # The keys redis-benchmark -r uses: key:%012d.
+    awk -v n="$KEYS" -v v="$VALUE" 'BEGIN { val = sprintf("%" v "s", ""); gsub(/ /, "v", val)
+        for (i = 0; i < n; i++) { k = sprintf("key:%012d", i)
+            printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", length(k), k, v, val } }' >"$TMP/redis.resp"
+    for mode in always everysec; do
+        log "preloading $KEYS keys into redis ($mode)"
+        timeout 300 redis-cli -p "${RPORT[$mode]}" --pipe <"$TMP/redis.resp" >"$TMP/redis-pipe.out" 2>&1 ||
+            die "redis preload failed: $(cat "$TMP/redis-pipe.out")"
+        got=$(redis-cli -p "${RPORT[$mode]}" dbsize)
+        [[ $got == "$KEYS" ]] || die "redis ($mode) has $got keys, expected $KEYS"
+    done
+fi
+etcd_count() {
+    curl -fsS -X POST -H 'Content-Type: application/json' "http://${URL[etcd]}/v3/kv/range" \
+        -d "{\"key\":\"$(printf k | base64)\",\"range_end\":\"$(printf l | base64)\",\"count_only\":true}" |
+        sed -n 's/.*"count":"\([0-9]*\)".*/\1/p'
+}
+if ((HAVE_ETCD)); then
+    for ((round = 1; round <= 3; round++)); do
+        log "preloading $KEYS keys into etcd, round $round"
+        : >"$TMP/etcdload.done"
+        t0=$(date +%s)
+        wrk -t2 -c256 -d600s --timeout 10s -s "$TMP/etcdload.lua" "http://${URL[etcd]}" -- \
+            "$KEYS" "$VALUE" "$TMP/etcdload.done" 2 >"$TMP/etcdload.out" 2>&1 &
+        wpid=$!
+        for ((i = 0; i < 6000; i++)); do
+            (($(wc -l <"$TMP/etcdload.done") >= 2)) && break
+            kill -0 "$wpid" 2>/dev/null || break
+            sleep 0.1
+        done
+        sleep 1
+        kill -INT "$wpid" 2>/dev/null || true
+        wait "$wpid" || true
+        got=$(etcd_count)
+        log "etcd has ${got:-?} keys after $(($(date +%s) - t0)) s"
+        [[ "${got:-0}" == "$KEYS" ]] && break
+    done
+    [[ "${got:-0}" == "$KEYS" ]] || die "could not preload etcd"
+fi
+
+# ---- measurement ----
+# measure SYSTEM LOAD CONNS SECONDS: prints "rps p50_us p99_us errors".
+declare -A REDIS_N
+measure() {
+    local sys=$1 load=$2 c=$3 s=$4 res test n csv
+    case $sys in
+    ceiling)
+        case $load in
+        GET) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kvm/k /kv/k 0 "$KEYS" "$VALUE") ;;
+        GET-fixed) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kv/k /kv/k 0 "$KEYS" "$VALUE") ;;
+        PUT) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kvm/k /kv/k 100 "$KEYS" "$VALUE") ;;
+        esac
+        ;;
+    shale-*)
+        local pct=0
+        [[ $load == PUT ]] && pct=100
+        res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kv/k /kv/k "$pct" "$KEYS" "$VALUE")
+        ;;
+    etcd)
+        local mode=get
+        [[ $load == PUT ]] && mode=put
+        res=$(wrk_run etcd.lua 2 "$c" "$s" "http://${URL[etcd]}" "$mode" "$KEYS" "$VALUE")
+        ;;
+    redis-*)
+        test=GET
+        [[ $load == PUT ]] && test=SET
+        # -n sized so that the run lasts about $s seconds (from the rate of the warm-up run).
+        n=${REDIS_N[$sys|$load|$c]:-20000}
+        n=$(awk -v n="$n" -v s="$s" -v w="$WARM_SECONDS" 'BEGIN { printf "%d", n * s / w }')
+        csv=$(timeout $((s * 4 + 60)) redis-benchmark -h 127.0.0.1 -p "${RPORT[${sys#redis-}]}" -t "${test,,}" \
+            -r "$KEYS" -d "$VALUE" -n "$n" -c "$c" --threads 2 -P 1 --csv 2>&1) || die "redis-benchmark failed: $csv"
+        res=$(awk -F'","' -v t="\"$test" '$1 == t { gsub(/"/, "", $0); split($0, f, ",");
+            printf "%s %.0f %.0f - -\n", f[2], f[5] * 1000, f[7] * 1000 }' <<<"$csv")
+        [[ -n "$res" ]] || die "no $test line from redis-benchmark: $csv"
+        ;;
+    esac
+    echo "$res"
+}
+# warm SYSTEM LOAD CONNS: a short run; for Redis it also sizes -n for the measured runs.
+warm() {
+    local sys=$1 load=$2 c=$3 res
+    if [[ $sys == redis-* ]]; then
+        res=$(measure "$sys" "$load" "$c" "$WARM_SECONDS")
+        REDIS_N[$sys|$load|$c]=$(awk -v r="${res%% *}" -v w="$WARM_SECONDS" 'BEGIN { printf "%d", r * w }')
+    else
+        measure "$sys" "$load" "$c" "$WARM_SECONDS" >/dev/null
+    fi
+}
+
+# Each case: system|load|connections.
+CASES=()
+for c in 256 64; do
+    CASES+=("ceiling|GET|$c")
+    [[ $c == 256 ]] && CASES+=("ceiling|GET-fixed|$c")
+    CASES+=("ceiling|PUT|$c" "shale-imm|GET|$c" "shale-imm|PUT|$c" "shale-ev|GET|$c" "shale-ev|PUT|$c")
+    [[ $c == 256 ]] && CASES+=("shale-unc|GET|$c")
+    if ((HAVE_REDIS)); then CASES+=("redis-always|GET|$c" "redis-always|PUT|$c" "redis-everysec|GET|$c" "redis-everysec|PUT|$c"); fi
+    if ((HAVE_ETCD)); then CASES+=("etcd|GET|$c" "etcd|PUT|$c"); fi
+done
+# For shale uncached: the cache hit ratio over its measured runs, from its /metrics.
+hits0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="hit"')
+miss0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="miss"')
+
+log "warming up (${WARM_SECONDS} s per case, ${#CASES[@]} cases)"
+for case in "${CASES[@]}"; do
+    IFS='|' read -r sys load c <<<"$case"
+    warm "$sys" "$load" "$c"
+done
+hits0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="hit"')
+miss0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="miss"')
+
+declare -A RPS P50 P99 ERR
+LOADS=()
+total=$((${#CASES[@]} * BENCH_RUNS))
+n=0
+for ((run = 1; run <= BENCH_RUNS; run++)); do
+    LOADS+=("$(loadavg)")
+    log "run $run of $BENCH_RUNS, load average $(loadavg)"
+    for case in "${CASES[@]}"; do
+        IFS='|' read -r sys load c <<<"$case"
+        n=$((n + 1))
+        read -r rps p50 p99 serr ierr <<<"$(measure "$sys" "$load" "$c" "$BENCH_SECONDS")"
+        log "[$n/$total] $sys $load -c$c: $rps req/s, p50 $p50 us, p99 $p99 us, errors ${serr}/${ierr}"
+        RPS[$case]="${RPS[$case]:-} $rps"
+        P50[$case]="${P50[$case]:-} $p50"
+        P99[$case]="${P99[$case]:-} $p99"
+        if [[ $serr == - ]]; then ERR[$case]=-; else ERR[$case]=$((${ERR[$case]:-0} + serr + ierr)); fi
+    done
+done
+LOADS+=("$(loadavg)")
+hits=$(($(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="hit"') - hits0))
+misses=$(($(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="miss"') - miss0))
+
+# ---- table ----
+declare -A MED MP50 MP99
+for case in "${CASES[@]}"; do
+    # shellcheck disable=SC2086
+    MED[$case]=$(median ${RPS[$case]})
+    # shellcheck disable=SC2086
+    MP50[$case]=$(median ${P50[$case]})
+    # shellcheck disable=SC2086
+    MP99[$case]=$(median ${P99[$case]})
+done
+label() {
+    case $1 in
+    ceiling) echo "ceiling (actix + moka)" ;;
+    shale-imm) echo "shale immediate" ;;
+    shale-ev) echo "shale eventual" ;;
+    shale-unc) echo "shale immediate, uncached" ;;
+    redis-always) echo "Redis appendfsync always" ;;
+    redis-everysec) echo "Redis appendfsync everysec" ;;
+    etcd) echo "etcd (JSON gateway)" ;;
+    esac
+}
+loadlabel() {
+    case "$1|$2" in
+    ceiling\|GET) echo "GET (moka)" ;;
+    ceiling\|GET-fixed) echo "GET (fixed body)" ;;
+    shale-unc\|GET) echo "GET uncached" ;;
+    redis-*\|PUT) echo "SET" ;;
+    etcd\|PUT) echo "PUT (POST /v3/kv/put)" ;;
+    etcd\|GET) echo "GET (POST /v3/kv/range)" ;;
+    *) echo "$2" ;;
+    esac
+}
+# The Redis row a shale row is compared with: immediate with always, eventual with everysec.
+redis_peer() {
+    case $1 in
+    shale-imm) echo redis-always ;;
+    shale-ev) echo redis-everysec ;;
+    esac
+}
+
+echo "shale: $(describe_bin); $(machine)"
+echo "$KEYS keys, $VALUE-byte values, uniform random keys; ${BENCH_SECONDS} s x $BENCH_RUNS runs, medians;" \
+    "load average at the start of each run and at the end: $(printf '%s; ' "${LOADS[@]}")"
+echo
+echo "| system | load | conns | req/s | p50 ms | p99 ms | errors | x ceiling | x Redis |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+for case in "${CASES[@]}"; do
+    IFS='|' read -r sys load c <<<"$case"
+    base="ceiling|GET|$c"
+    [[ $load == PUT ]] && base="ceiling|PUT|$c"
+    xc=$(ratio "${MED[$case]}" "${MED[$base]}")
+    [[ $sys == ceiling ]] && xc=""
+    xr=""
+    peer=$(redis_peer "$sys")
+    if [[ -n $peer && -n "${MED[$peer|$load|$c]:-}" ]]; then xr=$(ratio "${MED[$case]}" "${MED[$peer|$load|$c]}"); fi
+    printf '| %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$(label "$sys")" "$(loadlabel "$sys" "$load")" "$c" \
+        "${MED[$case]}" "$(ms "${MP50[$case]}")" "$(ms "${MP99[$case]}")" "${ERR[$case]}" "$xc" "$xr"
+done
+[[ -n "$ETCD_NOTE" ]] && echo "| etcd | - | - | - | - | - | - | - | $ETCD_NOTE |"
+echo
+echo "shale uncached: CACHE_BYTES=$UNCACHED_CACHE_BYTES for a data set weighing $DATA_WEIGHT bytes in cache terms" \
+    "($(ratio "$DATA_WEIGHT" "$UNCACHED_CACHE_BYTES")x); cache hit ratio over its runs: $(ratio "$hits" $((hits + misses)))" \
+    "($hits hits, $misses misses)."
+echo "Redis: redis-benchmark --threads 2 -P 1 -r $KEYS -d $VALUE (p50/p99 from its --csv); errors are not counted there."
+echo
+
+# ---- targets ----
+# verdict NAME VALUE BASE TARGET [le]: "NAME: value/base = 0.42x (target >= 0.3x): MET".
+verdict() {
+    local name=$1 a=$2 b=$3 t=$4
+    if [[ -z "$a" || -z "$b" ]]; then
+        echo "- $name: not measured"
+        return
+    fi
+    awk -v n="$name" -v a="$a" -v b="$b" -v t="$t" 'BEGIN { r = a / b
+        printf "- %s: %.0f / %.0f = %.2fx (target >= %.2gx): %s\n", n, a, b, r, t, (r >= t ? "MET" : sprintf("NOT MET (%.0f%% short)", (1 - r / t) * 100)) }'
+}
+latency() {
+    local name=$1 us=$2 t_ms=$3
+    awk -v n="$name" -v us="$us" -v t="$t_ms" 'BEGIN { v = us / 1000
+        printf "- %s: %.2f ms (target <= %g ms): %s\n", n, v, t, (v <= t ? "MET" : sprintf("NOT MET (%.1fx the target)", v / t)) }'
+}
+echo "Targets (issue 8, -c256 unless said):"
+verdict "cached GET vs ceiling moka GET" "${MED[shale-imm|GET|256]}" "${MED[ceiling|GET|256]}" 0.85
+verdict "cached GET vs Redis GET (appendfsync always instance)" "${MED[shale-imm|GET|256]}" "${MED[redis-always|GET|256]:-}" 0.75
+verdict "immediate PUT vs ceiling PUT" "${MED[shale-imm|PUT|256]}" "${MED[ceiling|PUT|256]}" 0.3
+verdict "immediate PUT vs Redis appendfsync always SET" "${MED[shale-imm|PUT|256]}" "${MED[redis-always|PUT|256]:-}" 0.5
+verdict "immediate PUT vs etcd put" "${MED[shale-imm|PUT|256]}" "${MED[etcd|PUT|256]:-}" 8
+verdict "eventual PUT vs ceiling PUT" "${MED[shale-ev|PUT|256]}" "${MED[ceiling|PUT|256]}" 0.6
+verdict "uncached GET vs ceiling moka GET" "${MED[shale-unc|GET|256]}" "${MED[ceiling|GET|256]}" 0.4
+latency "p99 immediate PUT at -c64" "${MP99[shale-imm|PUT|64]}" 10
+latency "p99 cached GET at -c64" "${MP99[shale-imm|GET|64]}" 2
