@@ -15,7 +15,9 @@
 #   MIX  90 % GET / 10 % PUT; ceiling: /kvm GET and /kv PUT
 # shale and the ceiling run side by side (both idle when not measured) and are measured alternately, so a
 # background load disturbs both alike. Ratios compare medians: GET and MIX against the ceiling's moka GET,
-# PUT against the ceiling's PUT.
+# PUT against the ceiling's PUT. Besides req/s, the table shows the server's CPU time per request (user + system
+# time of the server process during the run, from /proc, divided by the requests wrk completed): on a machine
+# shared with other work, or where wrk itself saturates the cores, this is the steadier measure of cost.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -86,36 +88,19 @@ start() {
 # ---- Lua scripts for wrk ----
 
 cat >"$TMP/preload.lua" <<'EOF'
--- PUTs k0..k{N-1}, split between the threads, and starts over until the end of the run (the second pass
--- answers 204; it also covers the first request of thread 0, which wrk builds to check the script and never sends).
--- Prints how many PUTs answered 201 (created), summed over the threads.
-local threads = {}
-local next_id = 0
-function setup(thread)
-  thread:set("id", next_id)
-  table.insert(threads, thread)
-  next_id = next_id + 1
-end
+-- args: N, start. One thread PUTs k{start}..k{N-1}, then k0..k{N-1} over and over until the end of the run.
+local i
 function init(args)
   n = tonumber(args[1])
-  step = tonumber(args[2])
-  i = id
-  created = 0
+  -- Begin one key early: wrk builds one request to check the script and never sends it.
+  i = math.max(tonumber(args[2]) - 1, 0)
   body = string.rep("v", 32)
 end
 function request()
-  if i >= n then i = id end
+  if i >= n then i = 0 end
   local k = i
-  i = i + step
+  i = i + 1
   return wrk.format("PUT", "/kv/k" .. k, nil, body)
-end
-function response(status, headers, body)
-  if status == 201 then created = created + 1 end
-end
-function done(summary, latency, requests)
-  local total = 0
-  for _, t in ipairs(threads) do total = total + t:get("created") end
-  io.write(string.format("CREATED %d\n", total))
 end
 EOF
 
@@ -143,8 +128,9 @@ function request()
 end
 function done(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("RESULT %.1f %d %d %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+  io.write(string.format("RESULT %.1f %d %d %d %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout,
+    summary.requests))
 end
 EOF
 
@@ -153,6 +139,7 @@ EOF
 log "starting shale (DURABILITY=$DURABILITY) on $TMP/data"
 start shale "$SHALE_BIN" serve --port 0 --data-dir "$TMP/data"
 SHALE=$ADDR
+SHALE_PID=${PIDS[-1]}
 for ((i = 0; ; i++)); do
     if curl -fs -o /dev/null "http://$SHALE/readyz"; then break; fi
     if ((i >= 600)); then
@@ -166,16 +153,42 @@ done
 log "starting the ceiling"
 start ceiling "$CEILING_BIN" --port 0 --keys "$BENCH_KEYS"
 CEILING=$ADDR
+CEILING_PID=${PIDS[-1]}
 log "shale at $SHALE, ceiling at $CEILING"
 
+# list_keys: every key of shale's /kv, one a line, sorted (pages of 10,000 through GET /kv?after=).
+list_keys() {
+    local after="" page p
+    for ((p = 0; p <= BENCH_KEYS / 10000 + 1; p++)); do
+        page=$(curl -fsS "http://$SHALE/kv?limit=10000${after:+&after=$after}")
+        grep -o '"[^"]*"' <<<"${page%%'"next"'*}" | sed '1d; s/"//g' || true
+        after=$(sed -n 's/.*"next":"\([^"]*\)".*/\1/p' <<<"$page")
+        [[ -n "$after" ]] || break
+    done | LC_ALL=C sort
+}
+
 log "preloading $BENCH_KEYS keys into shale"
-created=0
-for ((round = 1; round <= 6 && created < BENCH_KEYS; round++)); do
-    out=$(timeout 60 wrk -t2 -c64 -d10s --timeout 5s -s "$TMP/preload.lua" "http://$SHALE" -- "$BENCH_KEYS" 2)
-    created=$((created + $(sed -n 's/^CREATED //p' <<<"$out")))
-    log "preload round $round: $created of $BENCH_KEYS keys created"
+seq 0 $((BENCH_KEYS - 1)) | sed 's/^/k/' | LC_ALL=C sort >"$TMP/expected.txt"
+printf 'v%.0s' {1..32} >"$TMP/value"
+present=0
+for ((round = 1; round <= 8; round++)); do
+    list_keys | LC_ALL=C comm -13 - "$TMP/expected.txt" >"$TMP/missing.txt"
+    missing=$(wc -l <"$TMP/missing.txt")
+    present=$((BENCH_KEYS - missing))
+    log "preload: $present of $BENCH_KEYS keys present"
+    if ((missing == 0)); then
+        break
+    elif ((missing <= 2000)); then
+        # A few stragglers (requests in flight when wrk stopped): PUT exactly those.
+        timeout 120 xargs -P 16 -I{} curl -fsS -o /dev/null -X PUT --data-binary @"$TMP/value" "http://$SHALE/kv/{}" \
+            <"$TMP/missing.txt"
+    else
+        # Keys go in order, so nearly all missing ones are past the present count.
+        timeout 60 wrk -t1 -c64 -d10s --timeout 5s -s "$TMP/preload.lua" "http://$SHALE" -- "$BENCH_KEYS" \
+            $((present > 1024 ? present - 1024 : 0)) >/dev/null
+    fi
 done
-if ((created < BENCH_KEYS)); then
+if ((present < BENCH_KEYS)); then
     log "preload incomplete"
     exit 1
 fi
@@ -184,32 +197,42 @@ for k in 0 $((BENCH_KEYS / 2)) $((BENCH_KEYS - 1)); do
     curl -fsS -o /dev/null "http://$CEILING/kvm/k$k"
 done
 
-# measure ADDR THREADS CONNS SECONDS GET_PREFIX PUT_PREFIX PUT_PCT: prints "rps p50_us p99_us status_errors io_errors".
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ticks PID: user + system time of a process so far, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+cpu_ticks() {
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+
+# measure PID ADDR THREADS CONNS SECONDS GET_PREFIX PUT_PREFIX PUT_PCT:
+# prints "rps p50_us p99_us status_errors io_errors server_cpu_us_per_request".
 measure() {
-    local out line
-    out=$(timeout $(($4 + 30)) wrk -t"$2" -c"$3" -d"$4"s --timeout 5s -s "$TMP/load.lua" "http://$1" -- \
-        "$5" "$6" "$7" "$BENCH_KEYS")
+    local out line before after
+    before=$(cpu_ticks "$1")
+    out=$(timeout $(($5 + 30)) wrk -t"$3" -c"$4" -d"$5"s --timeout 5s -s "$TMP/load.lua" "http://$2" -- \
+        "$6" "$7" "$8" "$BENCH_KEYS")
+    after=$(cpu_ticks "$1")
     line=$(sed -n 's/^RESULT //p' <<<"$out")
     if [[ -z "$line" ]]; then
         log "wrk gave no result: $out"
         exit 1
     fi
-    echo "$line"
+    awk -v l="$line" -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN {
+        split(l, f, " "); printf "%s %s %s %s %s %.1f\n", f[1], f[2], f[3], f[4], f[5], t * 1e6 / hz / f[6] }'
 }
 
 log "warming up (3 s each)"
-measure "$SHALE" 2 256 3 /kv/k /kv/k 10 >/dev/null
-measure "$CEILING" 2 256 3 /kvm/k /kv/k 10 >/dev/null
+measure "$SHALE_PID" "$SHALE" 2 256 3 /kv/k /kv/k 10 >/dev/null
+measure "$CEILING_PID" "$CEILING" 2 256 3 /kvm/k /kv/k 10 >/dev/null
 
-# Each case: label | server | addr | GET prefix | PUT prefix | PUT %.
+# Each case: label | server | pid | addr | GET prefix | PUT prefix | PUT %.
 CASES=(
-    "GET|shale|$SHALE|/kv/k|/kv/k|0"
-    "GET|ceiling moka|$CEILING|/kvm/k|/kv/k|0"
-    "GET|ceiling fixed|$CEILING|/kv/k|/kv/k|0"
-    "PUT|shale|$SHALE|/kv/k|/kv/k|100"
-    "PUT|ceiling|$CEILING|/kv/k|/kv/k|100"
-    "MIX|shale|$SHALE|/kv/k|/kv/k|10"
-    "MIX|ceiling moka|$CEILING|/kvm/k|/kv/k|10"
+    "GET|shale|$SHALE_PID|$SHALE|/kv/k|/kv/k|0"
+    "GET|ceiling moka|$CEILING_PID|$CEILING|/kvm/k|/kv/k|0"
+    "GET|ceiling fixed|$CEILING_PID|$CEILING|/kv/k|/kv/k|0"
+    "PUT|shale|$SHALE_PID|$SHALE|/kv/k|/kv/k|100"
+    "PUT|ceiling|$CEILING_PID|$CEILING|/kv/k|/kv/k|100"
+    "MIX|shale|$SHALE_PID|$SHALE|/kv/k|/kv/k|10"
+    "MIX|ceiling moka|$CEILING_PID|$CEILING|/kvm/k|/kv/k|10"
 )
 CONNS=("2 256" "1 50")
 
@@ -219,22 +242,24 @@ median() {
         if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-declare -A RPS P50 P99 ERR
+declare -A RPS P50 P99 ERR CPU
 total=$((${#CASES[@]} * ${#CONNS[@]} * BENCH_RUNS))
 n=0
 for conns in "${CONNS[@]}"; do
     read -r threads c <<<"$conns"
     for ((run = 1; run <= BENCH_RUNS; run++)); do
         for case in "${CASES[@]}"; do
-            IFS='|' read -r load server addr get put pct <<<"$case"
+            IFS='|' read -r load server pid addr get put pct <<<"$case"
             n=$((n + 1))
-            res=$(measure "$addr" "$threads" "$c" "$BENCH_SECONDS" "$get" "$put" "$pct")
-            read -r rps p50 p99 serr ierr <<<"$res"
-            log "[$n/$total] $load $server -t$threads -c$c run $run: $rps req/s, p50 ${p50} us, p99 ${p99} us, errors $serr status / $ierr io"
+            res=$(measure "$pid" "$addr" "$threads" "$c" "$BENCH_SECONDS" "$get" "$put" "$pct")
+            read -r rps p50 p99 serr ierr cpu <<<"$res"
+            log "[$n/$total] $load $server -t$threads -c$c run $run: $rps req/s, p50 $p50 us, p99 $p99 us," \
+                "server CPU $cpu us/req, errors $serr status / $ierr io"
             key="$load|$server|$conns"
             RPS[$key]="${RPS[$key]:-} $rps"
             P50[$key]="${P50[$key]:-} $p50"
             P99[$key]="${P99[$key]:-} $p99"
+            CPU[$key]="${CPU[$key]:-} $cpu"
             ERR[$key]=$((${ERR[$key]:-0} + serr + ierr))
         done
     done
@@ -246,9 +271,9 @@ echo
 echo "shale $(git rev-parse --short HEAD 2>/dev/null || echo '?'), DURABILITY=$DURABILITY, $BENCH_KEYS keys of 32 bytes," \
     "wrk ${BENCH_SECONDS} s x $BENCH_RUNS runs (medians), $(nproc) cores, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| load | server | wrk | req/s | p50 ms | p99 ms | errors | ratio |"
-echo "|---|---|---|---:|---:|---:|---:|---:|"
-declare -A MED
+echo "| load | server | wrk | req/s | p50 ms | p99 ms | errors | server CPU us/req | ratio req/s | ratio CPU |"
+echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+declare -A MED MEDCPU
 for conns in "${CONNS[@]}"; do
     read -r threads c <<<"$conns"
     for case in "${CASES[@]}"; do
@@ -256,18 +281,24 @@ for conns in "${CONNS[@]}"; do
         key="$load|$server|$conns"
         # shellcheck disable=SC2086
         MED[$key]=$(median ${RPS[$key]})
+        # shellcheck disable=SC2086
+        MEDCPU[$key]=$(median ${CPU[$key]})
     done
     for case in "${CASES[@]}"; do
         IFS='|' read -r load server _ <<<"$case"
         key="$load|$server|$conns"
         ratio=""
+        cpu_ratio=""
         if [[ $server == shale ]]; then
             base=$([[ $load == PUT ]] && echo "PUT|ceiling|$conns" || echo "$load|ceiling moka|$conns")
             ratio=$(awk -v a="${MED[$key]}" -v b="${MED[$base]}" 'BEGIN { printf "%.2fx", a / b }')
+            # Requests per CPU-second of shale relative to the ceiling's.
+            cpu_ratio=$(awk -v a="${MEDCPU[$key]}" -v b="${MEDCPU[$base]}" 'BEGIN { printf "%.2fx", b / a }')
         fi
         # shellcheck disable=SC2086
-        printf '| %s | %s | -t%s -c%s | %.0f | %s | %s | %s | %s |\n' "$load" "$server" "$threads" "$c" "${MED[$key]}" \
-            "$(ms "$(median ${P50[$key]})")" "$(ms "$(median ${P99[$key]})")" "${ERR[$key]}" "$ratio"
+        printf '| %s | %s | -t%s -c%s | %.0f | %s | %s | %s | %.1f | %s | %s |\n' "$load" "$server" "$threads" "$c" \
+            "${MED[$key]}" "$(ms "$(median ${P50[$key]})")" "$(ms "$(median ${P99[$key]})")" "${ERR[$key]}" \
+            "${MEDCPU[$key]}" "$ratio" "$cpu_ratio"
     done
 done
 
@@ -279,3 +310,5 @@ verdict() {
 echo "Target, cached GET vs ceiling moka GET at -t2 -c256: $(verdict "${MED[GET|shale|$c]}" "${MED[GET|ceiling moka|$c]}" 0.6)"
 echo "        cached GET vs ceiling fixed GET at -t2 -c256: $(verdict "${MED[GET|shale|$c]}" "${MED[GET|ceiling fixed|$c]}" 0.6)"
 echo "Target, durable PUT vs ceiling PUT at -t2 -c256:    $(verdict "${MED[PUT|shale|$c]}" "${MED[PUT|ceiling|$c]}" 0.2)"
+echo "Server CPU per request at -t2 -c256: GET ${MEDCPU[GET|shale|$c]} us (ceiling moka ${MEDCPU[GET|ceiling moka|$c]} us)," \
+    "PUT ${MEDCPU[PUT|shale|$c]} us (ceiling ${MEDCPU[PUT|ceiling|$c]} us)"
