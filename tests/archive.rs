@@ -3,12 +3,16 @@
 //! stopped one (and refuse files a process holds open), and `scripts/restore.sh` restores the archive into a
 //! fresh data dir that a new server then serves; a damaged archive is refused and the data dir left alone.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::wait_timeout;
 
 const SHALE: &str = env!("CARGO_BIN_EXE_shale");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -58,20 +62,6 @@ fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
     let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = resp.status().as_u16();
     (status, resp.body_mut().read_to_string().unwrap_or_default())
-}
-
-/// Polls `child` until it exits, for at most `timeout`.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("polling a child") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The `shale` binary serving a data dir; SIGKILLed on drop if still running.

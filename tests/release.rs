@@ -4,11 +4,15 @@
 //!
 //! The first run in a fresh clone pays for a release build (a few minutes); later runs reuse it.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::wait_timeout;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -19,19 +23,6 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("shale-release-test-").tempdir().expect("creating a temp dir")
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("polling a child") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn agent() -> ureq::Agent {

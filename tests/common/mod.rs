@@ -318,7 +318,7 @@ impl Collector {
 }
 
 /// Polls `child` until it exits or `timeout` passes.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("polling a child") {
