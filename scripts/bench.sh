@@ -8,6 +8,7 @@
 #   BENCH_KEYS        keys k0..k{N-1} of 32 bytes preloaded into shale and the ceiling's moka cache (default 100000)
 #   DURABILITY        shale's durability, immediate | eventual (default immediate)
 #   SHALE_BENCH_DIR   where the temporary data dir goes (default: $TMPDIR or /tmp)
+#   BENCH_EXDAAS      1 (default) also runs scripts/bench-exdaas.sh (ExDaas's ab load on POST /api) at the end; 0 skips
 #
 # Loads (each at -t2 -c256 and at -t1 -c50, random keys from a fixed per-thread seed):
 #   GET  cached GET of preloaded keys; ceiling: /kvm (moka lookup) and /kv (fixed body)
@@ -312,3 +313,9 @@ echo "        cached GET vs ceiling fixed GET at -t2 -c256: $(verdict "${MED[GET
 echo "Target, durable PUT vs ceiling PUT at -t2 -c256:    $(verdict "${MED[PUT|shale|$c]}" "${MED[PUT|ceiling|$c]}" 0.2)"
 echo "Server CPU per request at -t2 -c256: GET ${MEDCPU[GET|shale|$c]} us (ceiling moka ${MEDCPU[GET|ceiling moka|$c]} us)," \
     "PUT ${MEDCPU[PUT|shale|$c]} us (ceiling ${MEDCPU[PUT|ceiling|$c]} us)"
+
+# ExDaas's own benchmark (issue 3): ab against POST /api, shale and the ceiling side by side.
+if [ "${BENCH_EXDAAS:-1}" = 1 ]; then
+    echo
+    "$(dirname "$0")/bench-exdaas.sh"
+fi
