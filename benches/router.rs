@@ -11,71 +11,28 @@
 //! The data dir is a fresh temp dir inside `SHALE_BENCH_DIR` when set, else inside the system temp dir. Keys come
 //! from fixed-seed xorshifts.
 
+mod common;
+
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shale::cache::Cache;
-use shale::command::{Command, Precondition, Reply, Space};
+use shale::command::{Reply, Space};
 use shale::placement::ShardId;
 use shale::router::Router;
 use shale::shard::{self, Readiness, ShardOptions};
 use shale::store::{shard_file, Store};
 use shale::Config;
 
+use common::{key_of, put, temp_dir, XorShift};
+
 /// Distinct keys the put benches write.
 const KEY_SPACE: u64 = 100_000;
 /// Keys preloaded for the read bench.
 const PRELOAD: u64 = 10_000;
-const VALUE: [u8; 32] = [0x5a; 32];
-const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 const CACHE_BYTES: u64 = 64 << 20;
-
-/// Marsaglia's xorshift64: deterministic and good enough to scatter keys.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(stream: u64) -> XorShift {
-        // Any non-zero state works; mix the stream number in so tasks draw different keys.
-        XorShift((SEED ^ stream.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
-fn key_of(i: u64) -> Bytes {
-    Bytes::from(format!("k{i}"))
-}
-
-fn put(key: Bytes) -> Command {
-    Command::Put {
-        space: Space::Kv,
-        key,
-        value: Bytes::from_static(&VALUE),
-        content_type: Bytes::new(),
-        precondition: Precondition::NONE,
-        skip_if_unchanged: false,
-    }
-}
-
-fn temp_dir() -> tempfile::TempDir {
-    match std::env::var_os("SHALE_BENCH_DIR") {
-        Some(base) => {
-            std::fs::create_dir_all(&base).expect("SHALE_BENCH_DIR can be created");
-            tempfile::tempdir_in(base).expect("temp dir inside SHALE_BENCH_DIR")
-        }
-        None => tempfile::tempdir().expect("temp dir"),
-    }
-}
 
 /// Shards, their worker threads and the router over them, on a fresh data dir.
 struct Rig {

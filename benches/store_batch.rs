@@ -9,64 +9,23 @@
 //! The data dir is a fresh temp dir inside `SHALE_BENCH_DIR` when set (put it on the disk you want to measure),
 //! else inside the system temp dir. Keys come from a fixed-seed xorshift, so every run writes the same keys.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shale::cache::Cache;
-use shale::command::{Command, Precondition, Space};
+use shale::command::{Command, Space};
 use shale::placement::ShardId;
 use shale::store::Store;
+
+use common::{key_of, put, temp_dir, XorShift, SEED};
 
 /// Distinct keys the benches write and read.
 const KEY_SPACE: u64 = 100_000;
 /// Keys preloaded for the read benches.
 const PRELOAD: u64 = 10_000;
-const VALUE: [u8; 32] = [0x5a; 32];
-const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Marsaglia's xorshift64: deterministic and good enough to scatter keys.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn key(&mut self, space: u64) -> Bytes {
-        key_of(self.next() % space)
-    }
-}
-
-fn key_of(i: u64) -> Bytes {
-    Bytes::from(format!("k{i}"))
-}
-
-fn put(key: Bytes) -> Command {
-    Command::Put {
-        space: Space::Kv,
-        key,
-        value: Bytes::from_static(&VALUE),
-        content_type: Bytes::new(),
-        precondition: Precondition::NONE,
-        skip_if_unchanged: false,
-    }
-}
-
-fn temp_dir() -> tempfile::TempDir {
-    match std::env::var_os("SHALE_BENCH_DIR") {
-        Some(base) => {
-            std::fs::create_dir_all(&base).expect("SHALE_BENCH_DIR can be created");
-            tempfile::tempdir_in(base).expect("temp dir inside SHALE_BENCH_DIR")
-        }
-        None => tempfile::tempdir().expect("temp dir"),
-    }
-}
 
 fn bench_store(c: &mut Criterion) {
     let dir = temp_dir();
