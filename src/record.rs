@@ -41,12 +41,7 @@ impl Record {
 
     /// Wraps bytes read from disk, checking the header so a damaged record is an error, not garbage.
     pub fn decode(bytes: Bytes) -> Result<Record, String> {
-        if bytes.len() < HEADER || bytes[0] != FORMAT_V1 {
-            return Err(format!("unknown record format (length {}, first byte {:?})", bytes.len(), bytes.first()));
-        }
-        if bytes.len() < HEADER + bytes[9] as usize {
-            return Err("record shorter than its content type".into());
-        }
+        RecordView::parse(&bytes)?;
         Ok(Record(bytes))
     }
 
@@ -108,6 +103,32 @@ pub fn etag_of(rev: u64) -> String {
     format!("\"{rev:x}\"")
 }
 
+/// The fields of an encoded record, borrowed (e.g. from a redb guard) without copying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// The revision.
+    pub rev: u64,
+    /// The content type as stored (empty = default).
+    pub content_type: &'a [u8],
+    /// The value bytes.
+    pub value: &'a [u8],
+}
+
+impl<'a> RecordView<'a> {
+    /// Checks the header of `bytes` and splits it into its fields.
+    pub fn parse(bytes: &'a [u8]) -> Result<RecordView<'a>, String> {
+        if bytes.len() < HEADER || bytes[0] != FORMAT_V1 {
+            return Err(format!("unknown record format (length {}, first byte {:?})", bytes.len(), bytes.first()));
+        }
+        let ct_end = HEADER + bytes[9] as usize;
+        if bytes.len() < ct_end {
+            return Err("record shorter than its content type".into());
+        }
+        let rev = u64::from_le_bytes(bytes[1..9].try_into().expect("header length checked above"));
+        Ok(RecordView { rev, content_type: &bytes[HEADER..ct_end], value: &bytes[ct_end..] })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +141,8 @@ mod tests {
         assert_eq!(d.content_type(), "text/plain");
         assert_eq!(&d.value()[..], b"hello");
         assert_eq!(d.etag(), "\"1234\"");
+        let v = RecordView::parse(r.as_bytes()).unwrap();
+        assert_eq!((v.rev, v.content_type, v.value), (0x1234, &b"text/plain"[..], &b"hello"[..]));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use redb::{
 use crate::command::{Command, EtagMatch, Precondition, Reply, Space};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
-use crate::record::Record;
+use crate::record::{Record, RecordView};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
@@ -472,6 +472,20 @@ fn verify_file(path: &Path, shard: ShardId, cache_size: usize) -> Result<()> {
     Ok(())
 }
 
+/// The revision of the record stored under `key` (None when absent) and whether it already holds `same`
+/// (content type, value), read from the page without copying the value. `Ok(Err(..))` = a damaged record.
+fn current(
+    t: &redb::Table<&[u8], &[u8]>,
+    key: &[u8],
+    same: Option<(&[u8], &[u8])>,
+) -> Result<Result<Option<(u64, bool)>, Error>, redb::Error> {
+    let Some(guard) = t.get(key)? else { return Ok(Ok(None)) };
+    Ok(match RecordView::parse(guard.value()) {
+        Ok(v) => Ok(Some((v.rev, same.is_some_and(|(ct, value)| v.content_type == ct && v.value == value)))),
+        Err(e) => Err(Error::Internal(format!("damaged record: {e}"))),
+    })
+}
+
 /// Applies one command inside `txn`. `Ok(Err(..))` is the command's own failure (precondition, overflow);
 /// `Err` is a storage failure that dooms the whole transaction.
 fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Outcome, redb::Error> {
@@ -483,19 +497,16 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
     match cmd {
         Command::Put { space, key, value, content_type, precondition, skip_if_unchanged } => {
             let mut t = txn.open_table(table(*space))?;
-            let current = t.get(&key[..])?.map(|g| Record::decode(Bytes::copy_from_slice(g.value())));
-            let current = match current {
-                Some(Err(e)) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
-                Some(Ok(r)) => Some(r),
-                None => None,
+            let same = skip_if_unchanged.then_some((&content_type[..], &value[..]));
+            let current = match current(&t, key, same)? {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
             };
-            if !precondition.holds(current.as_ref().map(Record::rev)) {
+            if !precondition.holds(current.map(|(rev, _)| rev)) {
                 return Ok(Err(precondition_failed(precondition)));
             }
-            if let Some(cur) = &current {
-                if *skip_if_unchanged && cur.value_ref() == &value[..] && cur.content_type_raw() == &content_type[..] {
-                    return Ok(Ok((Reply::Unchanged { rev: cur.rev() }, CacheEffect::None)));
-                }
+            if let Some((rev, true)) = current {
+                return Ok(Ok((Reply::Unchanged { rev }, CacheEffect::None)));
             }
             let r = take_rev();
             let rec = Record::encode(r, content_type, value);
@@ -505,11 +516,9 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
         }
         Command::Delete { space, key, precondition } => {
             let mut t = txn.open_table(table(*space))?;
-            let current = t.get(&key[..])?.map(|g| Record::decode(Bytes::copy_from_slice(g.value())).map(|r| r.rev()));
-            let current = match current {
-                Some(Err(e)) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
-                Some(Ok(r)) => Some(r),
-                None => None,
+            let current = match current(&t, key, None)? {
+                Ok(c) => c.map(|(rev, _)| rev),
+                Err(e) => return Ok(Err(e)),
             };
             if !precondition.holds(current) {
                 return Ok(Err(precondition_failed(precondition)));
@@ -632,5 +641,30 @@ mod tests {
         store.reopen().unwrap();
         store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
         assert_eq!(&store.get(Space::Kv, b"a").unwrap().unwrap().value()[..], b"1");
+    }
+
+    #[test]
+    fn an_unchanged_document_is_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let mut rev = 1;
+        let doc = |v: &'static str| Command::Put {
+            space: Space::Doc,
+            key: Bytes::from_static(b"\0\0\0\0\0\0\0\x07"),
+            value: Bytes::from_static(v.as_bytes()),
+            content_type: Bytes::from_static(b"application/json"),
+            precondition: Precondition::NONE,
+            skip_if_unchanged: true,
+        };
+        let cmds = [doc("{\"a\":1}"), doc("{\"a\":1}"), doc("{\"a\":2}")];
+        let out = store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
+        assert!(matches!(out[0], Ok((Reply::Stored { created: true, rev: 1 }, _))));
+        assert!(matches!(out[1], Ok((Reply::Unchanged { rev: 1 }, CacheEffect::None))));
+        assert!(matches!(out[2], Ok((Reply::Stored { created: false, rev: 2 }, _))));
+        // A batch of unchanged writes only is not committed at all: the last revision on disk stays.
+        let again = [doc("{\"a\":2}")];
+        let out = store.apply_batch(again.iter(), &mut rev, true).unwrap();
+        assert!(matches!(out[0], Ok((Reply::Unchanged { rev: 2 }, _))));
+        assert_eq!(store.last_rev().unwrap(), 2);
     }
 }
