@@ -96,14 +96,103 @@ pub enum Command {
         /// Signed amount to add.
         delta: i64,
     },
+    /// Redis `SET`: store `value` under a `/kv` key when `cond` holds; answers [`Reply::Set`].
+    Set {
+        /// Raw key bytes.
+        key: Bytes,
+        /// Value bytes (stored with the default content type).
+        value: Bytes,
+        /// `NX` / `XX`.
+        cond: SetCond,
+        /// `GET`: answer the value the key held before (whether or not the write happened).
+        get_old: bool,
+    },
+    /// Redis `INCRBY` on a `/kv` value: the value must be a decimal i64 in Redis's strict form (absent = 0); the
+    /// sum is stored back as decimal ASCII. Fails without change when the value is not such a number or on overflow.
+    KvIncr {
+        /// Raw key bytes.
+        key: Bytes,
+        /// Signed amount to add.
+        delta: i64,
+    },
+    /// Reads `key` inside the shard's write transaction, after every write queued before it, and answers after
+    /// that batch committed: a read that must see the caller's own pipelined writes (RESP read-your-writes,
+    /// `GET` inside `MULTI`). Changes nothing.
+    Read {
+        /// Keyspace.
+        space: Space,
+        /// Raw key bytes.
+        key: Bytes,
+    },
+    /// Commands applied in order inside one write transaction, so they commit (or fail) together: `MULTI`/`EXEC`.
+    /// Invariant: every key belongs to the same shard (the caller checks; the shard does not route).
+    Batch(Vec<Command>),
+    /// Removes every record of `space` from the shard it is sent to (`FLUSHDB`); answers [`Reply::Cleared`].
+    Clear {
+        /// Keyspace.
+        space: Space,
+    },
+}
+
+/// When a [`Command::Set`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetCond {
+    /// Always.
+    Always,
+    /// `NX`: only when the key is absent.
+    IfAbsent,
+    /// `XX`: only when the key exists.
+    IfPresent,
+}
+
+impl SetCond {
+    /// Whether a key that `exists` may be written.
+    pub fn holds(self, exists: bool) -> bool {
+        match self {
+            SetCond::Always => true,
+            SetCond::IfAbsent => !exists,
+            SetCond::IfPresent => exists,
+        }
+    }
 }
 
 impl Command {
     /// The key that decides which shard applies this command.
+    ///
+    /// A [`Command::Batch`] is placed by its first command; a [`Command::Clear`] has no key (it is sent to a shard
+    /// by number) and answers the empty slice.
     pub fn key(&self) -> &[u8] {
         match self {
-            Command::Put { key, .. } | Command::Delete { key, .. } => key,
+            Command::Put { key, .. }
+            | Command::Delete { key, .. }
+            | Command::Set { key, .. }
+            | Command::KvIncr { key, .. }
+            | Command::Read { key, .. } => key,
             Command::CounterAdd { name, .. } => name,
+            Command::Batch(cmds) => cmds.first().map_or(&[], |c| c.key()),
+            Command::Clear { .. } => &[],
+        }
+    }
+
+    /// The keyspace this command touches (a batch: its first command's).
+    pub fn space(&self) -> Space {
+        match self {
+            Command::Put { space, .. } | Command::Delete { space, .. } | Command::Read { space, .. } => *space,
+            Command::Clear { space } => *space,
+            Command::Set { .. } | Command::KvIncr { .. } => Space::Kv,
+            Command::CounterAdd { .. } => Space::Counter,
+            Command::Batch(cmds) => cmds.first().map_or(Space::Kv, |c| c.space()),
+        }
+    }
+
+    /// Calls `f` on the space and key of every record this command may change (for cache invalidation after a
+    /// failed transaction). A clear names no key: it is reported as `None`.
+    pub fn for_each_key(&self, f: &mut impl FnMut(Space, Option<&[u8]>)) {
+        match self {
+            Command::Batch(cmds) => cmds.iter().for_each(|c| c.for_each_key(f)),
+            Command::Clear { space } => f(*space, None),
+            Command::Read { .. } => {}
+            c => f(c.space(), Some(c.key())),
         }
     }
 
@@ -113,6 +202,10 @@ impl Command {
             Command::Put { key, value, .. } => key.len() + value.len(),
             Command::Delete { key, .. } => key.len(),
             Command::CounterAdd { name, .. } => name.len() + 8,
+            Command::Set { key, value, .. } => key.len() + value.len(),
+            Command::KvIncr { key, .. } | Command::Read { key, .. } => key.len() + 20,
+            Command::Batch(cmds) => cmds.iter().map(Command::weight).sum(),
+            Command::Clear { .. } => 0,
         }
     }
 }
@@ -134,6 +227,78 @@ pub enum Reply {
     },
     /// A delete removed the key.
     Deleted,
-    /// A counter's value after the add.
+    /// A counter's value after the add (also a `/kv` value after [`Command::KvIncr`]).
     Counter(i64),
+    /// What a [`Command::Set`] did.
+    Set {
+        /// The value was stored (false: `NX`/`XX` did not hold).
+        written: bool,
+        /// With `get_old`: the value before the command (None = the key was absent).
+        old: Option<Bytes>,
+    },
+    /// The record a [`Command::Read`] found.
+    Value(Option<crate::record::Record>),
+    /// Each command's outcome of a [`Command::Batch`], in order.
+    Batch(Vec<Result<Reply, crate::error::Error>>),
+    /// How many records a [`Command::Clear`] removed.
+    Cleared(u64),
+}
+
+/// Parses a decimal i64 exactly as strictly as Redis's `string2ll`: an optional `-`, then digits without a
+/// leading zero (except `0` itself), nothing else. So `+5`, `05`, `-0`, ` 1`, `1 ` and the empty string are not
+/// integers (Rust's `i64::from_str` would accept `+5` and `007`).
+pub fn parse_i64_strict(b: &[u8]) -> Option<i64> {
+    let (negative, digits) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, b),
+    };
+    match digits {
+        [] => return None,
+        [b'0'] if !negative => return Some(0),
+        [b'0', ..] => return None,
+        _ => {}
+    }
+    // Accumulate towards the negative side, which holds i64::MIN.
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
+    }
+    if negative {
+        Some(n)
+    } else {
+        n.checked_neg()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_integers_follow_redis() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("5", Some(5)),
+            ("-5", Some(-5)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-9223372036854775809", None),
+            ("+5", None),
+            ("05", None),
+            ("-0", None),
+            ("-", None),
+            ("", None),
+            (" 1", None),
+            ("1 ", None),
+            ("1a", None),
+            ("0x10", None),
+            ("99999999999999999999999", None),
+        ] {
+            assert_eq!(parse_i64_strict(text.as_bytes()), want, "{text:?}");
+        }
+    }
 }

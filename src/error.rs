@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 
 /// Everything that can go wrong while serving a request.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The request is malformed (400).
     #[error("{0}")]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::placement::PARTITIONS;
+use crate::placement::{PARTITIONS, PLACEMENT_VERSION};
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -27,6 +27,10 @@ pub struct Manifest {
     pub partitions: u32,
     /// Random id of this node, made at first start (the actor id of later cluster features).
     pub node_id: String,
+    /// The placement rule the files follow (`placement::PLACEMENT_VERSION`; absent in older manifests = 1). A
+    /// start with an older rule re-places every record before serving (`reshard::reconcile`).
+    #[serde(default = "placement_v1")]
+    pub placement: u32,
     /// A resharding in progress (see `reshard.rs`); absent when the layout is settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reshard: Option<ReshardPlan>,
@@ -86,6 +90,10 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE)
 }
 
+fn placement_v1() -> u32 {
+    1
+}
+
 /// Reads the manifest of `data_dir`, if there is one.
 pub fn read(data_dir: &Path) -> Result<Option<Manifest>, ManifestError> {
     let p = path(data_dir);
@@ -98,6 +106,9 @@ pub fn read(data_dir: &Path) -> Result<Option<Manifest>, ManifestError> {
     let m: Manifest = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     if m.format_version != FORMAT_VERSION {
         return Err(invalid(format!("format version {} (this shale reads {FORMAT_VERSION})", m.format_version)));
+    }
+    if m.placement > PLACEMENT_VERSION {
+        return Err(invalid(format!("placement version {} (this shale knows up to {PLACEMENT_VERSION})", m.placement)));
     }
     if m.partitions != PARTITIONS || m.shards == 0 || m.shards > PARTITIONS {
         return Err(invalid(format!("unsupported layout: {} shards over {} partitions", m.shards, m.partitions)));
@@ -138,6 +149,7 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, Manifest
         shards,
         partitions: PARTITIONS,
         node_id: new_node_id(),
+        placement: PLACEMENT_VERSION,
         reshard: None,
     };
     write(data_dir, &m)?;

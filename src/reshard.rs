@@ -20,7 +20,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 
 use crate::fault;
 use crate::manifest::{self, Manifest, ReshardPlan, ReshardState};
-use crate::placement::{shard_for, ShardId};
+use crate::placement::{shard_for, ShardId, PLACEMENT_VERSION};
 use crate::store::{shard_file, TABLES_BYTES, TABLE_META};
 
 const STAGING: &str = "reshard.staging";
@@ -43,7 +43,7 @@ fn fail(dir: &Path, why: impl std::fmt::Display) -> ReshardError {
 }
 
 /// Brings the data dir to `want` shards: finishes or undoes an interrupted resharding, then reshards if the
-/// count on disk differs. Returns the settled manifest.
+/// count on disk differs or the files follow an older placement rule. Returns the settled manifest.
 pub fn reconcile(data_dir: &Path, mut m: Manifest, want: u32) -> Result<Manifest, ReshardError> {
     if let Some(plan) = m.reshard.clone() {
         match plan.state {
@@ -66,7 +66,10 @@ pub fn reconcile(data_dir: &Path, mut m: Manifest, want: u32) -> Result<Manifest
     // Side dirs left by a crash after the switch (the manifest already names the new files).
     remove_dir(&data_dir.join(OLD)).map_err(|e| fail(data_dir, e))?;
     remove_dir(&data_dir.join(STAGING)).map_err(|e| fail(data_dir, e))?;
-    if m.shards != want {
+    if m.shards != want || m.placement != PLACEMENT_VERSION {
+        if m.placement != PLACEMENT_VERSION {
+            tracing::warn!(from = m.placement, to = PLACEMENT_VERSION, "the placement rule changed; re-placing every record");
+        }
         m = reshard(data_dir, m, want)?;
     }
     Ok(m)
@@ -224,6 +227,7 @@ fn switch(data_dir: &Path, mut m: Manifest) -> Result<Manifest, ReshardError> {
     }
     sync_dir(data_dir)?;
     m.shards = plan.to;
+    m.placement = PLACEMENT_VERSION;
     m.reshard = None;
     write(data_dir, &m)?;
     fault::point("reshard-switched");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::cache::Cache;
-use crate::command::{Command, Reply, Space};
+use crate::command::{Command, EtagMatch, Precondition, Reply, Space};
 use crate::error::{Error, Result};
 use crate::placement::{shard_for, ShardId};
 use crate::record::Record;
@@ -117,6 +117,30 @@ impl Router {
     /// the id space is used up (an id of `u64::MAX - 1` or more was stored): the counter never wraps to 0.
     pub fn allocate_doc_id(&self) -> Option<u64> {
         self.next_doc_id.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_add(1)).ok()
+    }
+
+    /// Stores `data` (compact JSON) as a new document under a fresh id and returns the id.
+    ///
+    /// Each id is written create-only, so an id someone wrote explicitly meanwhile is skipped, never overwritten.
+    pub async fn create_doc(&self, data: Bytes) -> Result<u64> {
+        loop {
+            let Some(id) = self.allocate_doc_id() else {
+                return Err(Error::InsufficientStorage("no document id is left to allocate".into()));
+            };
+            let cmd = Command::Put {
+                space: Space::Doc,
+                key: Bytes::copy_from_slice(&id.to_be_bytes()),
+                value: data.clone(),
+                content_type: Bytes::from_static(b"application/json"),
+                precondition: Precondition { if_none_match: Some(EtagMatch::Any), ..Precondition::NONE },
+                skip_if_unchanged: false,
+            };
+            match self.dispatch(cmd).await {
+                Ok(_) => return Ok(id),
+                Err(Error::PreconditionFailed(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Records that document `id` exists, so allocation never hands it out.

@@ -362,11 +362,7 @@ impl Worker {
                 self.metrics.commit_seconds.record(started.elapsed().as_secs_f64());
                 for ((_, reply), outcome) in writes.drain(..).zip(outcomes) {
                     let answer = outcome.map(|(r, effect)| {
-                        match effect {
-                            CacheEffect::None => {}
-                            CacheEffect::Insert(space, key, rec) => self.cache.insert(space, &key, rec),
-                            CacheEffect::Invalidate(space, key) => self.cache.invalidate(space, &key),
-                        }
+                        apply_cache_effect(&self.cache, effect);
                         r
                     });
                     let _ = reply.send(answer);
@@ -378,11 +374,10 @@ impl Worker {
                 // The commit may have reached the disk partly or wholly before failing: drop what the cache
                 // holds for these keys so the next read goes to the file.
                 for (cmd, reply) in writes.drain(..) {
-                    let space = match &cmd {
-                        Command::Put { space, .. } | Command::Delete { space, .. } => *space,
-                        Command::CounterAdd { .. } => Space::Counter,
-                    };
-                    self.cache.invalidate(space, cmd.key());
+                    cmd.for_each_key(&mut |space, key| match key {
+                        Some(key) => self.cache.invalidate(space, key),
+                        None => self.cache.clear(),
+                    });
                     let _ = reply.send(Err(e.clone()));
                 }
                 self.reopen(next_rev);
@@ -441,5 +436,18 @@ impl Worker {
         if let Ok(Some(rec)) = self.store.get(space, &key) {
             self.cache.insert(space, &key, rec);
         }
+    }
+}
+
+/// Brings the cache in line with one committed command. Runs on the shard thread, after the commit and before
+/// the command is answered (see `cache`).
+fn apply_cache_effect(cache: &Cache, effect: CacheEffect) {
+    match effect {
+        CacheEffect::None => {}
+        CacheEffect::Insert(space, key, rec) => cache.insert(space, &key, rec),
+        CacheEffect::Invalidate(space, key) => cache.invalidate(space, &key),
+        // Clearing every shard's entries is safe: removing an entry can never make a read stale.
+        CacheEffect::Clear(_) => cache.clear(),
+        CacheEffect::Many(effects) => effects.into_iter().for_each(|e| apply_cache_effect(cache, e)),
     }
 }

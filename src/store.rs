@@ -22,7 +22,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 
-use crate::command::{Command, EtagMatch, Precondition, Reply, Space};
+use crate::command::{parse_i64_strict, Command, EtagMatch, Precondition, Reply, Space};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::record::{Record, RecordView};
@@ -59,6 +59,21 @@ pub enum CacheEffect {
     Insert(Space, Bytes, Record),
     /// The key was removed.
     Invalidate(Space, Bytes),
+    /// Every record of the space was removed from this shard.
+    Clear(Space),
+    /// The effects of a batch's commands, in order.
+    Many(Vec<CacheEffect>),
+}
+
+impl CacheEffect {
+    /// Whether the command changed the file (so the transaction must commit).
+    pub fn changes(&self) -> bool {
+        match self {
+            CacheEffect::None => false,
+            CacheEffect::Insert(..) | CacheEffect::Invalidate(..) | CacheEffect::Clear(_) => true,
+            CacheEffect::Many(all) => all.iter().any(CacheEffect::changes),
+        }
+    }
 }
 
 /// The outcome of one command inside a batch: its reply (or its own failure) and its cache effect.
@@ -325,8 +340,7 @@ impl Store {
             // Dropping the transaction aborts it: nothing of this batch reaches the file.
             return Err(self.write_failed(Error::Internal(format!("shard {}: injected commit failure", self.shard))));
         }
-        let changed =
-            outcomes.iter().any(|o| matches!(o, Ok((_, CacheEffect::Insert(..) | CacheEffect::Invalidate(..)))));
+        let changed = outcomes.iter().any(|o| o.as_ref().is_ok_and(|(_, effect)| effect.changes()));
         if !changed {
             // Nothing to store (failed preconditions, unchanged documents): no commit, no fsync.
             txn.abort().map_err(|e| err(e.into()))?;
@@ -548,6 +562,77 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
             t.insert(&name[..], rec.as_bytes())?;
             Ok(Ok((Reply::Counter(sum), CacheEffect::Insert(Space::Counter, name.clone(), rec))))
         }
+        Command::Set { key, value, cond, get_old } => {
+            let mut t = txn.open_table(KV)?;
+            let (exists, old) = match t.get(&key[..])? {
+                None => (false, None),
+                Some(g) => match RecordView::parse(g.value()) {
+                    Ok(v) => (true, get_old.then(|| Bytes::copy_from_slice(v.value))),
+                    Err(e) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
+                },
+            };
+            if !cond.holds(exists) {
+                return Ok(Ok((Reply::Set { written: false, old }, CacheEffect::None)));
+            }
+            let rec = Record::encode(take_rev(), b"", value);
+            t.insert(&key[..], rec.as_bytes())?;
+            Ok(Ok((Reply::Set { written: true, old }, CacheEffect::Insert(Space::Kv, key.clone(), rec))))
+        }
+        Command::KvIncr { key, delta } => {
+            let mut t = txn.open_table(KV)?;
+            let current = match t.get(&key[..])? {
+                None => 0,
+                Some(g) => match RecordView::parse(g.value()) {
+                    Ok(v) => match parse_i64_strict(v.value) {
+                        Some(n) => n,
+                        None => return Ok(Err(Error::BadRequest(NOT_AN_INTEGER.into()))),
+                    },
+                    Err(e) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
+                },
+            };
+            let Some(sum) = current.checked_add(*delta) else {
+                return Ok(Err(Error::BadRequest("increment or decrement would overflow".into())));
+            };
+            let rec = Record::encode(take_rev(), b"", sum.to_string().as_bytes());
+            t.insert(&key[..], rec.as_bytes())?;
+            Ok(Ok((Reply::Counter(sum), CacheEffect::Insert(Space::Kv, key.clone(), rec))))
+        }
+        Command::Read { space, key } => {
+            let t = txn.open_table(table(*space))?;
+            let rec = match t.get(&key[..])? {
+                None => None,
+                Some(g) => match Record::decode(Bytes::copy_from_slice(g.value())) {
+                    Ok(rec) => Some(rec),
+                    Err(e) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
+                },
+            };
+            Ok(Ok((Reply::Value(rec), CacheEffect::None)))
+        }
+        Command::Batch(cmds) => {
+            let mut replies = Vec::with_capacity(cmds.len());
+            let mut effects = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                match apply_one(txn, c, rev)? {
+                    Ok((reply, effect)) => {
+                        replies.push(Ok(reply));
+                        effects.push(effect);
+                    }
+                    Err(e) => replies.push(Err(e)),
+                }
+            }
+            Ok(Ok((Reply::Batch(replies), CacheEffect::Many(effects))))
+        }
+        Command::Clear { space } => {
+            let mut t = txn.open_table(table(*space))?;
+            let removed = t.len()?;
+            if removed == 0 {
+                return Ok(Ok((Reply::Cleared(0), CacheEffect::None)));
+            }
+            t.retain(|_, _| false)?;
+            // A revision marks the commit, so a failed-but-landed commit is recognised (see `commit_landed`).
+            take_rev();
+            Ok(Ok((Reply::Cleared(removed), CacheEffect::Clear(*space))))
+        }
     }
 }
 
@@ -555,6 +640,9 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
 pub fn counter_value(rec: &Record) -> Option<i64> {
     rec.value_ref().try_into().ok().map(i64::from_le_bytes)
 }
+
+/// Redis's text for a value or argument that is not a 64-bit integer in its strict decimal form.
+pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
 
 fn precondition_failed(p: &Precondition) -> Error {
     Error::PreconditionFailed(match (&p.if_match, &p.if_none_match) {
@@ -612,6 +700,95 @@ mod tests {
         let out = store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
         assert!(matches!(out[1], Err(Error::BadRequest(_))));
         assert!(matches!(out[2], Ok((Reply::Counter(v), _)) if v == i64::MAX - 1));
+    }
+
+    fn kv(key: &str) -> Bytes {
+        Bytes::copy_from_slice(key.as_bytes())
+    }
+
+    fn set(key: &str, value: &str, cond: crate::command::SetCond, get_old: bool) -> Command {
+        Command::Set { key: kv(key), value: kv(value), cond, get_old }
+    }
+
+    fn replies(out: Vec<Outcome>) -> Vec<Result<Reply>> {
+        out.into_iter().map(|o| o.map(|(r, _)| r)).collect()
+    }
+
+    #[test]
+    fn redis_set_incr_and_read_see_the_commands_before_them() {
+        use crate::command::SetCond::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let mut rev = 1;
+        let read = |k: &str| Command::Read { space: Space::Kv, key: kv(k) };
+        let incr = |k: &str, d| Command::KvIncr { key: kv(k), delta: d };
+        let cmds = [
+            set("a", "1", IfPresent, true),
+            set("a", "1", IfAbsent, true),
+            set("a", "2", IfAbsent, true),
+            set("a", "5", Always, true),
+            incr("a", 10),
+            read("a"),
+            incr("n", -3),
+            set("s", "x", Always, false),
+            incr("s", 1),
+            incr("a", i64::MAX),
+            set("z", "05", Always, false),
+            incr("z", 1),
+        ];
+        let out = replies(store.apply_batch(cmds.iter(), &mut rev, true).unwrap());
+        let set_reply = |written, old: Option<&str>| Ok(Reply::Set { written, old: old.map(kv) });
+        assert_eq!(out[0], set_reply(false, None), "XX on an absent key writes nothing");
+        assert_eq!(out[1], set_reply(true, None));
+        assert_eq!(out[2], set_reply(false, Some("1")), "NX GET answers the old value without writing");
+        assert_eq!(out[3], set_reply(true, Some("1")));
+        assert_eq!(out[4], Ok(Reply::Counter(15)));
+        assert!(matches!(&out[5], Ok(Reply::Value(Some(r))) if r.value_ref() == b"15"), "{:?}", out[5]);
+        assert_eq!(out[6], Ok(Reply::Counter(-3)));
+        assert_eq!(out[8], Err(Error::BadRequest(NOT_AN_INTEGER.into())));
+        assert_eq!(out[9], Err(Error::BadRequest("increment or decrement would overflow".into())));
+        assert_eq!(out[11], Err(Error::BadRequest(NOT_AN_INTEGER.into())), "05 is not an integer to Redis");
+        assert_eq!(&store.get(Space::Kv, b"a").unwrap().unwrap().value()[..], b"15", "failed incr changed nothing");
+        assert_eq!(&store.get(Space::Kv, b"s").unwrap().unwrap().value()[..], b"x");
+    }
+
+    #[test]
+    fn a_batch_command_commits_together_and_keeps_each_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let mut rev = 1;
+        let multi = Command::Batch(vec![
+            set("x", "1", crate::command::SetCond::Always, false),
+            Command::KvIncr { key: kv("x"), delta: 1 },
+            Command::Delete { space: Space::Kv, key: kv("missing"), precondition: Precondition::NONE },
+            Command::Read { space: Space::Kv, key: kv("x") },
+        ]);
+        let out = store.apply_batch([multi.clone()].iter(), &mut rev, true).unwrap();
+        let Ok((Reply::Batch(each), effect)) = &out[0] else { panic!("{out:?}") };
+        assert!(effect.changes());
+        assert_eq!(each[1], Ok(Reply::Counter(2)));
+        assert!(matches!(each[2], Err(Error::NotFound(_))), "a failed command fails alone: {:?}", each[2]);
+        assert!(matches!(&each[3], Ok(Reply::Value(Some(r))) if r.value_ref() == b"2"));
+        // A failed transaction fails the whole batch: nothing of it is stored.
+        store.inject_commit_failures(1);
+        let again = Command::Batch(vec![set("y", "1", crate::command::SetCond::Always, false)]);
+        assert!(store.apply_batch([again].iter(), &mut rev, true).is_err());
+        store.reopen().unwrap();
+        assert!(store.get(Space::Kv, b"y").unwrap().is_none());
+    }
+
+    #[test]
+    fn clear_removes_one_space_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let mut rev = 1;
+        let cmds = [put("a", "1", Precondition::NONE), put("b", "1", Precondition::NONE)];
+        store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
+        store.apply_batch([Command::CounterAdd { name: kv("c"), delta: 1 }].iter(), &mut rev, true).unwrap();
+        let out = store.apply_batch([Command::Clear { space: Space::Kv }].iter(), &mut rev, true).unwrap();
+        assert_eq!(replies(out), vec![Ok(Reply::Cleared(2))]);
+        assert_eq!(store.len(Space::Kv).unwrap(), 0);
+        assert_eq!(store.len(Space::Counter).unwrap(), 1);
     }
 
     #[test]

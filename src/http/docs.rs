@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::kv::read_body;
 use super::AppState;
-use crate::command::{Command, EtagMatch, Precondition, Space};
+use crate::command::{Command, Precondition, Space};
 use crate::error::{Error, Result};
 
 /// The largest id a client may write explicitly: 2^53-1, the largest integer every JSON client represents
@@ -116,25 +116,10 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
             router.dispatch(cmd).await?;
             Ok(doc_response(id, &data))
         }
-        None => loop {
-            let Some(id) = router.allocate_doc_id() else {
-                return Err(Error::InsufficientStorage("no document id is left to allocate".into()));
-            };
-            let cmd = Command::Put {
-                space: Space::Doc,
-                key: doc_key(id),
-                value: data.clone(),
-                content_type: Bytes::from_static(JSON.as_bytes()),
-                // Create-only: an id someone wrote explicitly meanwhile is skipped, never overwritten.
-                precondition: Precondition { if_none_match: Some(EtagMatch::Any), ..Precondition::NONE },
-                skip_if_unchanged: false,
-            };
-            match router.dispatch(cmd).await {
-                Ok(_) => return Ok(doc_response(id, &data)),
-                Err(Error::PreconditionFailed(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        },
+        None => {
+            let id = router.create_doc(data.clone()).await?;
+            Ok(doc_response(id, &data))
+        }
     }
 }
 
