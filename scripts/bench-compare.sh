@@ -20,7 +20,9 @@
 # background load disturbs all alike; the table shows medians of BENCH_RUNS runs.
 #
 # Environment: BENCH_SECONDS (10), BENCH_RUNS (3), BENCH_KEYS (100000), SHALE_BIN / CEILING_BIN (prebuilt
-# binaries; default: build release from this tree), NO_ETCD=1 (skip etcd), NO_REDIS=1 (skip Redis).
+# binaries; default: build release from this tree), NO_ETCD=1 (skip etcd), NO_REDIS=1 (skip Redis),
+# BENCH_RESP=0|only and BENCH_RESP_N (the RESP section at the end: redis-benchmark against Redis and shale's RESP
+# port; see resp_section below).
 set -euo pipefail
 
 # shellcheck source=scripts/bench-lib.sh
@@ -30,6 +32,196 @@ bench_init compare
 KEYS=${BENCH_KEYS:-100000}
 VALUE=32
 WARM_SECONDS=3
+
+# ==== RESP section (issue 9) =======================================================================================
+# redis-benchmark against Redis appendfsync always, Redis appendfsync everysec and shale's RESP listener, each
+# started fresh for this section (own temp dir, empty, stopped by PID at its end; in a full run the HTTP systems
+# above are stopped first, their table already printed):
+#   redis-benchmark -h 127.0.0.1 -p PORT -t ping,set,get,incr,mset -n N -r 100000 -d 32 -c {50,256} -P {1,16} --csv
+# BENCH_RUNS runs, interleaved (run 1 of every system and setting, then run 2, ...); the table shows medians of
+# req/s and of p50/p99 (redis-benchmark 7.0.15's --csv columns: test, rps, avg, min, p50, p95, p99, max, in ms).
+# shale runs with DURABILITY=immediate (a reply leaves after fsync, like Redis always). Issue-9 targets: durable
+# SET >= 0.7x Redis always at -c50 -P1; GET >= 0.8x Redis always at -P16.
+# BENCH_RESP=0 skips the section; BENCH_RESP=only runs it alone (nothing above). BENCH_RESP_N sets N (100000).
+# A shale without the RESP listener (it rejects --resp-port), or whose RESP port does not answer PING within 30 s,
+# is reported and its rows are left empty; every redis-benchmark run is bounded by `timeout`.
+resp_section() {
+    local n=${BENCH_RESP_N:-100000} tests=ping,set,get,incr,mset mode port pid i run sys c p csv rc key t
+    local systems=() shale_note="" pids
+    if ! need redis-benchmark redis-tools || ! need redis-server redis-server; then
+        log "RESP section skipped: redis-benchmark/redis-server could not be installed"
+        return 0
+    fi
+    # The HTTP part's servers are done; stop them so they take no CPU or page cache from this section.
+    pids=("${PIDS[@]}")
+    for pid in "${pids[@]}"; do stop_pid "$pid"; done
+
+    declare -gA RESP_PORT_OF=() RESP_PID_OF=()
+    for mode in always everysec; do
+        port=$(free_port)
+        mkdir -p "$TMP/resp-redis-$mode"
+        start_plain "resp-redis-$mode" redis-server --bind 127.0.0.1 --port "$port" --dir "$TMP/resp-redis-$mode" \
+            --appendonly yes --appendfsync "$mode" --save "" --daemonize no --logfile ""
+        for ((i = 0; i < 300; i++)); do
+            [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
+            sleep 0.1
+        done
+        [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] ||
+            die "redis ($mode) did not start: $(tail -5 "$TMP/resp-redis-$mode.log")"
+        RESP_PORT_OF[redis-$mode]=$port
+        RESP_PID_OF[redis-$mode]=$LAST_PID
+        systems+=("redis-$mode")
+    done
+    port=$(free_port)
+    start_plain shale-resp env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR \
+        -u SHARD_LIMIT -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS -u RESP_PORT RUST_LOG=warn \
+        DURABILITY=immediate "$SHALE_BIN" serve --port 0 --resp-port "$port" --data-dir "$TMP/shale-resp"
+    pid=$LAST_PID
+    for ((i = 0; i < 600; i++)); do
+        grep -qs '^LISTENING ' "$TMP/shale-resp.log" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if grep -qs -- "unexpected argument '--resp-port'" "$TMP/shale-resp.log"; then
+        shale_note="this shale build has no RESP listener (it rejects --resp-port)"
+    elif ! grep -qs '^LISTENING ' "$TMP/shale-resp.log"; then
+        shale_note="shale did not start: $(tail -n 3 "$TMP/shale-resp.log" | tr '\n' ' ')"
+    else
+        for ((i = 0; i < 300; i++)); do
+            [[ $(timeout 2 redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if [[ $(timeout 2 redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
+            RESP_PORT_OF[shale]=$port
+            RESP_PID_OF[shale]=$pid
+            systems+=(shale)
+        else
+            shale_note="shale's RESP port $port did not answer PING within 30 s"
+        fi
+    fi
+    if [[ -n "$shale_note" ]]; then
+        log "RESP: $shale_note; shale rows left empty"
+        stop_pid "$pid"
+    fi
+
+    declare -gA RESP_RPS=() RESP_P50=() RESP_P99=() RESP_FAIL=()
+    local loads=() total=$((${#systems[@]} * 4 * BENCH_RUNS)) done_runs=0
+    for ((run = 1; run <= BENCH_RUNS; run++)); do
+        loads+=("$(loadavg)")
+        for sys in "${systems[@]}"; do
+            for c in 50 256; do
+                for p in 1 16; do
+                    done_runs=$((done_runs + 1))
+                    [[ -n "${RESP_FAIL[$sys|$c|$p]:-}" ]] && continue
+                    rc=0
+                    csv=$(timeout $((120 + n / 500)) redis-benchmark -h 127.0.0.1 -p "${RESP_PORT_OF[$sys]}" \
+                        -t "$tests" -n "$n" -r 100000 -d 32 -c "$c" -P "$p" --csv 2>&1) || rc=$?
+                    if ((rc != 0)); then
+                        # redis-benchmark stops at the first error reply (exit 1) or was stopped by timeout (124);
+                        # the tests it finished before are kept, the later runs of this setting are not made.
+                        RESP_FAIL[$sys|$c|$p]="redis-benchmark exit $rc$( ((rc != 124)) || echo " (timeout)"):
+                            $(grep -m1 -iE 'error|could not|refused' <<<"$csv" || tail -n 1 <<<"$csv")"
+                        RESP_FAIL[$sys|$c|$p]=$(tr -s ' \n' ' ' <<<"${RESP_FAIL[$sys|$c|$p]}")
+                        log "RESP [$done_runs/$total] $sys -c$c -P$p: ${RESP_FAIL[$sys|$c|$p]}"
+                    fi
+                    # Lines: "SET","71234.57","0.650","0.120","0.607","0.911","1.199","5.407"
+                    while IFS='|' read -r t rps p50 p99; do
+                        key="$sys|$t|$c|$p"
+                        RESP_RPS[$key]="${RESP_RPS[$key]:-} $rps"
+                        RESP_P50[$key]="${RESP_P50[$key]:-} $p50"
+                        RESP_P99[$key]="${RESP_P99[$key]:-} $p99"
+                    done < <(awk -F'","' 'NF == 8 && $2 ~ /^[0-9.]+$/ { gsub(/"/, ""); split($0, f, ",");
+                        sub(/ \(.*/, "", f[1]); print f[1] "|" f[2] "|" f[5] "|" f[7] }' <<<"$csv")
+                    log "RESP [$done_runs/$total] $sys -c$c -P$p:" "$(awk -F'","' 'NF == 8 && $2 ~ /^[0-9.]+$/ { gsub(/"/, "")
+                        split($0, f, ","); printf "%s %.0f/s  ", f[1], f[2] }' <<<"$csv")"
+                done
+            done
+        done
+    done
+    loads+=("$(loadavg)")
+    for sys in "${systems[@]}"; do stop_pid "${RESP_PID_OF[$sys]}"; done
+
+    # ---- table ----
+    # cell SYS TEST C P: "req/s (p50 / p99 ms)", or why it is empty.
+    cell() {
+        local k="$1|$2|$3|$4"
+        if [[ -n "${RESP_RPS[$k]:-}" ]]; then
+            # shellcheck disable=SC2086
+            printf '%.0f (%s / %s)' "$(median ${RESP_RPS[$k]})" "$(median ${RESP_P50[$k]})" \
+                "$(median ${RESP_P99[$k]})"
+        elif [[ -n "${RESP_FAIL[$1|$3|$4]:-}" ]]; then
+            printf 'failed'
+        else
+            printf -- '-'
+        fi
+    }
+    med() {
+        # shellcheck disable=SC2086
+        if [[ -n "${RESP_RPS[$1]:-}" ]]; then median ${RESP_RPS[$1]}; fi
+    }
+    # resp_ratio KEY BASE_KEY: the ratio of the medians, "-" when either is missing.
+    resp_ratio() {
+        local x y
+        x=$(med "$1")
+        y=$(med "$2")
+        if [[ -n "$x" && -n "$y" ]]; then ratio "$x" "$y"; else printf -- '-'; fi
+    }
+    echo
+    echo "## RESP (issue 9): redis-benchmark -t $tests -n $n -r 100000 -d 32 --csv, medians of $BENCH_RUNS runs"
+    echo "shale: $(describe_bin), DURABILITY=immediate; $(redis-server --version | cut -d' ' -f1-3); $(machine)"
+    echo "load average at the start of each run and at the end: $(printf '%s; ' "${loads[@]}")"
+    echo
+    echo "Cells: req/s (p50 / p99 ms)."
+    echo
+    echo "| test | -c | -P | Redis appendfsync always | Redis appendfsync everysec | shale | shale / Redis always |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for c in 50 256; do
+        for p in 1 16; do
+            for t in PING_INLINE PING_MBULK SET GET INCR MSET; do
+                printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$c" "$p" \
+                    "$(cell redis-always "$t" "$c" "$p")" "$(cell redis-everysec "$t" "$c" "$p")" \
+                    "$(cell shale "$t" "$c" "$p")" \
+                    "$(resp_ratio "shale|$t|$c|$p" "redis-always|$t|$c|$p")"
+            done
+        done
+    done
+    echo
+    echo "MSET is 10 keys per request. Runs that failed:"
+    local any=0
+    for key in "${!RESP_FAIL[@]}"; do
+        IFS='|' read -r sys c p <<<"$key"
+        echo "- $sys -c$c -P$p: ${RESP_FAIL[$key]}"
+        any=1
+    done
+    ((any)) || echo "- none"
+    [[ -z "$shale_note" ]] || echo "- shale: $shale_note"
+    echo
+    # resp_verdict NAME SHALE_KEY REDIS_KEY TARGET
+    resp_verdict() {
+        local a b
+        a=$(med "$2")
+        b=$(med "$3")
+        if [[ -z "$a" || -z "$b" ]]; then
+            echo "- $1: not measured${shale_note:+ ($shale_note)}"
+            return
+        fi
+        awk -v n="$1" -v a="$a" -v b="$b" -v t="$4" 'BEGIN { r = a / b
+            printf "- %s: %.0f / %.0f = %.2fx (target >= %.2gx): %s\n", n, a, b, r, t,
+                (r >= t ? "MET" : sprintf("NOT MET (%.0f%% short)", (1 - r / t) * 100)) }'
+    }
+    echo "Targets (issue 9):"
+    resp_verdict "durable SET -c50 -P1, shale vs Redis always" "shale|SET|50|1" "redis-always|SET|50|1" 0.7
+    resp_verdict "GET -c50 -P16, shale vs Redis always" "shale|GET|50|16" "redis-always|GET|50|16" 0.8
+    resp_verdict "GET -c256 -P16, shale vs Redis always" "shale|GET|256|16" "redis-always|GET|256|16" 0.8
+}
+if [[ ${BENCH_RESP:-1} == only ]]; then
+    build_bins shale
+    resp_section
+    exit 0
+fi
+# ==== end of the RESP section's definition; it runs at the end of this script ======================================
+
 
 need wrk wrk || die "wrk is needed"
 HAVE_REDIS=1
@@ -410,3 +602,6 @@ verdict "eventual PUT vs ceiling PUT" "${MED[shale-ev|PUT|256]}" "${MED[ceiling|
 verdict "uncached GET vs ceiling moka GET" "${MED[shale-unc|GET|256]}" "${MED[ceiling|GET|256]}" 0.4
 latency "p99 immediate PUT at -c64" "${MP99[shale-imm|PUT|64]}" 10
 latency "p99 cached GET at -c64" "${MP99[shale-imm|GET|64]}" 2
+
+# ==== RESP section (issue 9), defined above =======================================================================
+if [[ ${BENCH_RESP:-1} != 0 ]]; then resp_section; fi
