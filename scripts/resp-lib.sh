@@ -120,7 +120,9 @@ resp_start_shale() {
     : >"$dir/stdout"
     : >"$dir/stderr"
     # Run from the temp dir, so that nothing the server writes can land in the work tree.
+    # The caller's shale settings do not leak in: defaults (4 shards, immediate durability) plus the given ones.
     (cd "$dir" && exec env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR \
+        -u SHARD_LIMIT -u DURABILITY -u CACHE_BYTES -u MAX_VALUE_BYTES -u RESP_PORT -u RESP_ALLOW_FLUSH \
         RUST_LOG="${RUST_LOG:-warn}" "$@" "$bin" serve --host 127.0.0.1 --port 0 --resp-port "$port" \
         --data-dir "$dir/data" --backup-dir "$dir/backups" >>"$dir/stdout" 2>>"$dir/stderr") &
     pid=$!
