@@ -16,11 +16,14 @@ pub enum Space {
     Doc = 1,
     /// dist_counter-style counters of `/counter`; the value is an i64, little-endian.
     Counter = 2,
+    /// D-Boutique buckets registered by RESP `CREATE bucket` (the value is empty). Keys of a bucket live in `Kv`
+    /// as `bucket/key`.
+    Bucket = 3,
 }
 
 impl Space {
     /// Every space, in table order.
-    pub const ALL: [Space; 3] = [Space::Kv, Space::Doc, Space::Counter];
+    pub const ALL: [Space; 4] = [Space::Kv, Space::Doc, Space::Counter, Space::Bucket];
 }
 
 /// Which ETags an `If-Match` / `If-None-Match` header names.

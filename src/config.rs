@@ -100,6 +100,36 @@ pub struct Config {
     /// Most requests one shard applies in one write transaction.
     #[arg(long, env = "MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH, value_parser = parse_positive_usize)]
     pub max_batch: usize,
+    /// Redis-protocol (RESP2/RESP3, inline) port on the same host; `0` or `off` disables the listener.
+    #[arg(long, env = "RESP_PORT", default_value = "6380", value_parser = parse_resp_port)]
+    pub resp_port: RespPort,
+    /// Allow `FLUSHDB` / `FLUSHALL` over RESP (they delete every key; off by default).
+    #[arg(long, env = "RESP_ALLOW_FLUSH", value_parser = clap::builder::BoolishValueParser::new(),
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub resp_allow_flush: bool,
+}
+
+/// Where the RESP listener binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RespPort {
+    /// No RESP listener.
+    Off,
+    /// This port (never 0: `RESP_PORT=0` means [`RespPort::Off`]).
+    Port(u16),
+    /// Any free port (tests; the bound address is reported by the server).
+    Any,
+}
+
+/// Parses `RESP_PORT`: a port, or `0` / `off` to disable the listener.
+pub fn parse_resp_port(s: &str) -> Result<RespPort, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(RespPort::Off);
+    }
+    match s.parse::<u16>() {
+        Ok(0) => Ok(RespPort::Off),
+        Ok(p) => Ok(RespPort::Port(p)),
+        Err(_) => Err(format!("expected a port number, 0 or off, got {s:?}")),
+    }
 }
 
 fn parse_positive_usize(s: &str) -> Result<usize, String> {
@@ -136,6 +166,8 @@ impl Config {
             http_workers: Some(2),
             queue_depth: DEFAULT_QUEUE_DEPTH,
             max_batch: DEFAULT_MAX_BATCH,
+            resp_port: RespPort::Off,
+            resp_allow_flush: false,
         }
     }
 

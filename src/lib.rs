@@ -14,6 +14,7 @@
 //! - [`backup`]: consistent online backup (a rendezvous of all shard workers), restore, compaction.
 //! - [`metrics`] (Prometheus `/metrics`), [`tls`] (HTTPS with rustls), [`fault`] (named crash points for tests).
 //! - [`cli`]: `shale cli` and the one-shot client commands, over HTTP.
+//! - [`resp`]: the Redis-protocol listener (RESP2/RESP3/inline) on the same router.
 //!
 //! `docs/design.md` describes the data path, the on-disk layout and the durability and cache rules.
 
@@ -29,6 +30,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod placement;
 pub mod record;
+pub mod resp;
 pub mod reshard;
 pub mod router;
 pub mod server;

@@ -56,6 +56,7 @@ pub fn render(router: &Router) -> String {
                     Space::Kv => "kv",
                     Space::Doc => "docs",
                     Space::Counter => "counters",
+                    Space::Bucket => "buckets",
                 };
                 metrics::gauge!("shale_shard_keys", "shard" => id.clone(), "space" => space).set(n as f64);
             }

@@ -102,7 +102,10 @@ mod tests {
         assert_eq!(partition_of(b"{hello}:1"), 597);
         assert_eq!(partition_of(b"{shopping/milk}"), 393);
         for i in 0..100 {
-            assert_eq!(shard_for(format!("{{user:{i}}}:a").as_bytes(), 7), shard_for(format!("user:{i}").as_bytes(), 7));
+            assert_eq!(
+                shard_for(format!("{{user:{i}}}:a").as_bytes(), 7),
+                shard_for(format!("user:{i}").as_bytes(), 7)
+            );
         }
     }
 

@@ -68,7 +68,11 @@ pub fn reconcile(data_dir: &Path, mut m: Manifest, want: u32) -> Result<Manifest
     remove_dir(&data_dir.join(STAGING)).map_err(|e| fail(data_dir, e))?;
     if m.shards != want || m.placement != PLACEMENT_VERSION {
         if m.placement != PLACEMENT_VERSION {
-            tracing::warn!(from = m.placement, to = PLACEMENT_VERSION, "the placement rule changed; re-placing every record");
+            tracing::warn!(
+                from = m.placement,
+                to = PLACEMENT_VERSION,
+                "the placement rule changed; re-placing every record"
+            );
         }
         m = reshard(data_dir, m, want)?;
     }
@@ -123,7 +127,9 @@ fn copy(data_dir: &Path, from: u32, staging: &Path, to: u32) -> Result<u64, Resh
     for db in &olds {
         let txn = db.begin_read().map_err(|e| err(e.into()))?;
         for def in TABLES_BYTES {
-            total += txn.open_table(def).map_err(|e| err(e.into()))?.len().map_err(|e| err(e.into()))?;
+            if let Some(t) = open_if_exists(&txn, def).map_err(err)? {
+                total += t.len().map_err(|e| err(e.into()))?;
+            }
         }
         let meta = txn.open_table(TABLE_META).map_err(|e| err(e.into()))?;
         let rev = meta.get("rev").map_err(|e| err(e.into()))?.map(|g| g.value()).unwrap_or(0);
@@ -135,7 +141,7 @@ fn copy(data_dir: &Path, from: u32, staging: &Path, to: u32) -> Result<u64, Resh
     for (i, db) in olds.iter().enumerate() {
         let txn = db.begin_read().map_err(|e| err(e.into()))?;
         for def in TABLES_BYTES {
-            let table = txn.open_table(def).map_err(|e| err(e.into()))?;
+            let Some(table) = open_if_exists(&txn, def).map_err(err)? else { continue };
             let mut buffers: Vec<Vec<(Vec<u8>, Vec<u8>)>> = (0..to).map(|_| Vec::new()).collect();
             for item in table.iter().map_err(|e| err(e.into()))? {
                 let (k, v) = item.map_err(|e| err(e.into()))?;
@@ -192,6 +198,20 @@ fn flush(
     }
     w.commit()?;
     Ok(())
+}
+
+type BytesTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// Opens a table of an old file, or `None` when that file predates the table (e.g. `buckets`).
+fn open_if_exists(
+    txn: &redb::ReadTransaction,
+    def: redb::TableDefinition<&'static [u8], &'static [u8]>,
+) -> Result<Option<BytesTable>, redb::Error> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Steps 2 and 3: move the old files aside, move the new ones in, settle the manifest. Safe to repeat.

@@ -68,6 +68,21 @@ impl Router {
         rx.await.map_err(|_| Error::Internal("the shard stopped before answering".into()))?
     }
 
+    /// Sends a command to shard `shard` (a [`Command::Clear`], which has no key) and waits for its outcome.
+    pub async fn dispatch_to(&self, shard: ShardId, cmd: Command) -> Result<Reply> {
+        let handle = self.shards.get(shard.0 as usize).ok_or_else(|| Error::Internal(format!("no shard {shard}")))?;
+        let rx = handle.submit(cmd)?;
+        rx.await.map_err(|_| Error::Internal("the shard stopped before answering".into()))?
+    }
+
+    /// The number of records of `space` on every shard: each shard's B-tree length, read in constant time.
+    pub async fn count(&self, space: Space) -> Result<u64> {
+        let stores: Vec<_> = self.shards.iter().map(|s| s.store().clone()).collect();
+        tokio::task::spawn_blocking(move || stores.iter().map(|s| s.len(space)).sum::<Result<u64>>())
+            .await
+            .map_err(|e| Error::Internal(format!("count task failed: {e}")))?
+    }
+
     /// Reads `key`: from the cache, or on a miss from the shard's file on a blocking thread, after which the
     /// shard is asked to fill the cache (readers never insert; see `cache`).
     pub async fn get(&self, space: Space, key: Bytes) -> Result<Option<Record>> {

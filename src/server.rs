@@ -1,8 +1,8 @@
 //! Server lifecycle: start-up in a logged order, and teardown in the reverse one.
 //!
 //! Start: validate config -> manifest (refuse a shard-count mismatch) -> open every shard file in parallel ->
-//! spawn the shard workers (each warms its part of the cache, then reports ready) -> bind HTTP. `/healthz`
-//! answers at once; `/readyz` answers 200 once every shard is warm.
+//! spawn the shard workers (each warms its part of the cache, then reports ready) -> bind HTTP, then RESP
+//! (`resp`). `/healthz` answers at once; `/readyz` answers 200 once every shard is warm.
 //!
 //! Stop: stop accepting and finish in-flight requests -> drop the router (the last shard senders) -> each
 //! worker drains and commits its queue and closes its file -> join every worker.
@@ -88,6 +88,7 @@ pub struct RunningServer {
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
     router: Arc<Router>,
     workers: Vec<JoinHandle<()>>,
+    resp: Option<crate::resp::RespServer>,
 }
 
 /// Starts shale with `config`. Must be called inside an actix system (`actix_web::rt::System`).
@@ -151,12 +152,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         _ => server.bind((config.host.as_str(), config.port))?,
     };
     let addr = server.addrs()[0];
+    let resp = crate::resp::RespServer::start(&config, router.clone())?;
     let server = server.run();
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);
     let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, ms = started.elapsed().as_millis() as u64, "listening");
-    Ok(RunningServer { addr, handle, serving, router, workers })
+    Ok(RunningServer { addr, handle, serving, router, workers, resp })
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -185,6 +187,11 @@ impl RunningServer {
         self.addr
     }
 
+    /// The RESP listener's address, when it is on.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp.as_ref().map(|r| r.addr())
+    }
+
     /// The router, for in-process inspection.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
@@ -204,10 +211,13 @@ impl RunningServer {
 
     /// Graceful stop: finish in-flight requests, commit every queued write, close every file.
     pub async fn stop(self) {
-        let RunningServer { handle, serving, router, workers, .. } = self;
+        let RunningServer { handle, serving, router, workers, resp, .. } = self;
         router.readiness().set_stopping();
         handle.stop(true).await;
         let _ = serving.await;
+        if let Some(resp) = resp {
+            let _ = tokio::task::spawn_blocking(move || resp.stop()).await;
+        }
         // The App instances are gone; our clone of the router holds the last shard senders.
         let mut router = router;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -240,6 +250,9 @@ impl RunningServer {
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
     let server = start(config).await?;
     println!("LISTENING {}", server.addr());
+    if let Some(resp) = server.resp_addr() {
+        println!("RESP LISTENING {resp}");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     shutdown.await;

@@ -154,6 +154,32 @@ impl ShardHandle {
         }
     }
 
+    /// Queues `cmd`, waiting (asynchronously, up to `patience`) while the queue is full: the RESP listener's
+    /// backpressure, which holds the client's connection instead of failing its command. Returns the receiver of
+    /// the reply, so the caller can queue more before awaiting (pipelining keeps its order per shard).
+    pub async fn submit_patiently(&self, cmd: Command, patience: Duration) -> Result<oneshot::Receiver<Result<Reply>>> {
+        let (reply, rx) = oneshot::channel();
+        let mut msg = ShardMsg::Write { cmd, reply };
+        let deadline = Instant::now() + patience;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => return Ok(rx),
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    msg = back;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                Err(TrySendError::Full(_)) => {
+                    return Err(Error::Unavailable(format!("shard {} is overloaded; retry", self.id)))
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(Error::Unavailable(format!("shard {} is not running", self.id)))
+                }
+            }
+        }
+    }
+
     /// Asks the worker to take part in a backup; waits up to a second for room in the queue.
     pub fn request_snapshot(&self, req: SnapshotRequest) -> Result<()> {
         self.tx
@@ -446,6 +472,11 @@ fn apply_cache_effect(cache: &Cache, effect: CacheEffect) {
         CacheEffect::None => {}
         CacheEffect::Insert(space, key, rec) => cache.insert(space, &key, rec),
         CacheEffect::Invalidate(space, key) => cache.invalidate(space, &key),
+        CacheEffect::Fill(space, key, rec) => {
+            if !cache.contains(space, &key) {
+                cache.insert(space, &key, rec);
+            }
+        }
         // Clearing every shard's entries is safe: removing an entry can never make a read stale.
         CacheEffect::Clear(_) => cache.clear(),
         CacheEffect::Many(effects) => effects.into_iter().for_each(|e| apply_cache_effect(cache, e)),

@@ -199,7 +199,8 @@ impl Shale {
         for var in SHALE_ENV {
             cmd.env_remove(var);
         }
-        cmd.env("RUST_LOG", "info").env("HTTP_WORKERS", "2");
+        // RESP off unless a test asks for it: parallel servers would all want port 6380.
+        cmd.env("RUST_LOG", "info").env("HTTP_WORKERS", "2").env("RESP_PORT", "off");
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         Shale { cmd }
     }

@@ -1,0 +1,290 @@
+//! The one static command table: name, arity, flags, key positions and handler of every RESP command.
+//!
+//! The table drives dispatch (lookup by lower-case name), the arity error, authentication and read-only checks,
+//! shard routing of `MULTI` (through the key positions) and the `COMMAND` replies, so these can never disagree.
+//!
+//! A handler never touches the network or the disk: it parses its arguments and answers a [`Plan`]: a reply now,
+//! commands for the shards with a function that turns their outcomes into the reply, or a task off the data path.
+//! The connection (`conn.rs`) runs plans, which is where pipelining, read-your-writes and `MULTI` live.
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::command::{Command, Reply};
+use crate::error::Error;
+use crate::record::Record;
+
+use super::frame::Frame;
+use super::session::Session;
+use super::{dboutique, keys, server, shale, strings};
+
+/// Turns the outcomes of a plan's commands (in order) into its reply.
+pub type Finish = Box<dyn FnOnce(Vec<Result<Reply, Error>>) -> Frame + Send>;
+
+/// What a command asks the connection to do.
+pub enum Plan {
+    /// Answer this now.
+    Now(Frame),
+    /// Send these commands to their shards (reads as [`Command::Read`]); `Finish` turns their outcomes into the
+    /// reply. Every command of one plan is routed by its own key.
+    Ops(Vec<Command>, Finish),
+    /// Work that is not one shard command (listing, counting, flushing): run on the connection's task.
+    Task(BoxFuture<'static, Frame>),
+    /// Answer this, then close the connection and ignore the rest of the pipeline (`QUIT`).
+    Close(Frame),
+}
+
+impl Plan {
+    /// A plan of one command whose single outcome `finish` maps.
+    pub fn one(cmd: Command, finish: impl FnOnce(Result<Reply, Error>) -> Frame + Send + 'static) -> Plan {
+        Plan::Ops(vec![cmd], Box::new(move |mut out| finish(out.pop().unwrap_or_else(|| Err(lost())))))
+    }
+}
+
+fn lost() -> Error {
+    Error::Internal("a command's outcome was lost".into())
+}
+
+/// A handler: parses `args` (the name first) and plans the command.
+pub type Handler = fn(&mut Session, &[Bytes]) -> Plan;
+
+/// The command changes data (refused to read-only tokens; `COMMAND` flag `write`).
+pub const WRITE: u16 = 1;
+/// The command only reads data (`readonly`).
+pub const READONLY: u16 = 1 << 1;
+/// Constant-time-ish (`fast`).
+pub const FAST: u16 = 1 << 2;
+/// Allowed before `AUTH` (`no-auth`).
+pub const NOAUTH: u16 = 1 << 3;
+/// Refused inside `MULTI` (not one shard transaction: listings, flushes, connection state).
+pub const NO_MULTI: u16 = 1 << 4;
+/// Administrative (`admin`).
+pub const ADMIN: u16 = 1 << 5;
+/// Allowed while loading / stale (`loading`, `stale`): connection commands.
+pub const LOADING: u16 = 1 << 6;
+
+/// One command of the table.
+pub struct Spec {
+    /// Lower-case name.
+    pub name: &'static str,
+    /// Redis arity: the exact argument count including the name, or minus the minimum.
+    pub arity: i32,
+    /// `WRITE`, `READONLY`, ... (the constants above).
+    pub flags: u16,
+    /// Position of the first key (0 = no key).
+    pub first_key: i32,
+    /// Position of the last key (-1 = the last argument).
+    pub last_key: i32,
+    /// Distance between keys.
+    pub step: i32,
+    /// The handler.
+    pub handler: Handler,
+}
+
+impl Spec {
+    /// Whether `argc` arguments (with the name) fit the arity.
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let argc = argc as i64;
+        let arity = i64::from(self.arity);
+        if arity >= 0 {
+            argc == arity
+        } else {
+            argc >= -arity
+        }
+    }
+
+    /// The keys among `args`, by the key positions.
+    pub fn keys<'a>(&self, args: &'a [Bytes]) -> impl Iterator<Item = &'a Bytes> + 'a {
+        let len = args.len() as i32;
+        let first = self.first_key;
+        let last = if self.last_key < 0 { len + self.last_key } else { self.last_key.min(len - 1) };
+        let step = self.step.max(1);
+        (0..)
+            .map(move |i| first + i * step)
+            .take_while(move |&p| first > 0 && p <= last)
+            .filter_map(move |p| args.get(p as usize))
+    }
+
+    /// The `COMMAND` flag names.
+    pub fn flag_names(&self) -> Vec<&'static str> {
+        let names = [
+            (WRITE, "write"),
+            (READONLY, "readonly"),
+            (FAST, "fast"),
+            (NOAUTH, "no-auth"),
+            (NO_MULTI, "no-multi"),
+            (ADMIN, "admin"),
+            (LOADING, "loading"),
+            (LOADING, "stale"),
+        ];
+        names.iter().filter(|(bit, _)| self.flags & bit != 0).map(|&(_, n)| n).collect()
+    }
+}
+
+const fn spec(name: &'static str, arity: i32, flags: u16, keys: (i32, i32, i32), handler: Handler) -> Spec {
+    Spec { name, arity, flags, first_key: keys.0, last_key: keys.1, step: keys.2, handler }
+}
+
+const NONE: (i32, i32, i32) = (0, 0, 0);
+const ONE: (i32, i32, i32) = (1, 1, 1);
+const ALL: (i32, i32, i32) = (1, -1, 1);
+
+/// Every command, sorted by name (binary search in [`lookup`]).
+pub static TABLE: &[Spec] = &[
+    spec("auth", -2, NOAUTH | FAST | LOADING | NO_MULTI, NONE, server::auth),
+    spec("client", -2, LOADING | NO_MULTI, NONE, server::client),
+    spec("command", -1, LOADING | NO_MULTI, NONE, server::command),
+    spec("config", -2, ADMIN | LOADING | NO_MULTI, NONE, server::config),
+    spec("create", 2, WRITE | NO_MULTI, ONE, dboutique::create),
+    spec("ctr.get", 2, READONLY | FAST, ONE, shale::ctr_get),
+    spec("ctr.incrby", 3, WRITE | FAST, ONE, shale::ctr_incrby),
+    spec("dbsize", 1, READONLY | FAST | NO_MULTI, NONE, keys::dbsize),
+    spec("decr", 2, WRITE | FAST, ONE, strings::decr),
+    spec("decrby", 3, WRITE | FAST, ONE, strings::decrby),
+    spec("del", -2, WRITE, ALL, keys::del),
+    spec("delete", 3, WRITE | NO_MULTI, NONE, dboutique::delete),
+    spec("discard", 1, FAST | LOADING, NONE, server::not_in_multi),
+    spec("doc.add", 2, WRITE | NO_MULTI, NONE, shale::doc_add),
+    spec("doc.get", 2, READONLY | FAST | NO_MULTI, NONE, shale::doc_get),
+    spec("echo", 2, FAST, NONE, server::echo),
+    spec("exec", 1, LOADING, NONE, server::not_in_multi),
+    spec("exists", -2, READONLY | FAST, ALL, keys::exists),
+    spec("flushall", -1, WRITE | NO_MULTI, NONE, keys::flushall),
+    spec("flushdb", -1, WRITE | NO_MULTI, NONE, keys::flushdb),
+    spec("get", -2, READONLY | FAST, ONE, strings::get),
+    spec("hello", -1, NOAUTH | FAST | LOADING | NO_MULTI, NONE, server::hello),
+    spec("incr", 2, WRITE | FAST, ONE, strings::incr),
+    spec("incrby", 3, WRITE | FAST, ONE, strings::incrby),
+    spec("info", -1, LOADING | NO_MULTI, NONE, server::info),
+    spec("keys", 2, READONLY | NO_MULTI, NONE, keys::keys),
+    spec("mget", -2, READONLY | FAST, ALL, strings::mget),
+    spec("mset", -3, WRITE, (1, -1, 2), strings::mset),
+    spec("multi", 1, FAST | LOADING, NONE, server::multi),
+    spec("ping", -1, FAST | LOADING, NONE, server::ping),
+    spec("put", 4, WRITE | NO_MULTI, NONE, dboutique::put),
+    spec("quit", -1, NOAUTH | FAST | LOADING, NONE, server::quit),
+    spec("scan", -2, READONLY | NO_MULTI, NONE, keys::scan),
+    spec("select", 2, LOADING | FAST, NONE, server::select),
+    spec("set", -3, WRITE, ONE, strings::set),
+    spec("type", 2, READONLY | FAST, ONE, keys::type_of),
+];
+
+/// The spec of command `name` (any case).
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    if name.len() > 16 {
+        return None;
+    }
+    let mut lower = [0u8; 16];
+    let lower = &mut lower[..name.len()];
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    TABLE.binary_search_by(|s| s.name.as_bytes().cmp(lower)).ok().map(|i| &TABLE[i])
+}
+
+// ---- replies shared by the handlers ----
+
+/// The RESP error for a failed command: Redis's code and text where one applies, else `ERR` and shale's text.
+pub fn error_frame(e: &Error) -> Frame {
+    match e {
+        Error::Unauthorized(_) => Frame::noauth(),
+        Error::Forbidden(m) => Frame::error(format!("NOPERM {m}")),
+        Error::Unavailable(m) => Frame::error(format!("BUSY {m}")),
+        e => Frame::error(format!("ERR {e}")),
+    }
+}
+
+/// A stored record as a bulk string, or nil.
+pub fn value_frame(rec: Option<Record>) -> Frame {
+    rec.map_or(Frame::Null, |r| Frame::Bulk(r.value()))
+}
+
+/// The reply of a read: the value, or the error.
+pub fn read_frame(out: Result<Reply, Error>) -> Frame {
+    match out {
+        Ok(Reply::Value(rec)) => value_frame(rec),
+        Ok(other) => unexpected(other),
+        Err(e) => error_frame(&e),
+    }
+}
+
+/// A reply kind a handler did not ask for (a bug): an error, never a panic.
+pub fn unexpected(reply: Reply) -> Frame {
+    Frame::error(format!("ERR internal: unexpected reply {reply:?}"))
+}
+
+/// Checks a key against the limits HTTP applies (1..=MAX_KEY_BYTES).
+pub fn check_key(session: &Session, key: &[u8]) -> Result<(), Frame> {
+    let max = session.shared.config.max_key_bytes;
+    if key.is_empty() {
+        return Err(Frame::error("ERR empty keys are not supported"));
+    }
+    if key.len() > max {
+        return Err(Frame::error(format!("ERR the key is {} bytes; MAX_KEY_BYTES is {max}", key.len())));
+    }
+    Ok(())
+}
+
+/// Checks a value against MAX_VALUE_BYTES.
+pub fn check_value(session: &Session, value: &[u8]) -> Result<(), Frame> {
+    let max = session.shared.config.max_value_bytes;
+    if value.len() > max {
+        return Err(Frame::error(format!("ERR the value is {} bytes; MAX_VALUE_BYTES is {max}", value.len())));
+    }
+    Ok(())
+}
+
+/// Unwraps a checked argument or returns its error frame as the plan.
+#[macro_export]
+macro_rules! try_frame {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(frame) => return $crate::resp::commands::Plan::Now(frame),
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_lowercase_and_unique() {
+        for pair in TABLE.windows(2) {
+            assert!(pair[0].name < pair[1].name, "{} before {}", pair[0].name, pair[1].name);
+        }
+        for s in TABLE {
+            assert_eq!(s.name, s.name.to_ascii_lowercase());
+            assert!(s.name.len() <= 16);
+            assert!(s.arity != 0);
+        }
+    }
+
+    #[test]
+    fn lookup_ignores_case() {
+        assert_eq!(lookup(b"GeT").map(|s| s.name), Some("get"));
+        assert_eq!(lookup(b"CTR.INCRBY").map(|s| s.name), Some("ctr.incrby"));
+        assert!(lookup(b"nosuchcommand").is_none());
+        assert!(lookup(b"averyveryverylongname").is_none());
+    }
+
+    #[test]
+    fn key_positions() {
+        let args = |v: &[&str]| v.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect::<Vec<_>>();
+        let keys = |name: &str, a: &[Bytes]| lookup(name.as_bytes()).unwrap().keys(a).cloned().collect::<Vec<_>>();
+        assert_eq!(keys("mset", &args(&["mset", "a", "1", "b", "2"])), args(&["a", "b"]));
+        assert_eq!(keys("del", &args(&["del", "a", "b", "c"])), args(&["a", "b", "c"]));
+        assert_eq!(keys("set", &args(&["set", "k", "v", "NX"])), args(&["k"]));
+        assert!(keys("ping", &args(&["ping"])).is_empty());
+    }
+
+    #[test]
+    fn arity() {
+        let get = lookup(b"get").unwrap();
+        assert!(!get.arity_ok(1) && get.arity_ok(2));
+        let ping = lookup(b"ping").unwrap();
+        assert!(ping.arity_ok(1) && ping.arity_ok(2) && ping.arity_ok(3), "PING's extra arguments are checked by it");
+        let incr = lookup(b"incr").unwrap();
+        assert!(!incr.arity_ok(3));
+    }
+}

@@ -1,0 +1,345 @@
+//! One RESP connection: parse, dispatch eagerly, answer in order.
+//!
+//! # Rules
+//! - Each command is dispatched as soon as it is parsed: its shard commands go onto their shard queues at once
+//!   (so the order of one connection's commands on one key is the shard's FIFO order), and its reply future joins
+//!   a `FuturesOrdered`. Replies leave in request order, whatever order the shards finish in.
+//! - Read-your-writes: a read of a shard on which this connection has writes in flight goes through that shard's
+//!   queue ([`Command::Read`], served inside the write transaction after those writes); otherwise it is answered
+//!   from the cache, or through the shard queue on a miss. Its reply is sent only after its batch committed, and
+//!   the cache only ever holds committed records, so no connection ever sees an uncommitted write.
+//! - A [`Plan::Task`] (listing, counting, D-Boutique verbs, documents) is a barrier: every earlier reply is sent
+//!   first, then the task runs alone. Tasks are rare, and this keeps them ordered with the commands around them.
+//! - Backpressure: at most [`MAX_IN_FLIGHT`] commands wait for replies; past it the socket is not read, so TCP
+//!   pushes back on the client. A full shard queue makes the connection wait, not fail.
+//! - A protocol error sends the earlier replies, then `-ERR Protocol error: ...`, then closes. `POST` or `Host:`
+//!   (an HTTP request sent to this port) closes at once without a reply.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{self, BoxFuture, FutureExt};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::command::{Command, Reply};
+use crate::error::Error;
+use crate::http::auth::Access;
+
+use super::commands::{error_frame, lookup, Plan, Spec, NOAUTH, NO_MULTI, WRITE};
+use super::dboutique;
+use super::frame::{Frame, Proto};
+use super::parse::{Kind, Limits, ParseError, Parser, Request};
+use super::session::{Multi, Session, Shared};
+
+/// Most commands of one connection waiting for their replies.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long a command waits for room in a full shard queue before failing with `BUSY`.
+pub const QUEUE_PATIENCE: Duration = Duration::from_secs(10);
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+type Reply2 = BoxFuture<'static, (Frame, Proto)>;
+
+/// What the connection does with one parsed command.
+enum Step {
+    /// A reply to queue behind the earlier ones.
+    Reply(BoxFuture<'static, Frame>),
+    /// Send every earlier reply, then run this alone.
+    Barrier(BoxFuture<'static, Frame>),
+}
+
+fn ready(frame: Frame) -> Step {
+    Step::Reply(future::ready(frame).boxed())
+}
+
+/// Serves one connection until the client leaves, sends QUIT or a protocol error, or the server stops.
+pub async fn serve<S>(mut stream: S, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let shards = shared.router.shard_count() as usize;
+    let mut conn = Conn {
+        session: Session::new(shared),
+        issued: vec![0; shards],
+        done: (0..shards).map(|_| AtomicU64::new(0)).collect::<Vec<_>>().into(),
+    };
+    let mut parser = Parser::new(Limits::default());
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut wbuf = BytesMut::new();
+    let mut pending: FuturesOrdered<Reply2> = FuturesOrdered::new();
+    let mut closing = false;
+    loop {
+        // 1. Dispatch every complete command while there is room.
+        while !closing && pending.len() < MAX_IN_FLIGHT {
+            let req = match parser.next(&mut rbuf, conn.session.authenticated()) {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(ParseError::Protocol(msg)) => {
+                    push(&mut pending, future::ready(Frame::protocol_error(&msg)).boxed(), conn.session.proto);
+                    closing = true;
+                    break;
+                }
+                Err(ParseError::Security) => {
+                    tracing::warn!("an HTTP request (POST or Host:) reached the RESP port; closing the connection");
+                    return Ok(());
+                }
+            };
+            match conn.step(req).await {
+                Step::Reply(fut) => push(&mut pending, fut, conn.session.proto),
+                Step::Barrier(task) => {
+                    drain(&mut pending, &mut wbuf).await;
+                    let proto = conn.session.proto;
+                    task.await.encode(proto, &mut wbuf);
+                }
+            }
+            if conn.session.quitting {
+                closing = true;
+            }
+        }
+        // 2. Send what is ready, in order.
+        while let Some(Some((frame, proto))) = pending.next().now_or_never() {
+            frame.encode(proto, &mut wbuf);
+        }
+        if !wbuf.is_empty() {
+            stream.write_all(&wbuf).await?;
+            wbuf.clear();
+        }
+        if closing && pending.is_empty() {
+            let _ = stream.shutdown().await;
+            return Ok(());
+        }
+        // 3. Wait for input, a reply, or shutdown.
+        let can_read = !closing && pending.len() < MAX_IN_FLIGHT;
+        if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = stream.read_buf(&mut rbuf), if can_read => {
+                if read? == 0 {
+                    // The client is gone: nobody will read the replies still pending.
+                    return Ok(());
+                }
+            }
+            Some((frame, proto)) = pending.next(), if !pending.is_empty() => frame.encode(proto, &mut wbuf),
+            _ = shutdown.changed(), if !closing => closing = true,
+        }
+    }
+}
+
+fn push(pending: &mut FuturesOrdered<Reply2>, fut: BoxFuture<'static, Frame>, proto: Proto) {
+    pending.push_back(fut.map(move |f| (f, proto)).boxed());
+}
+
+async fn drain(pending: &mut FuturesOrdered<Reply2>, wbuf: &mut BytesMut) {
+    while let Some((frame, proto)) = pending.next().await {
+        frame.encode(proto, wbuf);
+    }
+}
+
+struct Conn {
+    session: Session,
+    /// Writes this connection sent to each shard.
+    issued: Vec<u64>,
+    /// Of those, how many were answered (so: committed). `issued[s] > done[s]` = writes in flight on shard s.
+    done: Arc<[AtomicU64]>,
+}
+
+impl Conn {
+    async fn step(&mut self, req: Request) -> Step {
+        self.session.request_kind = req.kind;
+        let args = req.args;
+        if req.kind == Kind::Inline && dboutique::is_verb(&args) {
+            let arity_ok = match &args[0][..] {
+                b"CREATE" => args.len() == 2,
+                b"PUT" => args.len() == 4,
+                _ => args.len() == 3,
+            };
+            if !arity_ok {
+                return ready(dboutique::not_implemented());
+            }
+        }
+        let spec = lookup(&args[0]);
+        let name = spec.map(|s| s.name);
+        if self.session.multi.is_some() && !matches!(name, Some("exec" | "discard" | "multi" | "quit")) {
+            return ready(self.queue(spec, args));
+        }
+        let Some(spec) = spec else {
+            return ready(Frame::unknown_command(&args[0], &args[1..]));
+        };
+        if let Err(refusal) = self.admit(spec, &args) {
+            return ready(refusal);
+        }
+        match spec.name {
+            "exec" if self.session.multi.is_some() => return self.exec().await,
+            "discard" if self.session.multi.is_some() => {
+                self.session.multi = None;
+                return ready(Frame::ok());
+            }
+            "multi" if self.session.multi.is_some() => return ready(Frame::error("ERR MULTI calls can not be nested")),
+            _ => {}
+        }
+        let plan = (spec.handler)(&mut self.session, &args);
+        self.run(plan).await
+    }
+
+    /// The checks every command passes before its handler: arity, authentication, write permission.
+    fn admit(&self, spec: &Spec, args: &[Bytes]) -> Result<(), Frame> {
+        if !spec.arity_ok(args.len()) {
+            return Err(Frame::wrong_arity(spec.name));
+        }
+        match self.session.access {
+            None if spec.flags & NOAUTH == 0 => Err(Frame::noauth()),
+            Some(Access::ReadOnly) if spec.flags & WRITE != 0 => Err(Frame::error(format!(
+                "NOPERM this user has no permissions to run the '{}' command (read-only token)",
+                spec.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues a command inside MULTI, or refuses it (and dooms the EXEC) as Redis Cluster would.
+    fn queue(&mut self, spec: Option<&'static Spec>, args: Vec<Bytes>) -> Frame {
+        let refusal = match spec {
+            None => Some(Frame::unknown_command(&args[0], &args[1..])),
+            Some(spec) => match self.admit(spec, &args) {
+                Err(refusal) => Some(refusal),
+                Ok(()) if spec.flags & NO_MULTI != 0 => {
+                    Some(Frame::error(format!("ERR '{}' is not allowed inside MULTI on shale", spec.name)))
+                }
+                Ok(()) => self.same_shard(spec, &args).err(),
+            },
+        };
+        let multi = self.session.multi.as_mut().expect("queue runs inside MULTI");
+        match refusal {
+            Some(frame) => {
+                multi.failed = true;
+                frame
+            }
+            None => {
+                multi.queued.push(args);
+                Frame::simple("QUEUED")
+            }
+        }
+    }
+
+    /// Checks that every key of a queued command lives on the transaction's shard.
+    fn same_shard(&mut self, spec: &Spec, args: &[Bytes]) -> Result<(), Frame> {
+        let router = self.session.shared.router.clone();
+        let multi: &mut Multi = self.session.multi.as_mut().expect("inside MULTI");
+        for key in spec.keys(args) {
+            let shard = router.shard_for(key);
+            match multi.shard {
+                None => multi.shard = Some(shard),
+                Some(s) if s == shard => {}
+                Some(_) => return Err(Frame::error("CROSSSLOT Keys in request don't hash to the same slot")),
+            }
+        }
+        Ok(())
+    }
+
+    /// EXEC: every queued command's shard commands in ONE [`Command::Batch`], so they commit together.
+    async fn exec(&mut self) -> Step {
+        let multi = self.session.multi.take().expect("exec runs inside MULTI");
+        if multi.failed {
+            return ready(Frame::error("EXECABORT Transaction discarded because of previous errors."));
+        }
+        let mut frames: Vec<Option<Frame>> = Vec::with_capacity(multi.queued.len());
+        let mut batch: Vec<Command> = Vec::new();
+        let mut parts = Vec::new();
+        for args in &multi.queued {
+            let spec = lookup(&args[0]).expect("only known commands are queued");
+            match (spec.handler)(&mut self.session, args) {
+                Plan::Now(frame) | Plan::Close(frame) => frames.push(Some(frame)),
+                Plan::Ops(cmds, finish) => {
+                    parts.push((frames.len(), batch.len()..batch.len() + cmds.len(), finish));
+                    batch.extend(cmds);
+                    frames.push(None);
+                }
+                Plan::Task(_) => frames.push(Some(Frame::error("ERR internal: a task was queued in MULTI"))),
+            }
+        }
+        if batch.is_empty() {
+            return ready(Frame::Array(frames.into_iter().flatten().collect()));
+        }
+        let shard = self.session.shared.router.shard_for(batch[0].key());
+        let wait = self.send(shard.0 as usize, Command::Batch(batch), true).await;
+        Step::Reply(
+            async move {
+                let outs = match wait.await {
+                    Ok(Reply::Batch(outs)) => outs,
+                    Ok(other) => return super::commands::unexpected(other),
+                    Err(e) => return error_frame(&e),
+                };
+                for (slot, range, finish) in parts {
+                    frames[slot] = Some(finish(outs[range].to_vec()));
+                }
+                Frame::Array(frames.into_iter().flatten().collect())
+            }
+            .boxed(),
+        )
+    }
+
+    async fn run(&mut self, plan: Plan) -> Step {
+        match plan {
+            Plan::Now(frame) | Plan::Close(frame) => ready(frame),
+            Plan::Task(task) => Step::Barrier(task),
+            Plan::Ops(cmds, finish) => {
+                let mut waits = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    waits.push(self.dispatch(cmd).await);
+                }
+                Step::Reply(
+                    async move {
+                        let mut outs = Vec::with_capacity(waits.len());
+                        for w in waits {
+                            outs.push(w.await);
+                        }
+                        finish(outs)
+                    }
+                    .boxed(),
+                )
+            }
+        }
+    }
+
+    /// Starts one shard command; the returned future is its outcome.
+    async fn dispatch(&mut self, cmd: Command) -> BoxFuture<'static, Result<Reply, Error>> {
+        let router = &self.session.shared.router;
+        let shard = router.shard_for(cmd.key()).0 as usize;
+        if let Command::Read { space, key } = &cmd {
+            // No write of ours in flight there: the cache holds only committed records, newest first.
+            if self.issued[shard] == self.done[shard].load(Ordering::Acquire) {
+                if let Some(rec) = router.cache().get(*space, key) {
+                    return future::ready(Ok(Reply::Value(Some(rec)))).boxed();
+                }
+            }
+            return self.send(shard, cmd, false).await;
+        }
+        self.send(shard, cmd, true).await
+    }
+
+    /// Queues `cmd` on `shard` (waiting for room), counting it as a write in flight when `write`.
+    async fn send(&mut self, shard: usize, cmd: Command, write: bool) -> BoxFuture<'static, Result<Reply, Error>> {
+        let handle = self.session.shared.router.shards()[shard].clone();
+        let rx = match handle.submit_patiently(cmd, QUEUE_PATIENCE).await {
+            Ok(rx) => rx,
+            Err(e) => return future::ready(Err(e)).boxed(),
+        };
+        if write {
+            self.issued[shard] += 1;
+        }
+        let done = self.done.clone();
+        async move {
+            let out = rx.await.unwrap_or_else(|_| Err(Error::Internal("the shard stopped before answering".into())));
+            if write {
+                done[shard].fetch_add(1, Ordering::AcqRel);
+            }
+            out
+        }
+        .boxed()
+    }
+}
