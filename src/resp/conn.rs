@@ -152,17 +152,20 @@ impl Conn {
     async fn step(&mut self, req: Request) -> Step {
         self.session.request_kind = req.kind;
         let args = req.args;
-        if req.kind == Kind::Inline && dboutique::is_verb(&args) {
-            let arity_ok = match &args[0][..] {
-                b"CREATE" => args.len() == 2,
-                b"PUT" => args.len() == 4,
-                _ => args.len() == 3,
-            };
-            if !arity_ok {
-                return ready(dboutique::not_implemented());
-            }
+        if req.kind == Kind::Inline && dboutique::is_verb(&args) && !dboutique::arity_ok(&args) {
+            return ready(dboutique::not_implemented());
         }
         let spec = lookup(&args[0]);
+        // D-Boutique's `GET bucket key` shares its name with Redis's one-key GET (the table's `get`).
+        if dboutique::is_verb(&args) && &args[0][..] == b"GET" && self.session.multi.is_none() {
+            if let Some(spec) = spec {
+                if let Err(refusal) = self.check_access(spec) {
+                    return ready(refusal);
+                }
+            }
+            let plan = dboutique::get(&mut self.session, &args);
+            return self.run(plan).await;
+        }
         let name = spec.map(|s| s.name);
         if self.session.multi.is_some() && !matches!(name, Some("exec" | "discard" | "multi" | "quit")) {
             return ready(self.queue(spec, args));
@@ -191,6 +194,11 @@ impl Conn {
         if !spec.arity_ok(args.len()) {
             return Err(Frame::wrong_arity(spec.name));
         }
+        self.check_access(spec)
+    }
+
+    /// Authentication and write permission.
+    fn check_access(&self, spec: &Spec) -> Result<(), Frame> {
         match self.session.access {
             None if spec.flags & NOAUTH == 0 => Err(Frame::noauth()),
             Some(Access::ReadOnly) if spec.flags & WRITE != 0 => Err(Frame::error(format!(

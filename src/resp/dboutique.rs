@@ -27,6 +27,15 @@ pub fn is_verb(args: &[Bytes]) -> bool {
     }
 }
 
+/// Whether a verb has its number of words (`CREATE b`, `PUT b k v`, `GET b k`, `DELETE b k`).
+pub fn arity_ok(args: &[Bytes]) -> bool {
+    match &args[0][..] {
+        b"CREATE" => args.len() == 2,
+        b"PUT" => args.len() == 4,
+        _ => args.len() == 3,
+    }
+}
+
 /// The plain-text reply to an inline verb with the wrong number of words.
 pub fn not_implemented() -> Frame {
     Frame::Raw(Bytes::from_static(b"COMMAND NOT IMPLEMENTED\r\n"))

@@ -271,3 +271,18 @@ pub fn info(session: &mut Session, args: &[Bytes]) -> Plan {
         Frame::Verbatim(text)
     }))
 }
+
+/// `FUNCTION FLUSH [ASYNC|SYNC]` and `FUNCTION LIST`: shale runs no server-side functions, so there is never one
+/// to flush or list (Redis's test suite flushes functions before every block).
+pub fn function(_: &mut Session, args: &[Bytes]) -> Plan {
+    let sub = args[1].to_ascii_lowercase();
+    Plan::Now(match &sub[..] {
+        b"flush" => match args.get(2).map(|m| m.to_ascii_uppercase()) {
+            None => Frame::ok(),
+            Some(m) if (m == b"ASYNC" || m == b"SYNC") && args.len() == 3 => Frame::ok(),
+            Some(_) => Frame::syntax_error(),
+        },
+        b"list" => Frame::Array(Vec::new()),
+        _ => Frame::unknown_subcommand(b"function", &args[1]),
+    })
+}

@@ -17,16 +17,10 @@ use super::commands::{check_key, check_value, error_frame, read_frame, unexpecte
 use super::frame::Frame;
 use super::session::Session;
 
-/// `GET key` (and D-Boutique's `GET bucket key`, which has one more argument).
+/// `GET key` (D-Boutique's three-word `GET bucket key` is routed to `dboutique::get` by the connection).
 pub fn get(session: &mut Session, args: &[Bytes]) -> Plan {
-    match args.len() {
-        2 => {
-            try_frame!(check_key(session, &args[1]));
-            Plan::one(Command::Read { space: Space::Kv, key: args[1].clone() }, read_frame)
-        }
-        3 => super::dboutique::get(session, args),
-        _ => Plan::Now(Frame::wrong_arity("get")),
-    }
+    try_frame!(check_key(session, &args[1]));
+    Plan::one(Command::Read { space: Space::Kv, key: args[1].clone() }, read_frame)
 }
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]`.
