@@ -52,6 +52,8 @@ pub async fn wait_ready(base: &str) {
 pub struct TestServer {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The RESP listener's address (when the config turned it on, e.g. `RespPort::Any`).
+    pub resp_addr: Option<SocketAddr>,
     /// The server's router (in-process inspection and fault injection); dropped before the server stops,
     /// because `stop` waits for the last router reference: keep no clone of it.
     router: Option<Arc<shale::router::Router>>,
@@ -72,7 +74,8 @@ impl TestServer {
 
     /// Starts a server; `Err` carries the start-up error's message.
     pub fn try_start(config: Config, wait_ready: bool) -> Result<TestServer, String> {
-        let (addr_tx, addr_rx) = mpsc::channel::<Result<(SocketAddr, Arc<shale::router::Router>), String>>();
+        type Started = (SocketAddr, Option<SocketAddr>, Arc<shale::router::Router>);
+        let (addr_tx, addr_rx) = mpsc::channel::<Result<Started, String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("test-server".into())
@@ -90,14 +93,14 @@ impl TestServer {
                         server.stop().await;
                         return;
                     }
-                    let _ = addr_tx.send(Ok((server.addr(), server.router().clone())));
+                    let _ = addr_tx.send(Ok((server.addr(), server.resp_addr(), server.router().clone())));
                     // Resolves on `stop()` or when the TestServer is dropped (the sender goes away).
                     let _ = stop_rx.await;
                     server.stop().await;
                 })
             })
             .expect("spawning the server thread");
-        let (addr, router) = match addr_rx.recv_timeout(START_TIMEOUT) {
+        let (addr, resp_addr, router) = match addr_rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(started)) => started,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -105,7 +108,7 @@ impl TestServer {
             }
             Err(e) => return Err(format!("no address from the server thread: {e}")),
         };
-        Ok(TestServer { addr, router: Some(router), stop_tx: Some(stop_tx), thread: Some(thread) })
+        Ok(TestServer { addr, resp_addr, router: Some(router), stop_tx: Some(stop_tx), thread: Some(thread) })
     }
 
     /// `http://addr` followed by `path` (which starts with `/`).
