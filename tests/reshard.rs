@@ -163,3 +163,79 @@ fn a_kill_at_any_step_of_a_reshard_loses_nothing() {
         assert_eq!(without_new_doc(read_all(dir.path(), again)), expected, "killed at {point}, restarted with {again}");
     }
 }
+
+/// A data dir written by a shale before hash tags (placement 1: the whole key hashed) is re-placed at start-up:
+/// every key, tagged or not, is found afterwards and sits where placement 2 puts it.
+#[test]
+fn a_placement_1_data_dir_is_re_placed_at_start() {
+    let dir = temp_dir();
+    let keys: Vec<String> = (0..40).map(|i| format!("{{user:{i}}}:name")).chain(["plain/key".to_string()]).collect();
+    let server = TestServer::start(Config::for_test(dir.path()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = client();
+        for k in &keys {
+            let url = server.url(&format!("/kv/{}", k.replace('{', "%7B").replace('}', "%7D")));
+            assert!(c.put(url).body(format!("v-{k}")).send().await.unwrap().status().is_success());
+        }
+    });
+    server.stop();
+
+    // Rewrite the layout as placement 1 left it: each record in the shard of its whole key's hash.
+    let shards = 4;
+    let v1 =
+        |k: &[u8]| ShardId((shale::placement::key_hash(k) >> (64 - shale::placement::PARTITION_BITS)) as u32 % shards);
+    let stores: Vec<Store> =
+        (0..shards).map(|i| Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), 8 << 20).unwrap()).collect();
+    let mut moved = 0;
+    for (i, store) in stores.iter().enumerate() {
+        let mut leaving = Vec::new();
+        store
+            .scan(Space::Kv, |k, rec| {
+                if v1(k) != ShardId(i as u32) {
+                    leaving.push((bytes::Bytes::copy_from_slice(k), rec.value()));
+                }
+                true
+            })
+            .unwrap();
+        for (k, v) in leaving {
+            let put = shale::command::Command::Put {
+                space: Space::Kv,
+                key: k.clone(),
+                value: v,
+                content_type: bytes::Bytes::new(),
+                precondition: Default::default(),
+                skip_if_unchanged: false,
+            };
+            let target = &stores[v1(&k).0 as usize];
+            let mut rev = target.last_rev().unwrap() + 1;
+            target.apply_batch([put].iter(), &mut rev, true).unwrap();
+            let del = shale::command::Command::Delete { space: Space::Kv, key: k, precondition: Default::default() };
+            let mut rev = store.last_rev().unwrap() + 1;
+            store.apply_batch([del].iter(), &mut rev, true).unwrap();
+            moved += 1;
+        }
+    }
+    stores.into_iter().for_each(|s| s.close());
+    assert!(moved > 0, "some tagged key must sit elsewhere under placement 1, or this test proves nothing");
+    let manifest = shale::manifest::path(dir.path());
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("placement");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+
+    // Start: the records are re-placed, then every key is served.
+    let server = TestServer::start(Config::for_test(dir.path()));
+    rt.block_on(async {
+        let c = client();
+        for k in &keys {
+            let url = server.url(&format!("/kv/{}", k.replace('{', "%7B").replace('}', "%7D")));
+            let res = c.get(url).send().await.unwrap();
+            assert_eq!(res.status(), 200, "{k}");
+            assert_eq!(res.text().await.unwrap(), format!("v-{k}"));
+        }
+    });
+    server.stop();
+    let all = read_all(dir.path(), shards);
+    assert_eq!(all.len(), keys.len());
+    assert_eq!(shale::manifest::read(dir.path()).unwrap().unwrap().placement, shale::placement::PLACEMENT_VERSION);
+}
