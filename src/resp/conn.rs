@@ -46,6 +46,8 @@ type Reply2 = BoxFuture<'static, (Frame, Proto)>;
 
 /// What the connection does with one parsed command.
 enum Step {
+    /// A reply known now (no allocation when nothing is waiting before it: it is encoded at once).
+    Now(Frame),
     /// A reply to queue behind the earlier ones.
     Reply(BoxFuture<'static, Frame>),
     /// Send every earlier reply, then run this alone.
@@ -53,7 +55,13 @@ enum Step {
 }
 
 fn ready(frame: Frame) -> Step {
-    Step::Reply(future::ready(frame).boxed())
+    Step::Now(frame)
+}
+
+/// The outcome of one shard command: known at dispatch (a cache hit, a refused send) or awaited.
+enum Wait {
+    Ready(Result<Reply, Error>),
+    Later(BoxFuture<'static, Result<Reply, Error>>),
 }
 
 /// Serves one connection until the client leaves, sends QUIT or a protocol error, or the server stops.
@@ -89,6 +97,9 @@ where
                 }
             };
             match conn.step(req).await {
+                // Nothing waits before it: straight to the output buffer (the common case of cached reads).
+                Step::Now(frame) if pending.is_empty() => frame.encode(conn.session.proto, &mut wbuf),
+                Step::Now(frame) => push(&mut pending, future::ready(frame).boxed(), conn.session.proto),
                 Step::Reply(fut) => push(&mut pending, fut, conn.session.proto),
                 Step::Barrier(task) => {
                     drain(&mut pending, &mut wbuf).await;
@@ -277,7 +288,11 @@ impl Conn {
         let wait = self.send(shard.0 as usize, Command::Batch(batch), true).await;
         Step::Reply(
             async move {
-                let outs = match wait.await {
+                let outcome = match wait {
+                    Wait::Ready(out) => out,
+                    Wait::Later(fut) => fut.await,
+                };
+                let outs = match outcome {
                     Ok(Reply::Batch(outs)) => outs,
                     Ok(other) => return super::commands::unexpected(other),
                     Err(e) => return error_frame(&e),
@@ -300,11 +315,21 @@ impl Conn {
                 for cmd in cmds {
                     waits.push(self.dispatch(cmd).await);
                 }
+                if waits.iter().all(|w| matches!(w, Wait::Ready(_))) {
+                    let outs = waits.into_iter().map(|w| match w {
+                        Wait::Ready(out) => out,
+                        Wait::Later(_) => unreachable!("all ready"),
+                    });
+                    return Step::Now(finish(outs.collect()));
+                }
                 Step::Reply(
                     async move {
                         let mut outs = Vec::with_capacity(waits.len());
                         for w in waits {
-                            outs.push(w.await);
+                            outs.push(match w {
+                                Wait::Ready(out) => out,
+                                Wait::Later(fut) => fut.await,
+                            });
                         }
                         finish(outs)
                     }
@@ -315,14 +340,14 @@ impl Conn {
     }
 
     /// Starts one shard command; the returned future is its outcome.
-    async fn dispatch(&mut self, cmd: Command) -> BoxFuture<'static, Result<Reply, Error>> {
+    async fn dispatch(&mut self, cmd: Command) -> Wait {
         let router = &self.session.shared.router;
         let shard = router.shard_for(cmd.key()).0 as usize;
         if let Command::Read { space, key } = &cmd {
             // No write of ours in flight there: the cache holds only committed records, newest first.
             if self.issued[shard] == self.done[shard].load(Ordering::Acquire) {
                 if let Some(rec) = router.cache().get(*space, key) {
-                    return future::ready(Ok(Reply::Value(Some(rec)))).boxed();
+                    return Wait::Ready(Ok(Reply::Value(Some(rec))));
                 }
             }
             return self.send(shard, cmd, false).await;
@@ -331,23 +356,26 @@ impl Conn {
     }
 
     /// Queues `cmd` on `shard` (waiting for room), counting it as a write in flight when `write`.
-    async fn send(&mut self, shard: usize, cmd: Command, write: bool) -> BoxFuture<'static, Result<Reply, Error>> {
-        let handle = self.session.shared.router.shards()[shard].clone();
+    async fn send(&mut self, shard: usize, cmd: Command, write: bool) -> Wait {
+        let handle = &self.session.shared.router.shards()[shard];
         let rx = match handle.submit_patiently(cmd, QUEUE_PATIENCE).await {
             Ok(rx) => rx,
-            Err(e) => return future::ready(Err(e)).boxed(),
+            Err(e) => return Wait::Ready(Err(e)),
         };
         if write {
             self.issued[shard] += 1;
         }
         let done = self.done.clone();
-        async move {
-            let out = rx.await.unwrap_or_else(|_| Err(Error::Internal("the shard stopped before answering".into())));
-            if write {
-                done[shard].fetch_add(1, Ordering::AcqRel);
+        Wait::Later(
+            async move {
+                let out =
+                    rx.await.unwrap_or_else(|_| Err(Error::Internal("the shard stopped before answering".into())));
+                if write {
+                    done[shard].fetch_add(1, Ordering::AcqRel);
+                }
+                out
             }
-            out
-        }
-        .boxed()
+            .boxed(),
+        )
     }
 }
