@@ -9,7 +9,8 @@
 #   --units         the units to run, one test_helper process each (default: unit/protocol unit/type/incr
 #                   unit/type/string unit/keyspace)
 #   --skiplist      the skiplist (default scripts/redis-tcl-skiplist.txt; /dev/null for none). One test per
-#                   line, `<exact test name> # <why>`; lines starting with `#` and blank lines are comments.
+#                   line, `<exact test name> # <why>`; lines starting with `#` and blank lines are comments; a why
+#                   starting with `(conditional)` marks a test the unit defines only on some servers.
 #   --start redis   start the installed redis-server on a free loopback port (no persistence) and use it
 #   --start shale   build and start shale (SHALE_BIN to use another binary) with RESP_ALLOW_FLUSH=1 and
 #                   MAX_VALUE_BYTES=8 MiB (the suite stores a 4 MB value), and use its RESP port
@@ -76,15 +77,19 @@ resp_need tclsh tcl || resp_die "tclsh is missing and apt-get install tcl failed
 
 # ---- the skiplist, comments removed (test_helper matches each whole line against the test name) ----
 clean=$RESP_TMP/skiplist
-awk -v file="$skiplist" '
+conditional=$RESP_TMP/conditional
+: >"$conditional"
+awk -v file="$skiplist" -v conditional="$conditional" '
     /^[[:space:]]*(#|$)/ { next }
     {
         i = index($0, " # ")
         if (i == 0) { printf "%s:%d: no \" # why\" after the test name\n", file, NR > "/dev/stderr"; bad = 1; next }
         name = substr($0, 1, i - 1)
         sub(/[[:space:]]+$/, "", name)
-        if (substr($0, i + 3) ~ /^[[:space:]]*$/) { printf "%s:%d: empty reason\n", file, NR > "/dev/stderr"; bad = 1 }
+        why = substr($0, i + 3)
+        if (why ~ /^[[:space:]]*$/) { printf "%s:%d: empty reason\n", file, NR > "/dev/stderr"; bad = 1 }
         print name
+        if (why ~ /^\(conditional\)/) print name > conditional
     }
     END { exit bad }' "$skiplist" >"$clean" || resp_die "fix the skiplist"
 resp_log "skiplist $skiplist: $(wc -l <"$clean") tests"
@@ -173,8 +178,10 @@ for unit in $units; do
     total_skip=$((total_skip + skip))
 done
 
-# Skiplist entries no test matched: stale names (or names of tests in a unit that stopped early).
-unused=$(sed -n 's/^\[skip\]: //p' "${run_logs[@]}" | sort -u | comm -13 - <(sort -u "$clean") || true)
+# Skiplist entries no test matched: stale names (or names of tests in a unit that stopped early). Entries marked
+# "(conditional)" name tests a unit defines only on some servers, so their absence says nothing.
+unused=$(sed -n 's/^\[skip\]: //p' "${run_logs[@]}" | cat - "$conditional" | sort -u | comm -13 - <(sort -u "$clean") ||
+    true)
 echo
 printf '%s\n' "${summary[@]}"
 echo "total: $total_ok passed, $total_err failed, $total_skip skipped"
