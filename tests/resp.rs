@@ -968,3 +968,24 @@ fn counters_and_documents_over_resp() {
     assert!(c.cmd(&["DOC.ADD", "{not json"]).error_text().is_some());
     assert!(c.cmd(&["DOC.GET", "abc"]).error_text().is_some());
 }
+
+/// Large replies in one pipeline: they are written out in pieces (past the unsent-bytes cap) and still arrive
+/// whole and in order.
+#[test]
+fn large_pipelined_replies_arrive_whole_and_in_order() {
+    let dir = temp_dir();
+    let server = TestServer::start(resp_config(dir.path()));
+    let mut c = connect(&server);
+    let big: Vec<Vec<u8>> = (0..3u8).map(|i| vec![b'a' + i; 1_000_000]).collect();
+    for (i, v) in big.iter().enumerate() {
+        assert_eq!(c.cmd_bytes(&[b"SET", format!("big{i}").as_bytes(), v]), Resp::ok());
+    }
+    let mut bytes = Vec::new();
+    for n in 0..30 {
+        bytes.extend(command(&["GET", &format!("big{}", n % 3)]));
+    }
+    let replies = pipeline(&mut c, bytes, 30);
+    for (n, r) in replies.iter().enumerate() {
+        assert_eq!(r.bytes(), Some(&big[n % 3][..]), "reply {n}");
+    }
+}

@@ -10,8 +10,9 @@
 //!   the cache only ever holds committed records, so no connection ever sees an uncommitted write.
 //! - A [`Plan::Task`] (listing, counting, D-Boutique verbs, documents) is a barrier: every earlier reply is sent
 //!   first, then the task runs alone. Tasks are rare, and this keeps them ordered with the commands around them.
-//! - Backpressure: at most [`MAX_IN_FLIGHT`] commands wait for replies; past it the socket is not read, so TCP
-//!   pushes back on the client. A full shard queue makes the connection wait, not fail.
+//! - Backpressure: at most [`MAX_IN_FLIGHT`] commands wait for replies, and at most about [`MAX_UNSENT`] bytes of
+//!   replies wait in memory (past it they are written out, which waits for the client to read); while either is
+//!   full the socket is not read, so TCP pushes back on the client. A full shard queue makes the connection wait, not fail.
 //! - A protocol error sends the earlier replies, then `-ERR Protocol error: ...`, then closes. `POST` or `Host:`
 //!   (an HTTP request sent to this port) closes at once without a reply.
 
@@ -37,6 +38,8 @@ use super::session::{Multi, Session, Shared};
 
 /// Most commands of one connection waiting for their replies.
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// Reply bytes held before they are written to the socket (a reply larger than this is written on its own).
+pub const MAX_UNSENT: usize = 4 * 1024 * 1024;
 /// How long a command waits for room in a full shard queue before failing with `BUSY`.
 pub const QUEUE_PATIENCE: Duration = Duration::from_secs(10);
 /// Bytes read from the socket at a time.
@@ -82,7 +85,12 @@ where
     let mut closing = false;
     loop {
         // 1. Dispatch every complete command while there is room.
+        let mut stopped_for_output = false;
         while !closing && pending.len() < MAX_IN_FLIGHT {
+            if wbuf.len() >= MAX_UNSENT {
+                stopped_for_output = true;
+                break;
+            }
             let req = match parser.next(&mut rbuf, conn.session.authenticated()) {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
@@ -102,7 +110,7 @@ where
                 Step::Now(frame) => push(&mut pending, future::ready(frame).boxed(), conn.session.proto),
                 Step::Reply(fut) => push(&mut pending, fut, conn.session.proto),
                 Step::Barrier(task) => {
-                    drain(&mut pending, &mut wbuf).await;
+                    drain(&mut pending, &mut wbuf, &mut stream).await?;
                     let proto = conn.session.proto;
                     task.await.encode(proto, &mut wbuf);
                 }
@@ -114,6 +122,7 @@ where
         // 2. Send what is ready, in order.
         while let Some(Some((frame, proto))) = pending.next().now_or_never() {
             frame.encode(proto, &mut wbuf);
+            flush_if_full(&mut wbuf, &mut stream).await?;
         }
         if !wbuf.is_empty() {
             stream.write_all(&wbuf).await?;
@@ -122,6 +131,11 @@ where
         if closing && pending.is_empty() {
             let _ = stream.shutdown().await;
             return Ok(());
+        }
+        // Dispatch stopped only because replies piled up, which are written now: parse on before waiting, since
+        // the requests left in the buffer may be all the client sends.
+        if !closing && pending.len() < MAX_IN_FLIGHT && !rbuf.is_empty() && stopped_for_output {
+            continue;
         }
         // 3. Wait for input, a reply, or shutdown.
         let can_read = !closing && pending.len() < MAX_IN_FLIGHT;
@@ -145,10 +159,26 @@ fn push(pending: &mut FuturesOrdered<Reply2>, fut: BoxFuture<'static, Frame>, pr
     pending.push_back(fut.map(move |f| (f, proto)).boxed());
 }
 
-async fn drain(pending: &mut FuturesOrdered<Reply2>, wbuf: &mut BytesMut) {
+/// Encodes every pending reply, in order, writing out whenever [`MAX_UNSENT`] bytes have piled up.
+async fn drain<S: AsyncWrite + Unpin>(
+    pending: &mut FuturesOrdered<Reply2>,
+    wbuf: &mut BytesMut,
+    stream: &mut S,
+) -> std::io::Result<()> {
     while let Some((frame, proto)) = pending.next().await {
         frame.encode(proto, wbuf);
+        flush_if_full(wbuf, stream).await?;
     }
+    Ok(())
+}
+
+/// Writes the buffer out once it holds [`MAX_UNSENT`] bytes (this waits for the client to read).
+async fn flush_if_full<S: AsyncWrite + Unpin>(wbuf: &mut BytesMut, stream: &mut S) -> std::io::Result<()> {
+    if wbuf.len() >= MAX_UNSENT {
+        stream.write_all(wbuf).await?;
+        wbuf.clear();
+    }
+    Ok(())
 }
 
 struct Conn {
