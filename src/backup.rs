@@ -366,12 +366,24 @@ pub fn compact_dir(data_dir: &Path) -> std::result::Result<u64, String> {
 /// Compacts one closed shard file when its fragmented bytes exceed `threshold` of the file (0.0 = always).
 /// Returns the bytes reclaimed.
 pub fn compact_file(path: &PathBuf, shard: ShardId, threshold: f64) -> Result<u64> {
+    if fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Ok(0);
+    }
+    let mut db = Database::create(path)
+        .map_err(|e| Error::storage(&format!("shard {shard}: compaction"), redb::Error::from(e)))?;
+    compact_db(&mut db, path, shard, threshold)
+}
+
+/// Compacts the open database of `path` when its fragmented bytes exceed `threshold` of the file (0.0 = always).
+/// `db` must have no live transaction and no other handle (redb's rule for `compact`); the start-up open
+/// (`Store::open`) calls this on the handle it then serves from. Returns the bytes reclaimed (compaction shrinks
+/// the file as it goes).
+pub fn compact_db(db: &mut Database, path: &Path, shard: ShardId, threshold: f64) -> Result<u64> {
     let err = |e: redb::Error| Error::storage(&format!("shard {shard}: compaction"), e);
     let before = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if before == 0 {
         return Ok(0);
     }
-    let mut db = Database::create(path).map_err(|e| err(e.into()))?;
     let fragmented = {
         let w = db.begin_write().map_err(|e| err(e.into()))?;
         let f = w.stats().map_err(|e| err(e.into()))?.fragmented_bytes();
@@ -383,7 +395,6 @@ pub fn compact_file(path: &PathBuf, shard: ShardId, threshold: f64) -> Result<u6
     }
     let started = Instant::now();
     while db.compact().map_err(|e| err(e.into()))? {}
-    drop(db);
     let after = fs::metadata(path).map(|m| m.len()).unwrap_or(before);
     let reclaimed = before.saturating_sub(after);
     tracing::info!(

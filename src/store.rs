@@ -101,15 +101,11 @@ fn storage(shard: ShardId, what: &str) -> impl Fn(redb::Error) -> Error + '_ {
 }
 
 impl Store {
-    /// Opens (or creates) the shard file, runs redb's repair if the last close was unclean (else verifies every
-    /// page checksum, see [`verify_file`]), compacts it when more than half of it is free space, and creates the
-    /// tables.
+    /// Opens (or creates) the shard file with ONE redb open: redb repairs it if the last close was unclean, else
+    /// every page checksum is verified; then it is compacted when more than half of it is free space, and the
+    /// tables are created. See [`open_checked`].
     pub fn open(path: PathBuf, shard: ShardId, cache_size: usize) -> Result<Store> {
-        if path.exists() {
-            verify_file(&path, shard, cache_size)?;
-            crate::backup::compact_file(&path, shard, 0.5)?;
-        }
-        let db = Self::open_db(&path, shard, cache_size)?;
+        let db = open_checked(&path, shard, cache_size)?;
         Ok(Store {
             path,
             shard,
@@ -131,14 +127,7 @@ impl Store {
         let db = builder.create(path).map_err(|e| {
             Error::storage(&format!("shard {shard}: cannot open {} (damaged or locked?)", path.display()), e)
         })?;
-        let txn = db.begin_write().map_err(|e| storage(shard, "begin")(e.into()))?;
-        {
-            for space in Space::ALL {
-                txn.open_table(table(space)).map_err(|e| storage(shard, "create table")(e.into()))?;
-            }
-            txn.open_table(META).map_err(|e| storage(shard, "create table")(e.into()))?;
-        }
-        txn.commit().map_err(|e| storage(shard, "commit")(e.into()))?;
+        create_tables(&db, shard)?;
         tracing::debug!(shard = shard.0, path = %path.display(), ms = started.elapsed().as_millis() as u64, "shard opened");
         Ok(db)
     }
@@ -441,22 +430,40 @@ impl Store {
     }
 }
 
-/// Checks every page checksum of an existing shard file before anything reads, compacts or serves it.
+/// Creates every table (a write transaction that commits nothing new on an existing file).
+fn create_tables(db: &Database, shard: ShardId) -> Result<()> {
+    let txn = db.begin_write().map_err(|e| storage(shard, "begin")(e.into()))?;
+    {
+        for space in Space::ALL {
+            txn.open_table(table(space)).map_err(|e| storage(shard, "create table")(e.into()))?;
+        }
+        txn.open_table(META).map_err(|e| storage(shard, "create table")(e.into()))?;
+    }
+    txn.commit().map_err(|e| storage(shard, "commit")(e.into()))
+}
+
+/// Opens the shard file for start-up, all on one `Database`:
+/// 1. redb's open repairs the file if its last close was unclean (a crash): the repair walks every tree and checks
+///    every checksum, so a repaired file is verified;
+/// 2. a file that was closed cleanly is verified with `check_integrity` (every page checksum; it also rebuilds a
+///    leaked free-page state): redb trusts a cleanly closed file as it is, so a flipped byte in it would be served
+///    as a wrong value or make a read panic (`tests/faults.rs`). The check walks the file (about 2 ms per MiB with
+///    a warm OS cache);
+/// 3. the file is compacted when more than half of it is free ([`crate::backup::compact_db`]);
+/// 4. the tables are created.
 ///
-/// redb verifies checksums only when it repairs a file after an unclean shutdown; a cleanly closed file is
-/// trusted as it is, so a flipped byte in it would be served as a wrong value or make a read panic
-/// (`tests/faults.rs`). After a crash the repair has just walked every page, so the check is skipped; otherwise
-/// `check_integrity` walks the file (about 2 ms per MiB with a warm OS cache). A damaged file is refused with
-/// an error that names it; start-up then fails rather than serve garbage.
-fn verify_file(path: &Path, shard: ShardId, cache_size: usize) -> Result<()> {
+/// A file that cannot be read (a checksum failure, or a panic inside redb on a damaged page) is refused with an
+/// error that names the file and the way out (`shale restore`).
+fn open_checked(path: &Path, shard: ShardId, cache_size: usize) -> Result<Database> {
     let started = Instant::now();
+    let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
     let damaged = |why: String| {
         Error::Internal(format!(
             "shard {shard}: {} is damaged ({why}); restore the data dir from a backup (`shale restore`)",
             path.display()
         ))
     };
-    let check = || -> Result<&'static str> {
+    let check = || -> Result<(Database, &'static str)> {
         let repaired = Arc::new(AtomicBool::new(false));
         let flag = repaired.clone();
         let mut builder = Database::builder();
@@ -469,21 +476,30 @@ fn verify_file(path: &Path, shard: ShardId, cache_size: usize) -> Result<()> {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => damaged(why),
             e => Error::storage(&format!("shard {shard}: cannot open {} (damaged or locked?)", path.display()), e),
         })?;
-        if repaired.load(Ordering::Acquire) {
-            return Ok("repaired after an unclean shutdown");
-        }
-        match db.check_integrity() {
-            Ok(true) => Ok("verified"),
-            // The file was consistent but its allocator state was not (leaked pages); redb rebuilt it.
-            Ok(false) => Ok("verified; free-page state rebuilt"),
-            Err(e) => Err(damaged(e.to_string())),
-        }
+        let outcome = if !existed {
+            "created"
+        } else if repaired.load(Ordering::Acquire) {
+            "repaired after an unclean shutdown"
+        } else {
+            match db.check_integrity() {
+                Ok(true) => "verified",
+                // The file was consistent but its allocator state was not (leaked pages); redb rebuilt it.
+                Ok(false) => "verified; free-page state rebuilt",
+                Err(e) => return Err(damaged(e.to_string())),
+            }
+        };
+        Ok((db, outcome))
     };
     // A damaged page can make redb panic (an index out of range) instead of returning an error.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
+    let (mut db, outcome) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
         .unwrap_or_else(|_| Err(damaged("reading it panicked".into())))?;
     tracing::info!(shard = shard.0, outcome, ms = started.elapsed().as_millis() as u64, "shard file checked");
-    Ok(())
+    if existed {
+        crate::backup::compact_db(&mut db, path, shard, 0.5)?;
+    }
+    create_tables(&db, shard)?;
+    tracing::debug!(shard = shard.0, path = %path.display(), ms = started.elapsed().as_millis() as u64, "shard opened");
+    Ok(db)
 }
 
 /// The revision of the record stored under `key` (None when absent) and whether it already holds `same`
