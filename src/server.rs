@@ -109,6 +109,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let stores = open_stores(&config, redb_cache)?;
 
     let cache = Cache::new(config.cache_bytes);
+    // Size the cache's tables once for what the files hold, before the shard workers all fill them at once.
+    let mut stored = 0u64;
+    for store in &stores {
+        for space in Space::ALL {
+            stored += store.len(space).map_err(StartError::Store)?;
+        }
+    }
+    cache.reserve(stored);
     let readiness = Readiness::new(stores.len());
     let options = ShardOptions::from_config(&config);
     let mut next_doc_id = 1u64;
