@@ -6,7 +6,7 @@
 //! - `router/put_durable/shards{1,2,4}/inflight{1,64}`: tasks that each `dispatch` puts of 32-byte values to
 //!   random keys back to back, so `inflight` puts are always waiting. With 64 in flight the shard workers batch
 //!   them (group commit), and more shards commit in parallel.
-//! - `router/get_cached/shards4/inflight64`: `Router::get` of preloaded keys, all served by the moka cache.
+//! - `router/get_cached/shards4/inflight64`: `Router::get` of preloaded keys, all served by the read cache.
 //!
 //! The data dir is a fresh temp dir inside `SHALE_BENCH_DIR` when set, else inside the system temp dir. Keys come
 //! from fixed-seed xorshifts.

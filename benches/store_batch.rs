@@ -2,7 +2,7 @@
 //!
 //! - `store/put_durable/{1,16,256}`: one fsynced write transaction of N puts of 32-byte values to random keys.
 //!   Throughput is in elements (puts), so the sweep shows how much group commit buys per fsync.
-//! - `store/get/{cache,redb}`: a cached read (`shale::cache::Cache`, moka) against a read from the file
+//! - `store/get/{cache,redb}`: a cached read (`shale::cache::Cache`) against a read from the file
 //!   (`Store::get`: one redb read transaction; the file is small, so its pages sit in redb's and the OS's cache),
 //!   on random keys of a preloaded set.
 //!

@@ -44,10 +44,15 @@ pub fn key_of(i: u64) -> Bytes {
 
 /// An unconditional put of [`VALUE`] to `key`.
 pub fn put(key: Bytes) -> Command {
+    put_value(key, Bytes::from_static(&VALUE))
+}
+
+/// An unconditional put of `value` to `key`.
+pub fn put_value(key: Bytes, value: Bytes) -> Command {
     Command::Put {
         space: Space::Kv,
         key,
-        value: Bytes::from_static(&VALUE),
+        value,
         content_type: Bytes::new(),
         precondition: Precondition::NONE,
         skip_if_unchanged: false,
