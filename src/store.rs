@@ -5,7 +5,7 @@
 //! [`Store::list`]) that never block the writer (redb MVCC).
 //!
 //! # Tables
-//! - `kv`, `docs`, `counters`: key bytes -> encoded [`Record`] (one table per [`Space`]).
+//! - `kv`, `docs`, `counters`, `buckets`: key bytes -> encoded [`Record`] (one table per [`Space`]).
 //! - `meta`: `"rev"` -> the last revision handed out in this file.
 //!
 //! Invariant: the database sits behind a lock only so that a failed commit can close and reopen it (redb refuses
@@ -30,9 +30,10 @@ use crate::record::{Record, RecordView};
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
+const BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("buckets");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Every keyspace table (for copies: backup, resharding).
-pub const TABLES_BYTES: [TableDefinition<&[u8], &[u8]>; 3] = [KV, DOCS, COUNTERS];
+pub const TABLES_BYTES: [TableDefinition<&[u8], &[u8]>; 4] = [KV, DOCS, COUNTERS, BUCKETS];
 /// The metadata table.
 pub const TABLE_META: TableDefinition<&str, u64> = META;
 const META_REV: &str = "rev";
@@ -42,6 +43,7 @@ fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]>
         Space::Kv => KV,
         Space::Doc => DOCS,
         Space::Counter => COUNTERS,
+        Space::Bucket => BUCKETS,
     }
 }
 
@@ -61,6 +63,9 @@ pub enum CacheEffect {
     Invalidate(Space, Bytes),
     /// Every record of the space was removed from this shard.
     Clear(Space),
+    /// A read inside the transaction found this committed-by-now record: cache it if the key is absent (a fill
+    /// from the only writer of the key, after its commit; see `cache`).
+    Fill(Space, Bytes, Record),
     /// The effects of a batch's commands, in order.
     Many(Vec<CacheEffect>),
 }
@@ -69,7 +74,7 @@ impl CacheEffect {
     /// Whether the command changed the file (so the transaction must commit).
     pub fn changes(&self) -> bool {
         match self {
-            CacheEffect::None => false,
+            CacheEffect::None | CacheEffect::Fill(..) => false,
             CacheEffect::Insert(..) | CacheEffect::Invalidate(..) | CacheEffect::Clear(_) => true,
             CacheEffect::Many(all) => all.iter().any(CacheEffect::changes),
         }
@@ -322,8 +327,11 @@ impl Store {
         }
         let mut outcomes = Vec::new();
         let mut rev = *next_rev;
-        for cmd in cmds {
-            outcomes.push(apply_one(&txn, cmd, &mut rev).map_err(&err)?);
+        {
+            let mut tables = Tables::new(&txn);
+            for cmd in cmds {
+                outcomes.push(apply_one(&mut tables, cmd, &mut rev).map_err(&err)?);
+            }
         }
         if self.injected_failures.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
             // Dropping the transaction aborts it: nothing of this batch reaches the file.
@@ -516,9 +524,31 @@ fn current(
     })
 }
 
-/// Applies one command inside `txn`. `Ok(Err(..))` is the command's own failure (precondition, overflow);
-/// `Err` is a storage failure that dooms the whole transaction.
-fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Outcome, redb::Error> {
+/// The tables of one write transaction, each opened at most once per batch: opening (and closing, which writes
+/// the table's root back into the transaction) once per command cost a few percent of a write's CPU.
+struct Tables<'t> {
+    txn: &'t WriteTransaction,
+    open: [Option<redb::Table<'t, &'static [u8], &'static [u8]>>; Space::ALL.len()],
+}
+
+impl<'t> Tables<'t> {
+    fn new(txn: &'t WriteTransaction) -> Tables<'t> {
+        Tables { txn, open: Default::default() }
+    }
+
+    /// The open table of `space`.
+    fn get(&mut self, space: Space) -> Result<&mut redb::Table<'t, &'static [u8], &'static [u8]>, redb::Error> {
+        let slot = &mut self.open[space as usize];
+        if slot.is_none() {
+            *slot = Some(self.txn.open_table(table(space))?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+}
+
+/// Applies one command inside the batch's transaction. `Ok(Err(..))` is the command's own failure
+/// (precondition, overflow); `Err` is a storage failure that dooms the whole transaction.
+fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Outcome, redb::Error> {
     let mut take_rev = || {
         let r = *rev;
         *rev += 1;
@@ -526,7 +556,7 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
     };
     match cmd {
         Command::Put { space, key, value, content_type, precondition, skip_if_unchanged } => {
-            let mut t = txn.open_table(table(*space))?;
+            let t = tables.get(*space)?;
             let same = skip_if_unchanged.then_some((&content_type[..], &value[..]));
             let current = match current(&t, key, same)? {
                 Ok(c) => c,
@@ -545,7 +575,7 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
             Ok(Ok((reply, CacheEffect::Insert(*space, key.clone(), rec))))
         }
         Command::Delete { space, key, precondition } => {
-            let mut t = txn.open_table(table(*space))?;
+            let t = tables.get(*space)?;
             let current = match current(&t, key, None)? {
                 Ok(c) => c.map(|(rev, _)| rev),
                 Err(e) => return Ok(Err(e)),
@@ -560,7 +590,7 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
             Ok(Ok((Reply::Deleted, CacheEffect::Invalidate(*space, key.clone()))))
         }
         Command::CounterAdd { name, delta } => {
-            let mut t = txn.open_table(COUNTERS)?;
+            let t = tables.get(Space::Counter)?;
             let current = match t.get(&name[..])? {
                 None => 0,
                 Some(g) => match Record::decode(Bytes::copy_from_slice(g.value())).ok().and_then(|r| counter_value(&r))
@@ -579,7 +609,7 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
             Ok(Ok((Reply::Counter(sum), CacheEffect::Insert(Space::Counter, name.clone(), rec))))
         }
         Command::Set { key, value, cond, get_old } => {
-            let mut t = txn.open_table(KV)?;
+            let t = tables.get(Space::Kv)?;
             let (exists, old) = match t.get(&key[..])? {
                 None => (false, None),
                 Some(g) => match RecordView::parse(g.value()) {
@@ -595,7 +625,7 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
             Ok(Ok((Reply::Set { written: true, old }, CacheEffect::Insert(Space::Kv, key.clone(), rec))))
         }
         Command::KvIncr { key, delta } => {
-            let mut t = txn.open_table(KV)?;
+            let t = tables.get(Space::Kv)?;
             let current = match t.get(&key[..])? {
                 None => 0,
                 Some(g) => match RecordView::parse(g.value()) {
@@ -614,7 +644,7 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
             Ok(Ok((Reply::Counter(sum), CacheEffect::Insert(Space::Kv, key.clone(), rec))))
         }
         Command::Read { space, key } => {
-            let t = txn.open_table(table(*space))?;
+            let t = tables.get(*space)?;
             let rec = match t.get(&key[..])? {
                 None => None,
                 Some(g) => match Record::decode(Bytes::copy_from_slice(g.value())) {
@@ -622,13 +652,17 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
                     Err(e) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
                 },
             };
-            Ok(Ok((Reply::Value(rec), CacheEffect::None)))
+            let effect = match &rec {
+                Some(r) => CacheEffect::Fill(*space, key.clone(), r.clone()),
+                None => CacheEffect::None,
+            };
+            Ok(Ok((Reply::Value(rec), effect)))
         }
         Command::Batch(cmds) => {
             let mut replies = Vec::with_capacity(cmds.len());
             let mut effects = Vec::with_capacity(cmds.len());
             for c in cmds {
-                match apply_one(txn, c, rev)? {
+                match apply_one(tables, c, rev)? {
                     Ok((reply, effect)) => {
                         replies.push(Ok(reply));
                         effects.push(effect);
@@ -639,7 +673,7 @@ fn apply_one(txn: &WriteTransaction, cmd: &Command, rev: &mut u64) -> Result<Out
             Ok(Ok((Reply::Batch(replies), CacheEffect::Many(effects))))
         }
         Command::Clear { space } => {
-            let mut t = txn.open_table(table(*space))?;
+            let t = tables.get(*space)?;
             let removed = t.len()?;
             if removed == 0 {
                 return Ok(Ok((Reply::Cleared(0), CacheEffect::None)));
