@@ -5,7 +5,7 @@
 # Usage: scripts/bench-memory.sh > table.md          (progress on stderr, the table on stdout)
 #
 # Starts shale on a fresh data dir (4 shards, CACHE_BYTES 256 MiB = the default, which holds all of them:
-# each entry is charged key + 1 + 10 + 100 + 48 bytes), reads VmRSS / VmHWM from /proc/PID/status:
+# each entry is charged the memory it takes, about 184 bytes here), reads VmRSS / VmHWM from /proc/PID/status:
 #   1. empty, ready;
 #   2. after PUTting k0..k{N-1} with wrk (DURABILITY=eventual: the values go into the cache after each commit,
 #      as under immediate; only the fsync differs);
