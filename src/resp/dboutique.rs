@@ -6,9 +6,12 @@
 //! value then `OK`, `NOT FOUND` for an unknown bucket, `COMMAND NOT IMPLEMENTED` for a malformed verb. Sent as
 //! RESP arrays (`redis-cli PUT b k v`) they answer RESP: `+OK`, a bulk or nil, `-NOTFOUND ...`.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::command::{Command, Precondition, Reply, SetCond, Space};
+use crate::command::{Command, Precondition, SetCond, Space};
 use crate::error::Error;
 use crate::router::Router;
 use crate::try_frame;
@@ -129,65 +132,56 @@ pub fn create(session: &mut Session, args: &[Bytes]) -> Plan {
     })
 }
 
-/// `PUT bucket key value`.
-pub fn put(session: &mut Session, args: &[Bytes]) -> Plan {
+/// Plans a verb on `bucket/key`: checks the names, then (as a task) answers `NOT FOUND` unless the bucket exists,
+/// else runs `verb` with the router, the key and how to answer.
+fn in_bucket<F, Fut>(session: &Session, args: &[Bytes], verb: F) -> Plan
+where
+    F: FnOnce(Arc<Router>, Bytes, Style) -> Fut + Send + 'static,
+    Fut: Future<Output = Frame> + Send + 'static,
+{
     let key = bucket_key(&args[1], &args[2]);
     try_frame!(check_bucket(session, &args[1]));
     try_frame!(check_key(session, &key));
-    try_frame!(check_value(session, &args[3]));
     let style = Style(session.request_kind);
-    let (router, bucket, value) = (session.shared.router.clone(), args[1].clone(), args[3].clone());
+    let (router, bucket) = (session.shared.router.clone(), args[1].clone());
     Plan::Task(Box::pin(async move {
         match bucket_exists(&router, &bucket).await {
-            Ok(true) => {}
-            Ok(false) => return style.not_found(&bucket),
-            Err(e) => return style.error(&e),
+            Ok(true) => verb(router, key, style).await,
+            Ok(false) => style.not_found(&bucket),
+            Err(e) => style.error(&e),
         }
+    }))
+}
+
+/// `PUT bucket key value`.
+pub fn put(session: &mut Session, args: &[Bytes]) -> Plan {
+    try_frame!(check_value(session, &args[3]));
+    let value = args[3].clone();
+    in_bucket(session, args, |router, key, style| async move {
         match router.dispatch(Command::Set { key, value, cond: SetCond::Always, get_old: false }).await {
             Ok(_) => style.ok(),
             Err(e) => style.error(&e),
         }
-    }))
+    })
 }
 
 /// `GET bucket key` (three words; `GET key` is Redis's GET).
 pub fn get(session: &mut Session, args: &[Bytes]) -> Plan {
-    let key = bucket_key(&args[1], &args[2]);
-    try_frame!(check_bucket(session, &args[1]));
-    try_frame!(check_key(session, &key));
-    let style = Style(session.request_kind);
-    let (router, bucket) = (session.shared.router.clone(), args[1].clone());
-    Plan::Task(Box::pin(async move {
-        match bucket_exists(&router, &bucket).await {
-            Ok(true) => {}
-            Ok(false) => return style.not_found(&bucket),
-            Err(e) => return style.error(&e),
-        }
+    in_bucket(session, args, |router, key, style| async move {
         match router.get(Space::Kv, key).await {
             Ok(rec) => style.value(rec.map(|r| r.value())),
             Err(e) => style.error(&e),
         }
-    }))
+    })
 }
 
-/// `DELETE bucket key`.
+/// `DELETE bucket key` (`OK` whether or not the key existed, as D-Boutique).
 pub fn delete(session: &mut Session, args: &[Bytes]) -> Plan {
-    let key = bucket_key(&args[1], &args[2]);
-    try_frame!(check_bucket(session, &args[1]));
-    try_frame!(check_key(session, &key));
-    let style = Style(session.request_kind);
-    let (router, bucket) = (session.shared.router.clone(), args[1].clone());
-    Plan::Task(Box::pin(async move {
-        match bucket_exists(&router, &bucket).await {
-            Ok(true) => {}
-            Ok(false) => return style.not_found(&bucket),
-            Err(e) => return style.error(&e),
-        }
+    in_bucket(session, args, |router, key, style| async move {
         let cmd = Command::Delete { space: Space::Kv, key, precondition: Precondition::NONE };
         match router.dispatch(cmd).await {
-            Ok(Reply::Deleted) | Err(Error::NotFound(_)) => style.ok(),
-            Ok(_) => style.ok(),
+            Ok(_) | Err(Error::NotFound(_)) => style.ok(),
             Err(e) => style.error(&e),
         }
-    }))
+    })
 }
