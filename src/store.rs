@@ -558,7 +558,7 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
         Command::Put { space, key, value, content_type, precondition, skip_if_unchanged } => {
             let t = tables.get(*space)?;
             let same = skip_if_unchanged.then_some((&content_type[..], &value[..]));
-            let current = match current(&t, key, same)? {
+            let current = match current(t, key, same)? {
                 Ok(c) => c,
                 Err(e) => return Ok(Err(e)),
             };
@@ -576,7 +576,7 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
         }
         Command::Delete { space, key, precondition } => {
             let t = tables.get(*space)?;
-            let current = match current(&t, key, None)? {
+            let current = match current(t, key, None)? {
                 Ok(c) => c.map(|(rev, _)| rev),
                 Err(e) => return Ok(Err(e)),
             };
