@@ -268,6 +268,7 @@ impl Server {
             .arg(data)
             .env("RUST_LOG", "warn")
             .env("HTTP_WORKERS", "2")
+            .env("RESP_PORT", "off")
             .env_remove("AUTH_TOKEN")
             .env_remove("AUTH_READ_TOKEN")
             .stdin(Stdio::null())

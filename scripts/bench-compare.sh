@@ -329,7 +329,7 @@ EOF
 
 # ---- start everything ----
 shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
-    -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS RUST_LOG=warn)
+    -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS RESP_PORT=off RUST_LOG=warn)
 declare -A URL
 start ceiling "$CEILING_BIN" --port 0 --keys "$KEYS"
 URL[ceiling]=$ADDR

@@ -93,7 +93,7 @@ stop_last() {
 start_shale() {
     mkdir -p "$WORK/$1"
     start "$1" env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST \
-        DURABILITY=immediate RUST_LOG=warn "$TARGET/release/shale" --port 0 --data-dir "$WORK/$1"
+        DURABILITY=immediate RUST_LOG=warn RESP_PORT=off "$TARGET/release/shale" --port 0 --data-dir "$WORK/$1"
     wait_ready "$ADDR"
 }
 

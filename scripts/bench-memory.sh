@@ -29,7 +29,7 @@ build_bins shale
 write_lua
 DATA=$TMP/data
 shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
-    -u FLUSH_INTERVAL_MS -u HTTP_WORKERS -u DURABILITY RUST_LOG=warn CACHE_BYTES="$CACHE")
+    -u FLUSH_INTERVAL_MS -u HTTP_WORKERS -u DURABILITY RESP_PORT=off RUST_LOG=warn CACHE_BYTES="$CACHE")
 
 PAYLOAD=$(awk -v n="$KEYS" -v v="$VALUE" 'BEGIN { for (i = 0; i < n; i++) s += length("k" i) + v; printf "%d", s }')
 kib() { sed -n "s/^$1:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$2/status"; }

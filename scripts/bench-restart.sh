@@ -30,7 +30,7 @@ build_bins shale
 write_lua
 DATA=$TMP/data
 shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
-    -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS -u DURABILITY RUST_LOG=info)
+    -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS -u DURABILITY RESP_PORT=off RUST_LOG=info)
 
 log "loading $KEYS keys of $VALUE bytes (DURABILITY=eventual)"
 start load "${shale_env[@]}" DURABILITY=eventual "$SHALE_BIN" serve --port 0 --data-dir "$DATA"

@@ -24,7 +24,7 @@ need wrk wrk || die "wrk is needed"
 build_bins shale
 write_lua
 shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
-    -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS RUST_LOG=warn DURABILITY=immediate)
+    -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS RESP_PORT=off RUST_LOG=warn DURABILITY=immediate)
 
 declare -A URL
 for s in "${SHARDS[@]}"; do

@@ -138,7 +138,7 @@ EOF
 # ---- servers ----
 
 log "starting shale (DURABILITY=$DURABILITY) on $TMP/data"
-start shale "$SHALE_BIN" serve --port 0 --data-dir "$TMP/data"
+start shale env RESP_PORT=off "$SHALE_BIN" serve --port 0 --data-dir "$TMP/data"
 SHALE=$ADDR
 SHALE_PID=${PIDS[-1]}
 for ((i = 0; ; i++)); do

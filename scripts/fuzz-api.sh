@@ -53,7 +53,7 @@ trap cleanup EXIT
 : >"$work/stderr"
 token="fuzz-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 # Run from the temp dir, so that nothing the server writes can land in the work tree.
-(cd "$work" && AUTH_TOKEN=$token RUST_LOG=${RUST_LOG:-warn} HTTP_WORKERS=2 exec "$root/target/debug/shale" \
+(cd "$work" && AUTH_TOKEN=$token RUST_LOG=${RUST_LOG:-warn} HTTP_WORKERS=2 RESP_PORT=off exec "$root/target/debug/shale" \
     --host 127.0.0.1 --port 0 --data-dir "$work/data" --backup-dir "$work/backups" \
     >>"$work/stdout" 2>>"$work/stderr") &
 pid=$!

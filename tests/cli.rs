@@ -28,7 +28,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--port", "0", "--data-dir"])
+            .args(["--port", "0", "--resp-port", "off", "--data-dir"])
             .arg(dir.path())
             .args(extra)
             .env_remove("AUTH_TOKEN")

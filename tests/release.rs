@@ -124,7 +124,7 @@ fn release_tarball_holds_the_files_and_its_binary_serves() {
     let data = tmp.path().join("data");
     let log = tmp.path().join("server.log");
     let mut child = Command::new(&bin)
-        .args(["--port", "0", "--data-dir"])
+        .args(["--port", "0", "--resp-port", "off", "--data-dir"])
         .arg(&data)
         .env_remove("PORT")
         .env_remove("HOST")
