@@ -81,7 +81,6 @@ fn bench_cache(c: &mut Criterion) {
         for k in &keys {
             cache.insert(Space::Kv, k, record(value_len));
         }
-        cache.sync();
         assert_eq!(cache.entry_count(), BATCH, "every key fits");
         let mut rng = XorShift(SEED);
         group.bench_function(format!("get_hit/{value_len}B"), |b| {
@@ -128,7 +127,6 @@ fn bench_warm_up(c: &mut Criterion) {
                         true
                     })
                     .expect("scan");
-                cache.sync();
                 assert_eq!(cache.entry_count(), WARM_ENTRIES);
                 cache
             },
@@ -159,7 +157,6 @@ fn bench_warm_up(c: &mut Criterion) {
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 total += started.elapsed();
-                cache.sync();
                 assert_eq!(cache.entry_count(), WARM_ENTRIES);
                 drop(handle);
                 join.join().expect("worker exits");

@@ -147,7 +147,6 @@ fn bench_router(c: &mut Criterion) {
             t.await.expect("preload task");
         }
     });
-    rig.router.cache().sync();
     assert_eq!(rig.router.cache().entry_count(), PRELOAD, "every preloaded key is cached");
     let mut group = c.benchmark_group("router/get_cached");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));

@@ -63,7 +63,6 @@ fn bench_store(c: &mut Criterion) {
         let rec = store.get(Space::Kv, k).expect("read").expect("preloaded");
         cache.insert(Space::Kv, k, rec);
     }
-    cache.sync();
     assert_eq!(cache.entry_count(), PRELOAD, "every preloaded key fits in the cache");
 
     let mut group = c.benchmark_group("store/get");

@@ -275,10 +275,6 @@ impl Cache {
         self.inner.len() as u64
     }
 
-    /// Brings the sizes up to date. The sizes are always exact with this cache, so there is nothing to do; kept so
-    /// that callers need not know which cache is underneath.
-    pub fn sync(&self) {}
-
     /// The budget in bytes.
     pub fn capacity(&self) -> u64 {
         self.capacity

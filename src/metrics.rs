@@ -42,8 +42,6 @@ pub fn render(router: &Router) -> String {
     let uptime = STARTED.get().map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
     metrics::gauge!("shale_uptime_seconds").set(uptime);
     let cache = router.cache();
-    // moka's sizes are eventually consistent: apply its pending housekeeping so a scrape shows the current size.
-    cache.sync();
     metrics::gauge!("shale_cache_bytes").set(cache.weighted_size() as f64);
     metrics::gauge!("shale_cache_entries").set(cache.entry_count() as f64);
     metrics::gauge!("shale_cache_capacity_bytes").set(cache.capacity() as f64);

@@ -80,7 +80,10 @@ impl Server {
             cmd.env_remove(v);
         }
         // RESP off: tests run in parallel and would all want port 6380.
-        cmd.args(["--port", "0", "--shards", "3", "--data-dir"]).arg(dir).env("HTTP_WORKERS", "2").env("RESP_PORT", "off");
+        cmd.args(["--port", "0", "--shards", "3", "--data-dir"])
+            .arg(dir)
+            .env("HTTP_WORKERS", "2")
+            .env("RESP_PORT", "off");
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         cmd.stderr(std::fs::File::create(&log).expect("creating the server log"));
         let mut child = cmd.spawn().expect("spawning shale");
