@@ -46,17 +46,9 @@ bench_init() {
     ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 }
 
-# need CMD PACKAGE: installs PACKAGE with apt when CMD is missing.
-need() {
-    command -v "$1" >/dev/null && return 0
-    log "installing $2 (for $1)"
-    local sudo=""
-    if [[ $(id -u) -ne 0 ]]; then sudo=sudo; fi
-    $sudo apt-get install -y -qq "$2" >/dev/null 2>&1 ||
-        { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq "$2" >/dev/null 2>&1; } ||
-        return 1
-    command -v "$1" >/dev/null
-}
+# need CMD PACKAGE: see need.sh.
+# shellcheck source=scripts/need.sh
+. "$(dirname "${BASH_SOURCE[0]}")/need.sh"
 
 # build_bins shale|ceiling: sets SHALE_BIN (and CEILING_BIN with "ceiling"), building release from this tree
 # unless they are set.

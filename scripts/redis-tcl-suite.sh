@@ -73,7 +73,7 @@ while (($#)); do
 done
 [[ -r "$skiplist" ]] || resp_die "cannot read the skiplist $skiplist"
 
-resp_need tclsh tcl || resp_die "tclsh is missing and apt-get install tcl failed"
+need tclsh tcl || resp_die "tclsh is missing and apt-get install tcl failed"
 
 # ---- the skiplist, comments removed (test_helper matches each whole line against the test name) ----
 clean=$RESP_TMP/skiplist

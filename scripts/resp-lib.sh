@@ -44,17 +44,9 @@ resp_init() {
     trap 'exit 130' INT TERM
 }
 
-# resp_need CMD PACKAGE: installs the Debian PACKAGE when CMD is missing.
-resp_need() {
-    command -v "$1" >/dev/null && return 0
-    resp_log "installing $2 (for $1)"
-    local sudo=""
-    if [[ $(id -u) -ne 0 ]]; then sudo=sudo; fi
-    $sudo apt-get install -y -qq "$2" >/dev/null 2>&1 ||
-        { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq "$2" >/dev/null 2>&1; } ||
-        return 1
-    command -v "$1" >/dev/null
-}
+# need CMD PACKAGE: see need.sh.
+# shellcheck source=scripts/need.sh
+. "$(dirname "${BASH_SOURCE[0]}")/need.sh"
 
 # resp_free_port: a TCP port free on 127.0.0.1 right now.
 resp_free_port() {
@@ -86,7 +78,7 @@ resp_wait() {
 # resp_start_redis: starts the installed redis-server on a free loopback port, without persistence
 # (--save '' --appendonly no), in its own dir under $RESP_TMP. Sets RESP_HOST and RESP_PORT.
 resp_start_redis() {
-    resp_need redis-server redis-server || resp_die "redis-server is missing and could not be installed"
+    need redis-server redis-server || resp_die "redis-server is missing and could not be installed"
     local port dir pid
     port=$(resp_free_port)
     dir=$RESP_TMP/redis
