@@ -1,7 +1,7 @@
 # shale container image: a Rust build stage, then a slim Debian runtime.
 #
 #   docker build -t shale .
-#   docker run -d --name shale -p 4000:4000 -v shale-data:/data shale
+#   docker run -d --name shale -p 4000:4000 -p 6380:6380 -v shale-data:/data shale
 #
 # Both base images can be overridden, e.g. to use locally built ones:
 #   docker build --build-arg BUILDER_IMAGE=my/rust:1.95 --build-arg RUNTIME_IMAGE=my/debian:bookworm .
@@ -34,7 +34,7 @@ ENV HOST=0.0.0.0 \
     DATA_DIR=/data \
     BACKUP_DIR=/backups
 VOLUME ["/data"]
-EXPOSE 4000
+EXPOSE 4000 6380
 USER shale
 WORKDIR /data
 # Ready = every shard open and its cache warm. The slim image has no curl: bash's /dev/tcp speaks plain
