@@ -98,6 +98,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         crate::tls::server_config(cert, key)?;
     }
+    // Likewise the RESP port: a taken port fails here, before the data dir is opened.
+    let resp_listener = crate::resp::RespServer::bind(&config)?;
     crate::metrics::init();
     let started = Instant::now();
     let m = manifest::open_or_create(&config.data_dir, config.shards)?;
@@ -160,7 +162,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         _ => server.bind((config.host.as_str(), config.port))?,
     };
     let addr = server.addrs()[0];
-    let resp = crate::resp::RespServer::start(&config, router.clone())?;
+    let resp = match resp_listener {
+        Some(listener) => Some(crate::resp::RespServer::start(listener, &config, router.clone())?),
+        None => None,
+    };
     let server = server.run();
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);

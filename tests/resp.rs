@@ -989,3 +989,21 @@ fn large_pipelined_replies_arrive_whole_and_in_order() {
         assert_eq!(r.bytes(), Some(&big[n % 3][..]), "reply {n}");
     }
 }
+
+/// A RESP port that is taken stops the start-up with an error naming the RESP port and the way out.
+#[test]
+fn a_taken_resp_port_fails_the_start_clearly() {
+    let dir = temp_dir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let exited = Shale::serve(dir.path()).env("RESP_PORT", &port).run(Duration::from_secs(60));
+    assert!(!exited.status.success(), "started although the RESP port was taken: {}", exited.stdout);
+    assert!(
+        exited.stderr.contains(&format!("cannot bind the RESP port 127.0.0.1:{port}"))
+            && exited.stderr.contains("RESP_PORT"),
+        "{}",
+        exited.stderr
+    );
+    assert!(!exited.stdout.contains("LISTENING"), "{}", exited.stdout);
+    assert!(!dir.path().join("manifest.json").exists(), "the data dir was touched before the port check");
+}

@@ -47,13 +47,29 @@ pub struct RespServer {
 }
 
 impl RespServer {
-    /// Binds the RESP port of `config` (None when it is off) and serves it on a new thread.
-    pub fn start(config: &Config, router: Arc<Router>) -> std::io::Result<Option<RespServer>> {
+    /// Binds the RESP port of `config` (None when it is off). Called before the data dir is touched, so a taken
+    /// port fails the start-up without opening anything.
+    pub fn bind(config: &Config) -> std::io::Result<Option<std::net::TcpListener>> {
         let port = match config.resp_port {
             RespPort::Off => return Ok(None),
             RespPort::Port(p) => p,
             RespPort::Any => 0,
         };
+        let listener = std::net::TcpListener::bind((config.host.as_str(), port)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind the RESP port {}:{port}: {e} (set RESP_PORT to another port, or to off)",
+                    config.host
+                ),
+            )
+        })?;
+        listener.set_nonblocking(true)?;
+        Ok(Some(listener))
+    }
+
+    /// Serves the bound `listener` on a new thread, with TLS when `config` has a certificate.
+    pub fn start(listener: std::net::TcpListener, config: &Config, router: Arc<Router>) -> std::io::Result<RespServer> {
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let tls = crate::tls::server_config(cert, key).map_err(std::io::Error::other)?;
@@ -61,8 +77,6 @@ impl RespServer {
             }
             _ => None,
         };
-        let listener = std::net::TcpListener::bind((config.host.as_str(), port))?;
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let workers =
             config.http_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -78,7 +92,7 @@ impl RespServer {
             runtime.shutdown_timeout(STOP_GRACE);
         })?;
         tracing::info!(%addr, tls = config.tls_cert.is_some(), "RESP listening");
-        Ok(Some(RespServer { addr, stop, thread }))
+        Ok(RespServer { addr, stop, thread })
     }
 
     /// The bound address.
