@@ -1,8 +1,9 @@
 //! Server lifecycle: start-up in a logged order, and teardown in the reverse one.
 //!
-//! Start: validate config -> manifest (refuse a shard-count mismatch) -> open every shard file in parallel ->
-//! spawn the shard workers (each warms its part of the cache, then reports ready) -> bind HTTP, then RESP
-//! (`resp`). `/healthz` answers at once; `/readyz` answers 200 once every shard is warm.
+//! Start: validate config, load the TLS certificate and bind the RESP port (so those fail before the data dir is
+//! touched) -> manifest (resharding when needed) -> open every shard file in parallel -> spawn the shard workers
+//! (each warms its part of the cache, then reports ready) -> bind HTTP, then serve RESP (`resp`). `/healthz`
+//! answers at once; `/readyz` answers 200 once every shard is warm.
 //!
 //! Stop: stop accepting and finish in-flight requests -> drop the router (the last shard senders) -> each
 //! worker drains and commits its queue and closes its file -> join every worker.
