@@ -510,18 +510,28 @@ fn open_checked(path: &Path, shard: ShardId, cache_size: usize) -> Result<Databa
     Ok(db)
 }
 
-/// The revision of the record stored under `key` (None when absent) and whether it already holds `same`
-/// (content type, value), read from the page without copying the value. `Ok(Err(..))` = a damaged record.
-fn current(
+/// What `f` reads from the record stored under `key` (None when absent), parsed in place on the page without
+/// copying it. `Ok(Err(..))` = a damaged record (the command fails alone); `Err` = a storage failure.
+fn current<T>(
     t: &redb::Table<&[u8], &[u8]>,
     key: &[u8],
-    same: Option<(&[u8], &[u8])>,
-) -> Result<Result<Option<(u64, bool)>, Error>, redb::Error> {
+    f: impl FnOnce(RecordView<'_>) -> T,
+) -> Result<Result<Option<T>, Error>, redb::Error> {
     let Some(guard) = t.get(key)? else { return Ok(Ok(None)) };
     Ok(match RecordView::parse(guard.value()) {
-        Ok(v) => Ok(Some((v.rev, same.is_some_and(|(ct, value)| v.content_type == ct && v.value == value)))),
+        Ok(v) => Ok(Some(f(v))),
         Err(e) => Err(Error::Internal(format!("damaged record: {e}"))),
     })
+}
+
+/// Unwraps a [`current`] read inside [`apply_one`], returning the command's own failure for a damaged record.
+macro_rules! read_current {
+    ($read:expr) => {
+        match $read? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        }
+    };
 }
 
 /// The tables of one write transaction, each opened at most once per batch: opening (and closing, which writes
@@ -557,11 +567,9 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
     match cmd {
         Command::Put { space, key, value, content_type, precondition, skip_if_unchanged } => {
             let t = tables.get(*space)?;
-            let same = skip_if_unchanged.then_some((&content_type[..], &value[..]));
-            let current = match current(t, key, same)? {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
-            };
+            let current = read_current!(current(t, key, |v| {
+                (v.rev, *skip_if_unchanged && v.content_type == &content_type[..] && v.value == &value[..])
+            }));
             if !precondition.holds(current.map(|(rev, _)| rev)) {
                 return Ok(Err(precondition_failed(precondition)));
             }
@@ -576,10 +584,7 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
         }
         Command::Delete { space, key, precondition } => {
             let t = tables.get(*space)?;
-            let current = match current(t, key, None)? {
-                Ok(c) => c.map(|(rev, _)| rev),
-                Err(e) => return Ok(Err(e)),
-            };
+            let current = read_current!(current(t, key, |v| v.rev));
             if !precondition.holds(current) {
                 return Ok(Err(precondition_failed(precondition)));
             }
@@ -591,13 +596,10 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
         }
         Command::CounterAdd { name, delta } => {
             let t = tables.get(Space::Counter)?;
-            let current = match t.get(&name[..])? {
+            let current = match read_current!(current(t, name, |v| counter_of(v.value))) {
                 None => 0,
-                Some(g) => match Record::decode(Bytes::copy_from_slice(g.value())).ok().and_then(|r| counter_value(&r))
-                {
-                    Some(v) => v,
-                    None => return Ok(Err(Error::Internal("damaged counter record".into()))),
-                },
+                Some(Some(n)) => n,
+                Some(None) => return Ok(Err(Error::Internal("damaged counter record".into()))),
             };
             let Some(sum) = current.checked_add(*delta) else {
                 return Ok(Err(Error::BadRequest(format!(
@@ -610,13 +612,11 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
         }
         Command::Set { key, value, cond, get_old } => {
             let t = tables.get(Space::Kv)?;
-            let (exists, old) = match t.get(&key[..])? {
-                None => (false, None),
-                Some(g) => match RecordView::parse(g.value()) {
-                    Ok(v) => (true, get_old.then(|| Bytes::copy_from_slice(v.value))),
-                    Err(e) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
-                },
-            };
+            let (exists, old) =
+                match read_current!(current(t, key, |v| get_old.then(|| Bytes::copy_from_slice(v.value)))) {
+                    None => (false, None),
+                    Some(old) => (true, old),
+                };
             if !cond.holds(exists) {
                 return Ok(Ok((Reply::Set { written: false, old }, CacheEffect::None)));
             }
@@ -626,15 +626,10 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
         }
         Command::KvIncr { key, delta } => {
             let t = tables.get(Space::Kv)?;
-            let current = match t.get(&key[..])? {
+            let current = match read_current!(current(t, key, |v| parse_i64_strict(v.value))) {
                 None => 0,
-                Some(g) => match RecordView::parse(g.value()) {
-                    Ok(v) => match parse_i64_strict(v.value) {
-                        Some(n) => n,
-                        None => return Ok(Err(Error::BadRequest(NOT_AN_INTEGER.into()))),
-                    },
-                    Err(e) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
-                },
+                Some(Some(n)) => n,
+                Some(None) => return Ok(Err(Error::BadRequest(NOT_AN_INTEGER.into()))),
             };
             let Some(sum) = current.checked_add(*delta) else {
                 return Ok(Err(Error::BadRequest("increment or decrement would overflow".into())));
@@ -645,13 +640,7 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
         }
         Command::Read { space, key } => {
             let t = tables.get(*space)?;
-            let rec = match t.get(&key[..])? {
-                None => None,
-                Some(g) => match Record::decode(Bytes::copy_from_slice(g.value())) {
-                    Ok(rec) => Some(rec),
-                    Err(e) => return Ok(Err(Error::Internal(format!("damaged record: {e}")))),
-                },
-            };
+            let rec = read_current!(current(t, key, |v| Record::encode(v.rev, v.content_type, v.value)));
             let effect = match &rec {
                 Some(r) => CacheEffect::Fill(*space, key.clone(), r.clone()),
                 None => CacheEffect::None,
@@ -688,7 +677,12 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
 
 /// The value of a counter record (8 bytes, little-endian i64).
 pub fn counter_value(rec: &Record) -> Option<i64> {
-    rec.value_ref().try_into().ok().map(i64::from_le_bytes)
+    counter_of(rec.value_ref())
+}
+
+/// A counter's value from its record's value bytes (8 bytes, little-endian i64).
+fn counter_of(value: &[u8]) -> Option<i64> {
+    value.try_into().ok().map(i64::from_le_bytes)
 }
 
 /// Redis's text for a value or argument that is not a 64-bit integer in its strict decimal form.
