@@ -122,21 +122,6 @@ impl Store {
         })
     }
 
-    fn open_db(path: &Path, shard: ShardId, cache_size: usize) -> Result<Database> {
-        let started = Instant::now();
-        let mut builder = Database::builder();
-        builder.set_cache_size(cache_size);
-        builder.set_repair_callback(move |session: &mut redb::RepairSession| {
-            tracing::warn!(shard = shard.0, progress = session.progress(), "repairing shard after unclean shutdown");
-        });
-        let db = builder.create(path).map_err(|e| {
-            Error::storage(&format!("shard {shard}: cannot open {} (damaged or locked?)", path.display()), e)
-        })?;
-        create_tables(&db, shard)?;
-        tracing::debug!(shard = shard.0, path = %path.display(), ms = started.elapsed().as_millis() as u64, "shard opened");
-        Ok(db)
-    }
-
     /// The path of the shard file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -424,7 +409,9 @@ impl Store {
                 }
             }
         }
-        let db = Self::open_db(&self.path, self.shard, self.cache_size)?;
+        // The tables exist: the file was opened by `open_checked` before.
+        let (db, _) = open_file(&self.path, self.shard, self.cache_size)
+            .map_err(|e| Error::storage(&format!("shard {}: cannot reopen {}", self.shard, self.path.display()), e))?;
         *self.db.write().expect("db lock is never held across a panic") = Some(Arc::new(db));
         self.needs_reopen.store(false, Ordering::Release);
         tracing::warn!(shard = self.shard.0, "shard database reopened after a failed transaction");
@@ -450,6 +437,25 @@ fn create_tables(db: &Database, shard: ShardId) -> Result<()> {
     txn.commit().map_err(|e| storage(shard, "commit")(e.into()))
 }
 
+/// Opens (or creates) the shard file with shale's page cache size, logging redb's repair of a file whose last
+/// close was unclean; also answers whether that repair ran.
+fn open_file(
+    path: &Path,
+    shard: ShardId,
+    cache_size: usize,
+) -> std::result::Result<(Database, bool), redb::DatabaseError> {
+    let repaired = Arc::new(AtomicBool::new(false));
+    let flag = repaired.clone();
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_size);
+    builder.set_repair_callback(move |session: &mut redb::RepairSession| {
+        flag.store(true, Ordering::Release);
+        tracing::warn!(shard = shard.0, progress = session.progress(), "repairing shard after unclean shutdown");
+    });
+    let db = builder.create(path)?;
+    Ok((db, repaired.load(Ordering::Acquire)))
+}
+
 /// Opens the shard file for start-up, all on one `Database`:
 /// 1. redb's open repairs the file if its last close was unclean (a crash): the repair walks every tree and checks
 ///    every checksum, so a repaired file is verified;
@@ -472,21 +478,13 @@ fn open_checked(path: &Path, shard: ShardId, cache_size: usize) -> Result<Databa
         ))
     };
     let check = || -> Result<(Database, &'static str)> {
-        let repaired = Arc::new(AtomicBool::new(false));
-        let flag = repaired.clone();
-        let mut builder = Database::builder();
-        builder.set_cache_size(cache_size);
-        builder.set_repair_callback(move |session: &mut redb::RepairSession| {
-            flag.store(true, Ordering::Release);
-            tracing::warn!(shard = shard.0, progress = session.progress(), "repairing shard after unclean shutdown");
-        });
-        let mut db = builder.create(path).map_err(|e| match e {
+        let (mut db, repaired) = open_file(path, shard, cache_size).map_err(|e| match e {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => damaged(why),
             e => Error::storage(&format!("shard {shard}: cannot open {} (damaged or locked?)", path.display()), e),
         })?;
         let outcome = if !existed {
             "created"
-        } else if repaired.load(Ordering::Acquire) {
+        } else if repaired {
             "repaired after an unclean shutdown"
         } else {
             match db.check_integrity() {
