@@ -46,9 +46,9 @@ bench_init() {
     ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 }
 
-# need CMD PACKAGE: see need.sh.
-# shellcheck source=scripts/need.sh
-. "$(dirname "${BASH_SOURCE[0]}")/need.sh"
+# need, terminate: see common.sh.
+# shellcheck source=scripts/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # build_bins shale|ceiling: sets SHALE_BIN (and CEILING_BIN with "ceiling"), building release from this tree
 # unless they are set.
@@ -139,15 +139,8 @@ wait_http() {
 
 # stop_pid PID [SIGNAL]: sends SIGNAL (default TERM), waits up to 30 s, then SIGKILL; forgets the PID.
 stop_pid() {
-    local pid=$1 sig=${2:-TERM} i p keep=()
-    if kill -"$sig" "$pid" 2>/dev/null; then
-        for ((i = 0; i < 300; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    local pid=$1 p keep=()
+    terminate "$pid" "${2:-TERM}"
     for p in "${PIDS[@]}"; do
         [[ "$p" == "$pid" ]] || keep+=("$p")
     done

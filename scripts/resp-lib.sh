@@ -21,16 +21,9 @@ resp_die() {
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 resp_cleanup() {
-    local pid i
+    local pid
     for pid in "${RESP_PIDS[@]}"; do
-        if kill -TERM "$pid" 2>/dev/null; then
-            for ((i = 0; i < 300; i++)); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
+        terminate "$pid"
     done
     if [[ -n "$RESP_TMP" && -d "$RESP_TMP" ]]; then rm -rf "$RESP_TMP"; fi
 }
@@ -44,9 +37,9 @@ resp_init() {
     trap 'exit 130' INT TERM
 }
 
-# need CMD PACKAGE: see need.sh.
-# shellcheck source=scripts/need.sh
-. "$(dirname "${BASH_SOURCE[0]}")/need.sh"
+# need, terminate: see common.sh.
+# shellcheck source=scripts/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # resp_free_port: a TCP port free on 127.0.0.1 right now.
 resp_free_port() {
