@@ -64,8 +64,7 @@ impl Router {
     /// Sends a write to its shard and waits until it is committed (or failed). Never blocks the caller's
     /// thread: a full shard queue is an immediate `Unavailable`.
     pub async fn dispatch(&self, cmd: Command) -> Result<Reply> {
-        let rx = self.shard(cmd.key()).submit(cmd)?;
-        rx.await.map_err(|_| Error::Internal("the shard stopped before answering".into()))?
+        self.dispatch_to(self.shard_for(cmd.key()), cmd).await
     }
 
     /// Sends a command to shard `shard` (a [`Command::Clear`], which has no key) and waits for its outcome.
