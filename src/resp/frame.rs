@@ -2,7 +2,7 @@
 //!
 //! A [`Frame`] is built by the command code, never parsed from a client, so it nests at most a few levels; the
 //! encoder still walks it with an explicit stack rather than recursion. The protocol version only changes nil
-//! (`$-1` vs `_`), maps (flat array vs `%`), verbatim strings (bulk vs `=`) and booleans (`:1` vs `#t`).
+//! (`$-1` vs `_`), maps (flat array vs `%`) and verbatim strings (bulk vs `=`).
 //!
 //! Simple strings and errors are one line on the wire: CR and LF in their text are written as spaces (Redis does
 //! the same for error texts), so a reply can never break the framing.
@@ -44,8 +44,6 @@ pub enum Frame {
     Map(Vec<(Frame, Frame)>),
     /// Text such as INFO: RESP3 `=len` + `txt:` + text; RESP2 a bulk string.
     Verbatim(String),
-    /// RESP3 `#t` / `#f`; RESP2 `:1` / `:0` (as Redis).
-    Bool(bool),
     /// Bytes written as they are, in both protocols: D-Boutique's plain-text replies (`OK\r\n`).
     Raw(Bytes),
 }
@@ -125,11 +123,6 @@ impl Frame {
         Frame::Error(Cow::Borrowed("ERR value is not an integer or out of range"))
     }
 
-    /// `-ERR increment or decrement would overflow`.
-    pub fn overflow() -> Frame {
-        Frame::Error(Cow::Borrowed("ERR increment or decrement would overflow"))
-    }
-
     /// `-NOAUTH Authentication required.`
     pub fn noauth() -> Frame {
         Frame::Error(Cow::Borrowed("NOAUTH Authentication required."))
@@ -138,11 +131,6 @@ impl Frame {
     /// `-WRONGPASS invalid username-password pair or user is disabled.`
     pub fn wrongpass() -> Frame {
         Frame::Error(Cow::Borrowed("WRONGPASS invalid username-password pair or user is disabled."))
-    }
-
-    /// `-WRONGTYPE Operation against a key holding the wrong kind of value`.
-    pub fn wrongtype() -> Frame {
-        Frame::Error(Cow::Borrowed("WRONGTYPE Operation against a key holding the wrong kind of value"))
     }
 
     /// Appends the encoding of this frame in `proto` to `out`. Iterative: the depth of the frame does not use
@@ -178,10 +166,6 @@ impl Frame {
                 Frame::Verbatim(text) => match proto {
                     Proto::Resp2 => put_bulk(out, b'$', b"", text.as_bytes()),
                     Proto::Resp3 => put_bulk(out, b'=', b"txt:", text.as_bytes()),
-                },
-                Frame::Bool(b) => match proto {
-                    Proto::Resp2 => out.put_slice(if *b { b":1\r\n" } else { b":0\r\n" }),
-                    Proto::Resp3 => out.put_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
                 },
                 Frame::Raw(data) => out.put_slice(data),
             }
@@ -283,8 +267,6 @@ mod tests {
     #[test]
     fn protocol_dependent_scalars() {
         assert_eq!(both(&Frame::Null), (b"$-1\r\n".to_vec(), b"_\r\n".to_vec()));
-        assert_eq!(both(&Frame::Bool(true)), (b":1\r\n".to_vec(), b"#t\r\n".to_vec()));
-        assert_eq!(both(&Frame::Bool(false)), (b":0\r\n".to_vec(), b"#f\r\n".to_vec()));
         let info = Frame::Verbatim("# Server\r\nredis_version:7.0.0\r\n".to_owned());
         assert_eq!(
             both(&info),
@@ -350,10 +332,8 @@ mod tests {
             (Frame::wrong_arity("client|setname"), "ERR wrong number of arguments for 'client|setname' command"),
             (Frame::syntax_error(), "ERR syntax error"),
             (Frame::not_integer(), "ERR value is not an integer or out of range"),
-            (Frame::overflow(), "ERR increment or decrement would overflow"),
             (Frame::noauth(), "NOAUTH Authentication required."),
             (Frame::wrongpass(), "WRONGPASS invalid username-password pair or user is disabled."),
-            (Frame::wrongtype(), "WRONGTYPE Operation against a key holding the wrong kind of value"),
             (Frame::unknown_subcommand(b"client", b"foo"), "ERR unknown subcommand 'foo'. Try CLIENT HELP."),
             (Frame::unknown_subcommand(b"CONFIG", b"foo"), "ERR unknown subcommand 'foo'. Try CONFIG HELP."),
             (

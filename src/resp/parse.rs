@@ -168,8 +168,9 @@ impl Parser {
     }
 
     /// True when no request is partly parsed: the buffer front is the start of a request (an inline line may still
-    /// be partly buffered there).
-    pub fn is_idle(&self) -> bool {
+    /// be partly buffered there). For the tests of the parser's state.
+    #[cfg(test)]
+    fn is_idle(&self) -> bool {
         self.state == State::Idle
     }
 
