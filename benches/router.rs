@@ -54,7 +54,8 @@ impl Rig {
         let mut handles = Vec::new();
         let mut workers = Vec::new();
         for i in 0..shards {
-            let store = Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), redb_cache).expect("open shard");
+            let store =
+                Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), redb_cache, true).expect("open shard");
             let (handle, join) =
                 shard::spawn(Arc::new(store), cache.clone(), options.clone(), readiness.clone()).expect("spawn");
             handles.push(handle);

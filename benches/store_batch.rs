@@ -2,6 +2,9 @@
 //!
 //! - `store/put_durable/{1,16,256}`: one fsynced write transaction of N puts of 32-byte values to random keys.
 //!   Throughput is in elements (puts), so the sweep shows how much group commit buys per fsync.
+//! - `store/put_logged/{1,16,256}`: the same batches in a logged store (`DURABILITY=immediate`): one fdatasynced
+//!   write-ahead-log frame, then a non-durable redb commit, plus a checkpoint every `CHECKPOINT_EVERY` batches
+//!   (about what the shard worker does at `FLUSH_INTERVAL_MS=1000`), so its cost is amortised in the figure.
 //! - `store/get/{cache,redb}`: a cached read (`shale::cache::Cache`) against a read from the file
 //!   (`Store::get`: one redb read transaction; the file is small, so its pages sit in redb's and the OS's cache),
 //!   on random keys of a preloaded set.
@@ -27,36 +30,53 @@ const KEY_SPACE: u64 = 100_000;
 /// Keys preloaded for the read benches.
 const PRELOAD: u64 = 10_000;
 
-fn bench_store(c: &mut Criterion) {
-    let dir = temp_dir();
-    let store = Store::open(dir.path().join("shard-0.redb"), ShardId(0), 64 << 20).expect("open store");
-    let mut next_rev = store.last_rev().expect("read rev") + 1;
+/// Batches between two checkpoints of the logged store.
+const CHECKPOINT_EVERY: u64 = 200;
 
-    // Preload in a few large non-durable transactions, then one durable commit.
-    let keys: Vec<Bytes> = (0..PRELOAD).map(key_of).collect();
+/// A store in a fresh dir, preloaded with `keys` in a few large non-durable transactions, then one durable commit.
+fn preloaded(dir: &std::path::Path, keys: &[Bytes], logged: bool) -> (Store, u64) {
+    let store = Store::open(dir.join("shard-0.redb"), ShardId(0), 64 << 20, logged).expect("open store");
+    let mut next_rev = store.last_rev().expect("read rev") + 1;
     for chunk in keys.chunks(5_000) {
         let cmds: Vec<Command> = chunk.iter().cloned().map(put).collect();
         store.apply_batch(cmds.iter(), &mut next_rev, false).expect("preload");
     }
     store.flush().expect("flush");
+    (store, next_rev)
+}
 
-    let mut group = c.benchmark_group("store/put_durable");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    let mut rng = XorShift(SEED);
-    for n in [1u64, 16, 256] {
-        group.throughput(Throughput::Elements(n));
-        group.bench_function(n.to_string(), |b| {
-            b.iter_batched(
-                || (0..n).map(|_| put(rng.key(KEY_SPACE))).collect::<Vec<_>>(),
-                |cmds| {
-                    let out = store.apply_batch(cmds.iter(), &mut next_rev, true).expect("commit");
-                    assert!(out.iter().all(Result::is_ok));
-                },
-                BatchSize::SmallInput,
-            )
-        });
+fn bench_store(c: &mut Criterion) {
+    let keys: Vec<Bytes> = (0..PRELOAD).map(key_of).collect();
+    for (name, logged) in [("store/put_durable", false), ("store/put_logged", true)] {
+        let dir = temp_dir();
+        let (store, mut next_rev) = preloaded(dir.path(), &keys, logged);
+        let mut group = c.benchmark_group(name);
+        group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+        let mut rng = XorShift(SEED);
+        let mut batches = 0u64;
+        for n in [1u64, 16, 256] {
+            group.throughput(Throughput::Elements(n));
+            group.bench_function(n.to_string(), |b| {
+                b.iter_batched(
+                    || (0..n).map(|_| put(rng.key(KEY_SPACE))).collect::<Vec<_>>(),
+                    |cmds| {
+                        let out = store.apply_batch(cmds.iter(), &mut next_rev, !logged).expect("commit");
+                        assert!(out.iter().all(Result::is_ok));
+                        batches += 1;
+                        if logged && batches.is_multiple_of(CHECKPOINT_EVERY) {
+                            store.flush().expect("checkpoint");
+                        }
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        group.finish();
+        store.close();
     }
-    group.finish();
+
+    let dir = temp_dir();
+    let (store, _) = preloaded(dir.path(), &keys, false);
 
     let cache = Cache::new(64 << 20);
     for k in &keys {

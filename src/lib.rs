@@ -6,6 +6,7 @@
 //! - [`router`]: key -> shard ([`placement`]), write dispatch, cached reads, merged listings.
 //! - [`shard`]: one OS thread per shard; batches writes, commits once per batch, updates the [`cache`], answers.
 //! - [`store`]: one redb file per shard; tables, reads and the batch transaction; values are [`record`]s.
+//! - [`wal`]: the shard file's write-ahead log under `DURABILITY=immediate` (one fdatasync per batch).
 //! - [`server`]: start-up (config, [`manifest`], stores, shards, HTTP) and graceful teardown.
 //! - [`config`] and [`error`]: every setting of API.md, and every error code of API.md.
 //!
@@ -37,6 +38,7 @@ pub mod server;
 pub mod shard;
 pub mod store;
 pub mod tls;
+pub mod wal;
 
 pub use config::Config;
 pub use error::Error;

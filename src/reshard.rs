@@ -120,6 +120,12 @@ fn copy(data_dir: &Path, from: u32, staging: &Path, to: u32) -> Result<u64, Resh
     let err = |e: redb::Error| fail(data_dir, e);
     let open = |p: PathBuf| Database::builder().set_cache_size(COPY_CACHE).create(&p).map_err(|e| fail(&p, e));
     let olds = (0..from).map(|i| open(shard_file(data_dir, ShardId(i)))).collect::<Result<Vec<_>, _>>()?;
+    // An old file's log may hold acknowledged writes its redb file does not have yet (a crash under
+    // `immediate`): replay them first. The new files start with fresh logs (their meta has no log epoch).
+    for (i, db) in olds.iter().enumerate() {
+        let path = shard_file(data_dir, ShardId(i as u32));
+        crate::wal::recover(db, &path, ShardId(i as u32), None).map_err(|e| fail(&path, e))?;
+    }
     let news = (0..to).map(|i| open(shard_file(staging, ShardId(i)))).collect::<Result<Vec<_>, _>>()?;
 
     let mut total = 0u64;
@@ -229,6 +235,9 @@ fn switch(data_dir: &Path, mut m: Manifest) -> Result<Manifest, ReshardError> {
         fs::create_dir_all(&old).map_err(|e| fail(&old, e))?;
         for i in 0..m.shards {
             rename(&shard_file(data_dir, ShardId(i)), &shard_file(&old, ShardId(i)))?;
+            // Its log was replayed into it before the copy; it goes with it (a new file never reads it anyway).
+            let log = crate::wal::path_for(&shard_file(data_dir, ShardId(i)));
+            rename(&log, &crate::wal::path_for(&shard_file(&old, ShardId(i))))?;
             if i == 0 {
                 fault::point("reshard-moving-old");
             }

@@ -185,7 +185,8 @@ fn open_stores(config: &Config, redb_cache: usize) -> Result<Vec<Arc<Store>>, St
         let opening: Vec<_> = (0..config.shards)
             .map(|i| {
                 let path = shard_file(&config.data_dir, ShardId(i));
-                scope.spawn(move || Store::open(path, ShardId(i), redb_cache))
+                let logged = config.durability == crate::config::Durability::Immediate;
+                scope.spawn(move || Store::open(path, ShardId(i), redb_cache, logged))
             })
             .collect();
         opening

@@ -5,10 +5,13 @@
 //! 1. Warm-up: scan the file into the cache (up to its budget), then report ready.
 //! 2. Block for the first message, then take everything already queued without waiting, up to `max_batch`
 //!    requests or `max_batch_bytes` (group commit).
-//! 3. Apply the batch's writes in arrival order in ONE write transaction and commit once.
+//! 3. Apply the batch's writes in arrival order in ONE write transaction and commit once (under `immediate`, the
+//!    batch is first made durable in the shard's write-ahead log; see [`crate::wal`]).
 //! 4. Only after the commit: update the cache in commit order, then answer every writer. A failed transaction
 //!    answers every writer of the batch with the error, reopens the database, and changes no cache entry.
 //! 5. Serve the batch's cache fills from the committed state.
+//! 6. Checkpoint (a durable redb commit) when due: under `immediate` every `FLUSH_INTERVAL_MS` or
+//!    [`CHECKPOINT_BYTES`] of log, under `eventual` every `FLUSH_INTERVAL_MS`.
 //!
 //! Invariants: a write is acknowledged only after its commit returned (and, under `immediate`, was fsynced);
 //! a batch keeps arrival order; the worker exits only when every sender is gone and the queue is empty, so
@@ -29,6 +32,7 @@ use crate::config::{Config, Durability, DEFAULT_MAX_BATCH_BYTES};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::store::{CacheEffect, Store};
+use crate::wal::CHECKPOINT_BYTES;
 
 /// A message to a shard worker.
 pub enum ShardMsg {
@@ -232,6 +236,7 @@ struct ShardMetrics {
     commit_seconds: metrics::Histogram,
     commits: metrics::Counter,
     fsyncs: metrics::Counter,
+    checkpoints: metrics::Counter,
     failed_batches: metrics::Counter,
     warmup_seconds: metrics::Gauge,
 }
@@ -244,6 +249,7 @@ impl ShardMetrics {
             commit_seconds: metrics::histogram!("shale_shard_commit_seconds", "shard" => shard.clone()),
             commits: metrics::counter!("shale_shard_commits_total", "shard" => shard.clone()),
             fsyncs: metrics::counter!("shale_shard_fsyncs_total", "shard" => shard.clone()),
+            checkpoints: metrics::counter!("shale_shard_checkpoints_total", "shard" => shard.clone()),
             failed_batches: metrics::counter!("shale_shard_failed_batches_total", "shard" => shard.clone()),
             warmup_seconds: metrics::gauge!("shale_shard_warmup_seconds", "shard" => shard),
         }
@@ -267,9 +273,11 @@ impl Worker {
         let mut writes: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
         let mut fills: Vec<FillRequest> = Vec::new();
         let mut last_durable = Instant::now();
+        // Whether redb holds non-durable commits (made durable by the log, or not at all under `eventual`).
         let mut dirty = false;
+        let logged = self.store.logged_bytes().is_some();
         loop {
-            // Under `eventual`, wake up in time for the next durable commit.
+            // Wake up in time for the next durable commit.
             let first = if dirty {
                 let due = (last_durable + self.options.flush_interval).saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(due) {
@@ -288,14 +296,21 @@ impl Worker {
             };
             let snapshot = self.collect(first, &mut writes, &mut fills);
             if !writes.is_empty() {
-                let durable = self.options.durability == Durability::Immediate
-                    || last_durable.elapsed() >= self.options.flush_interval;
-                self.commit_batch(&mut writes, &mut next_rev, durable);
+                // A logged batch is durable through the log; its redb commit is not.
+                let durable = !logged
+                    && (self.options.durability == Durability::Immediate
+                        || last_durable.elapsed() >= self.options.flush_interval);
+                self.commit_batch(&mut writes, &mut next_rev, durable, logged);
                 if durable {
                     dirty = false;
                     last_durable = Instant::now();
                 } else {
                     dirty = true;
+                }
+                // After the answers, so no writer waits for the checkpoint it did not need.
+                let log_full = self.store.logged_bytes().is_some_and(|b| b >= CHECKPOINT_BYTES);
+                if logged && (log_full || last_durable.elapsed() >= self.options.flush_interval) {
+                    self.flush(&mut dirty, &mut last_durable);
                 }
             }
             for fill in fills.drain(..) {
@@ -374,6 +389,7 @@ impl Worker {
         writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
         next_rev: &mut u64,
         durable: bool,
+        logged: bool,
     ) {
         let started = Instant::now();
         let result = self.store.apply_batch(writes.iter().map(|(c, _)| c), next_rev, durable);
@@ -382,7 +398,7 @@ impl Worker {
         match result {
             Ok(outcomes) => {
                 self.metrics.commits.increment(1);
-                if durable {
+                if durable || logged {
                     self.metrics.fsyncs.increment(1);
                 }
                 self.metrics.commit_seconds.record(started.elapsed().as_secs_f64());
@@ -439,6 +455,7 @@ impl Worker {
         match self.store.flush() {
             Ok(()) => {
                 self.metrics.fsyncs.increment(1);
+                self.metrics.checkpoints.increment(1);
                 *dirty = false;
                 *last_durable = Instant::now();
             }

@@ -4,9 +4,12 @@
 //! [`Store::reopen`]), while HTTP handlers read it through short read transactions ([`Store::get`],
 //! [`Store::list`]) that never block the writer (redb MVCC).
 //!
+//! A logged store (`DURABILITY=immediate`) makes each batch durable in its [`wal`](crate::wal) before redb commits
+//! it without an fsync; [`Store::flush`] is then the checkpoint. Every open replays the log, logged or not.
+//!
 //! # Tables
 //! - `kv`, `docs`, `counters`, `buckets`: key bytes -> encoded [`Record`] (one table per [`Space`]).
-//! - `meta`: `"rev"` -> the last revision handed out in this file.
+//! - `meta`: `"rev"` -> the last revision handed out in this file; `"wal_seq"`, `"wal_epoch"`: see [`crate::wal`].
 //!
 //! Invariant: the database sits behind a lock only so that a failed commit can close and reopen it (redb refuses
 //! writes after a failed commit); readers hold the lock just long enough to clone the `Arc`.
@@ -14,7 +17,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +29,7 @@ use crate::command::{parse_i64_strict, Command, EtagMatch, Precondition, Reply, 
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::record::{Record, RecordView};
+use crate::wal::{self, Wal, META_WAL_SEQ};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
@@ -36,7 +40,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const TABLES_BYTES: [TableDefinition<&[u8], &[u8]>; 4] = [KV, DOCS, COUNTERS, BUCKETS];
 /// The metadata table.
 pub const TABLE_META: TableDefinition<&str, u64> = META;
-const META_REV: &str = "rev";
+/// meta key: the last revision handed out in this file.
+pub const META_REV: &str = "rev";
 
 fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
     match space {
@@ -90,6 +95,9 @@ pub struct Store {
     shard: ShardId,
     cache_size: usize,
     db: RwLock<Option<Arc<Database>>>,
+    /// The write-ahead log, when this store logs its batches (only the shard thread locks it).
+    wal: Mutex<Option<Wal>>,
+    logged: bool,
     /// Fault injection: how many of the next batch transactions fail as if the disk had failed.
     injected_failures: AtomicU32,
     /// A write failed inside redb: the handle refuses everything (reads too) until it is closed and reopened.
@@ -107,15 +115,18 @@ fn storage(shard: ShardId, what: &str) -> impl Fn(redb::Error) -> Error + '_ {
 
 impl Store {
     /// Opens (or creates) the shard file with ONE redb open: redb repairs it if the last close was unclean, else
-    /// every page checksum is verified; then it is compacted when more than half of it is free space, and the
-    /// tables are created. See [`open_checked`].
-    pub fn open(path: PathBuf, shard: ShardId, cache_size: usize) -> Result<Store> {
-        let db = open_checked(&path, shard, cache_size)?;
+    /// every page checksum is verified; then its log is replayed, it is compacted when more than half of it is
+    /// free space, and the tables are created. See [`open_checked`]. `logged`: make batches durable through the
+    /// write-ahead log (see [`Store::apply_batch`]).
+    pub fn open(path: PathBuf, shard: ShardId, cache_size: usize, logged: bool) -> Result<Store> {
+        let (db, wal) = open_checked(&path, shard, cache_size)?;
         Ok(Store {
             path,
             shard,
             cache_size,
             db: RwLock::new(Some(Arc::new(db))),
+            wal: Mutex::new(logged.then_some(wal)),
+            logged,
             injected_failures: AtomicU32::new(0),
             needs_reopen: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
@@ -238,7 +249,10 @@ impl Store {
     /// Each command is checked against the state left by the commands before it (its precondition, a counter's
     /// overflow) and may fail alone. `Err` means the transaction itself failed: nothing of the batch is stored,
     /// and the caller must [`reopen`](Self::reopen) before writing again.
-    /// `durable` selects an fsynced commit; otherwise redb's non-durable commit.
+    ///
+    /// A logged store writes the batch's changes to its log and fdatasyncs it before the commit, which is then
+    /// non-durable: `Ok` means durable either way. Otherwise `durable` selects an fsynced commit or redb's
+    /// non-durable one.
     ///
     /// While the disk is full, the batch is first checked against the free space ([`Store::check_space`]); a
     /// refusal there (507) leaves the database untouched, so the shard keeps serving reads and needs no reopen.
@@ -305,9 +319,14 @@ impl Store {
     fn apply_batch_txn(&self, cmds: &[&Command], next_rev: &mut u64, durable: bool) -> Result<Vec<Outcome>> {
         let storage_err = storage(self.shard, "write");
         let err = |e: redb::Error| self.write_failed(storage_err(e));
+        let mut wal = self.wal.lock().expect("wal lock is never held across a panic");
+        if wal.as_ref().is_some_and(Wal::must_checkpoint) {
+            // A frame whose write failed may be on disk: the file must hold its seq before anything else is logged.
+            self.checkpoint(&mut wal)?;
+        }
         let db = self.db()?;
         let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-        if !durable {
+        if !durable || wal.is_some() {
             txn.set_durability(Durability::None).map_err(|e| err(e.into()))?;
         }
         let mut outcomes = Vec::new();
@@ -328,10 +347,28 @@ impl Store {
             txn.abort().map_err(|e| err(e.into()))?;
             return Ok(outcomes);
         }
-        if rev != *next_rev {
+        let new_rev = (rev != *next_rev).then(|| rev - 1);
+        if new_rev.is_some() || wal.is_some() {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-            meta.insert(META_REV, rev - 1).map_err(|e| err(e.into()))?;
+            if let Some(new_rev) = new_rev {
+                meta.insert(META_REV, new_rev).map_err(|e| err(e.into()))?;
+            }
+            if let Some(w) = wal.as_ref() {
+                meta.insert(META_WAL_SEQ, w.next_seq()).map_err(|e| err(e.into()))?;
+            }
         }
+        if let Some(w) = wal.as_mut() {
+            if let Err(e) = w.append(&outcomes, new_rev) {
+                // Abort: redb never sees the batch, and its handle stays usable. The frame may be on disk all the
+                // same: checkpoint now, so that a crash cannot replay a batch that was answered with an error (a
+                // failed checkpoint is retried before the next batch).
+                drop(txn);
+                let e = self.log_failed(e);
+                let _ = self.checkpoint(&mut wal);
+                return Err(e);
+            }
+        }
+        drop(wal);
         let committed = txn.commit();
         drop(db);
         if let Err(e) = committed {
@@ -347,6 +384,8 @@ impl Store {
 
     /// Whether a batch whose `commit()` failed is in the file all the same.
     ///
+    /// A logged batch is: its frame was fdatasynced before the commit, and the reopen replays it.
+    ///
     /// redb's commit can fail after the commit became durable: its post-commit step (freeing the pages the
     /// transaction replaced) allocates, so a full disk fails it (seen in `tests/disk_full.rs`). Answering such
     /// a batch with an error would be a lie, and a client retrying a counter increment would count it twice. So
@@ -357,6 +396,9 @@ impl Store {
         if let Err(e) = self.reopen() {
             tracing::error!(shard = self.shard.0, error = %e, "cannot reopen the shard after a failed commit");
             return false;
+        }
+        if self.logged {
+            return true;
         }
         if end_rev > first_rev {
             return self.last_rev().is_ok_and(|stored| stored == end_rev - 1);
@@ -375,13 +417,50 @@ impl Store {
         self.injected_failures.store(n, Ordering::Release);
     }
 
-    /// A durable commit of nothing: makes every earlier non-durable commit survive a crash.
+    /// Fault injection for tests: the next `n` log writes of a logged store put their frame on disk, then report
+    /// a failure (the worst case: the batch is answered with an error, yet its frame is in the log).
+    pub fn inject_log_failures(&self, n: u32) {
+        if let Some(w) = self.wal.lock().expect("wal lock is never held across a panic").as_mut() {
+            w.injected_failures = n;
+        }
+    }
+
+    /// A durable commit: makes every earlier non-durable commit survive a crash. For a logged store this is the
+    /// checkpoint, after which the log starts over.
     pub fn flush(&self) -> Result<()> {
+        let mut wal = self.wal.lock().expect("wal lock is never held across a panic");
+        self.checkpoint(&mut wal)
+    }
+
+    /// The durable commit of [`Store::flush`]; it records that the file holds every logged frame (even one whose
+    /// write failed: see [`crate::wal`]), so the log can start over.
+    fn checkpoint(&self, wal: &mut Option<Wal>) -> Result<()> {
         let storage_err = storage(self.shard, "flush");
         let err = |e: redb::Error| self.write_failed(storage_err(e));
         let db = self.db()?;
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
-        txn.commit().map_err(|e| err(e.into()))
+        if let Some(w) = wal.as_ref() {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(META_WAL_SEQ, w.checkpoint_seq()).map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        if let Some(w) = wal.as_mut() {
+            w.rewind();
+        }
+        Ok(())
+    }
+
+    /// Bytes logged since the last checkpoint (`None` for a store that does not log).
+    pub fn logged_bytes(&self) -> Option<u64> {
+        self.wal.lock().expect("wal lock is never held across a panic").as_ref().map(Wal::live_bytes)
+    }
+
+    /// Records that writing the log failed (redb never saw the batch, so no reopen is needed; after a full disk,
+    /// later writes check the free space first), and returns the error.
+    fn log_failed(&self, e: std::io::Error) -> Error {
+        let e = Error::storage(&format!("shard {}: writing the log", self.shard), e);
+        self.disk_full.store(matches!(e, Error::InsufficientStorage(_)), Ordering::Release);
+        e
     }
 
     /// Closes and reopens the database after a write failed inside redb (which then refuses every operation
@@ -412,6 +491,12 @@ impl Store {
         // The tables exist: the file was opened by `open_checked` before.
         let (db, _) = open_file(&self.path, self.shard, self.cache_size)
             .map_err(|e| Error::storage(&format!("shard {}: cannot reopen {}", self.shard, self.path.display()), e))?;
+        // What the failed transaction may have left behind is redb's; what the log holds is replayed.
+        let mut wal = self.wal.lock().expect("wal lock is never held across a panic");
+        let spent = wal.as_ref().and_then(Wal::spent);
+        let (recovered, _) = wal::recover(&db, &self.path, self.shard, spent)?;
+        *wal = self.logged.then_some(recovered);
+        drop(wal);
         *self.db.write().expect("db lock is never held across a panic") = Some(Arc::new(db));
         self.needs_reopen.store(false, Ordering::Release);
         tracing::warn!(shard = self.shard.0, "shard database reopened after a failed transaction");
@@ -463,12 +548,13 @@ fn open_file(
 ///    leaked free-page state): redb trusts a cleanly closed file as it is, so a flipped byte in it would be served
 ///    as a wrong value or make a read panic (`tests/faults.rs`). The check walks the file (about 2 ms per MiB with
 ///    a warm OS cache);
-/// 3. the file is compacted when more than half of it is free ([`crate::backup::compact_db`]);
-/// 4. the tables are created.
+/// 3. the log is replayed into it ([`wal::recover`]);
+/// 4. the file is compacted when more than half of it is free ([`crate::backup::compact_db`]);
+/// 5. the tables are created.
 ///
 /// A file that cannot be read (a checksum failure, or a panic inside redb on a damaged page) is refused with an
 /// error that names the file and the way out (`shale restore`).
-fn open_checked(path: &Path, shard: ShardId, cache_size: usize) -> Result<Database> {
+fn open_checked(path: &Path, shard: ShardId, cache_size: usize) -> Result<(Database, Wal)> {
     let started = Instant::now();
     let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
     let damaged = |why: String| {
@@ -500,12 +586,13 @@ fn open_checked(path: &Path, shard: ShardId, cache_size: usize) -> Result<Databa
     let (mut db, outcome) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
         .unwrap_or_else(|_| Err(damaged("reading it panicked".into())))?;
     tracing::info!(shard = shard.0, outcome, ms = started.elapsed().as_millis() as u64, "shard file checked");
+    let (wal, _) = wal::recover(&db, path, shard, None)?;
     if existed {
         crate::backup::compact_db(&mut db, path, shard, 0.5)?;
     }
     create_tables(&db, shard)?;
     tracing::debug!(shard = shard.0, path = %path.display(), ms = started.elapsed().as_millis() as u64, "shard opened");
-    Ok(db)
+    Ok((db, wal))
 }
 
 /// What `f` reads from the record stored under `key` (None when absent), parsed in place on the page without
@@ -721,7 +808,7 @@ mod tests {
     #[test]
     fn batch_checks_each_command_against_the_ones_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         let mut rev = store.last_rev().unwrap() + 1;
         let cmds = [put("a", "1", absent()), put("a", "2", absent()), put("a", "3", exists())];
         let out = store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
@@ -735,7 +822,7 @@ mod tests {
     #[test]
     fn counter_overflow_fails_alone_and_keeps_the_value() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         let mut rev = 1;
         let add = |d| Command::CounterAdd { name: Bytes::from_static(b"c"), delta: d };
         let cmds = [add(i64::MAX), add(1), add(-1)];
@@ -760,7 +847,7 @@ mod tests {
     fn redis_set_incr_and_read_see_the_commands_before_them() {
         use crate::command::SetCond::*;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         let mut rev = 1;
         let read = |k: &str| Command::Read { space: Space::Kv, key: kv(k) };
         let incr = |k: &str, d| Command::KvIncr { key: kv(k), delta: d };
@@ -797,7 +884,7 @@ mod tests {
     #[test]
     fn a_batch_command_commits_together_and_keeps_each_outcome() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         let mut rev = 1;
         let multi = Command::Batch(vec![
             set("x", "1", crate::command::SetCond::Always, false),
@@ -822,7 +909,7 @@ mod tests {
     #[test]
     fn clear_removes_one_space_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         let mut rev = 1;
         let cmds = [put("a", "1", Precondition::NONE), put("b", "1", Precondition::NONE)];
         store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
@@ -836,7 +923,7 @@ mod tests {
     #[test]
     fn list_respects_prefix_after_and_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         let mut rev = 1;
         let cmds: Vec<_> = ["a/1", "a/2", "a/3", "b/1", "a"].iter().map(|k| put(k, "v", Precondition::NONE)).collect();
         store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
@@ -851,7 +938,7 @@ mod tests {
     #[test]
     fn an_injected_failure_rejects_the_batch_and_the_store_recovers() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         let mut rev = 1;
         store.inject_commit_failures(1);
         let cmds = [put("a", "1", Precondition::NONE)];
@@ -865,7 +952,7 @@ mod tests {
     #[test]
     fn an_unchanged_document_is_not_rewritten() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         let mut rev = 1;
         let doc = |v: &'static str| Command::Put {
             space: Space::Doc,
@@ -885,5 +972,76 @@ mod tests {
         let out = store.apply_batch(again.iter(), &mut rev, true).unwrap();
         assert!(matches!(out[0], Ok((Reply::Unchanged { rev: 2 }, _))));
         assert_eq!(store.last_rev().unwrap(), 2);
+    }
+
+    /// What a `kill -9` at this instant would leave on disk: a copy of the store's files while it is open and idle
+    /// (the copy reads what the process wrote, as the next start would; nothing more is flushed).
+    fn crash_image(from: &Path, to: &Path, with_log: bool) -> PathBuf {
+        std::fs::copy(from.join("s.redb"), to.join("s.redb")).unwrap();
+        if with_log {
+            std::fs::copy(from.join("s.wal"), to.join("s.wal")).unwrap();
+        }
+        to.join("s.redb")
+    }
+
+    fn value(store: &Store, space: Space, key: &str) -> Option<Vec<u8>> {
+        store.get(space, key.as_bytes()).unwrap().map(|r| r.value().to_vec())
+    }
+
+    #[test]
+    fn a_logged_batch_survives_a_crash_through_its_log() {
+        let (dir, bare, image) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let mut rev = store.last_rev().unwrap() + 1;
+        let cmds = [put("a", "1", Precondition::NONE), put("b", "1", Precondition::NONE)];
+        store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.logged_bytes(), Some(0), "a checkpoint starts the log over");
+        let cmds = [
+            put("a", "2", Precondition::NONE),
+            Command::CounterAdd { name: kv("c"), delta: 5 },
+            Command::Delete { space: Space::Kv, key: kv("b"), precondition: Precondition::NONE },
+        ];
+        store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
+        store.apply_batch([Command::CounterAdd { name: kv("c"), delta: -2 }].iter(), &mut rev, true).unwrap();
+        assert!(store.logged_bytes().unwrap() > 0);
+
+        // Without its log, the crash image holds only the checkpoint: redb committed the rest without an fsync.
+        let without = Store::open(crash_image(dir.path(), bare.path(), false), ShardId(0), 1 << 20, true).unwrap();
+        assert_eq!(value(&without, Space::Kv, "a").as_deref(), Some(&b"1"[..]));
+        assert!(value(&without, Space::Counter, "c").is_none());
+        // With it, every acknowledged batch is replayed, revisions included.
+        let after = Store::open(crash_image(dir.path(), image.path(), true), ShardId(0), 1 << 20, true).unwrap();
+        assert_eq!(value(&after, Space::Kv, "a").as_deref(), Some(&b"2"[..]));
+        assert!(value(&after, Space::Kv, "b").is_none(), "the delete is replayed");
+        assert_eq!(counter_value(&after.get(Space::Counter, b"c").unwrap().unwrap()), Some(3));
+        assert_eq!(after.last_rev().unwrap(), rev - 1, "ETags handed out before the crash are never reused");
+        // The replayed file is durable and its log starts over: a second crash loses nothing either.
+        drop(after);
+        let again = Store::open(image.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        assert_eq!(counter_value(&again.get(Space::Counter, b"c").unwrap().unwrap()), Some(3));
+    }
+
+    #[test]
+    fn a_batch_whose_log_write_failed_never_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let mut rev = 1;
+        store.apply_batch([put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        // The frame reaches the disk, then the write reports a failure: the batch is answered with an error.
+        store.inject_log_failures(1);
+        assert!(store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).is_err());
+        assert!(value(&store, Space::Kv, "b").is_none());
+        let image = tempfile::tempdir().unwrap();
+        let crashed = Store::open(crash_image(dir.path(), image.path(), true), ShardId(0), 1 << 20, true).unwrap();
+        assert_eq!(value(&crashed, Space::Kv, "a").as_deref(), Some(&b"1"[..]));
+        assert!(value(&crashed, Space::Kv, "b").is_none(), "a crash replayed a batch that was answered with an error");
+        // Later batches are logged and replayed as usual.
+        store.apply_batch([put("c", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        let image = tempfile::tempdir().unwrap();
+        let crashed = Store::open(crash_image(dir.path(), image.path(), true), ShardId(0), 1 << 20, true).unwrap();
+        assert_eq!(value(&crashed, Space::Kv, "c").as_deref(), Some(&b"1"[..]));
+        assert!(value(&crashed, Space::Kv, "b").is_none());
     }
 }

@@ -76,7 +76,7 @@ fn keys_of_shard(prefix: &str, shard: u32, shards: u32, n: usize) -> Vec<String>
 /// Fills shard 0 of a (stopped) data dir with `extra` and `n` filler records in one transaction, so that its
 /// cache warm-up at the next start takes a while: writes sent meanwhile queue up and become one batch.
 fn fill_shard0(dir: &Path, n: usize, extra: Command) {
-    let store = Store::open(shard_file(dir, ShardId(0)), ShardId(0), 16 << 20).expect("opening shard 0");
+    let store = Store::open(shard_file(dir, ShardId(0)), ShardId(0), 16 << 20, false).expect("opening shard 0");
     let filler = (0..n).map(|i| kv_put(format!("filler/{i:07}").as_bytes(), format!("{i:0100}").as_bytes()));
     let cmds: Vec<Command> = std::iter::once(extra).chain(filler).collect();
     let mut rev = store.last_rev().unwrap() + 1;
@@ -357,7 +357,7 @@ async fn a_flipped_byte_anywhere_is_refused_or_harmless() {
 fn integrity_check_cost() {
     let dir = temp_dir();
     let path = dir.path().join("shard-0.redb");
-    let store = Store::open(path.clone(), ShardId(0), 64 << 20).unwrap();
+    let store = Store::open(path.clone(), ShardId(0), 64 << 20, false).unwrap();
     let mut rev = 1;
     for chunk in 0..10 {
         let cmds: Vec<Command> = (chunk * 10_000..(chunk + 1) * 10_000)
@@ -370,7 +370,7 @@ fn integrity_check_cost() {
     let size = std::fs::metadata(&path).unwrap().len();
     for _ in 0..3 {
         let started = Instant::now();
-        let store = Store::open(path.clone(), ShardId(0), 64 << 20).unwrap();
+        let store = Store::open(path.clone(), ShardId(0), 64 << 20, false).unwrap();
         println!("100k keys, {} KiB: Store::open took {:?}", size / 1024, started.elapsed());
         store.close();
     }

@@ -264,7 +264,7 @@ async fn scrape(http: &Client, s: &BinaryServer) -> (String, Exposition) {
 }
 
 /// The metric families of issue 7, with their Prometheus types.
-const FAMILIES: [(&str, &str); 16] = [
+const FAMILIES: [(&str, &str); 17] = [
     ("shale_http_requests_total", "counter"),
     ("shale_http_request_duration_seconds", "histogram"),
     ("shale_shard_queue_depth", "gauge"),
@@ -272,6 +272,7 @@ const FAMILIES: [(&str, &str); 16] = [
     ("shale_shard_commit_seconds", "histogram"),
     ("shale_shard_commits_total", "counter"),
     ("shale_shard_fsyncs_total", "counter"),
+    ("shale_shard_checkpoints_total", "counter"),
     ("shale_cache_requests_total", "counter"),
     ("shale_cache_bytes", "gauge"),
     ("shale_cache_entries", "gauge"),
@@ -357,10 +358,11 @@ async fn metrics_expose_every_family_and_move_with_the_traffic() {
         2.0 * N as f64 + 5.0
     );
 
-    // Every PUT is one write in some batch; each batch is one commit with one fsync (DURABILITY=immediate).
+    // Every PUT is one write in some batch; each batch is one commit with one fsync of the log
+    // (DURABILITY=immediate), and each checkpoint one more fsync.
     let commits = delta("shale_shard_commits_total", &[]);
     assert!((1.0..=N as f64).contains(&commits), "commits {commits}");
-    assert_eq!(delta("shale_shard_fsyncs_total", &[]), commits);
+    assert_eq!(delta("shale_shard_fsyncs_total", &[]), commits + delta("shale_shard_checkpoints_total", &[]));
     assert_eq!(delta("shale_shard_batch_size_count", &[]), commits);
     assert_eq!(delta("shale_shard_batch_size_sum", &[]), N as f64);
     assert_eq!(delta("shale_shard_commit_seconds_count", &[]), commits);

@@ -68,7 +68,7 @@ fn read_all(dir: &Path, shards: u32) -> Contents {
     assert!(m.reshard.is_none(), "no resharding left pending: {:?}", m.reshard);
     let mut all = Contents::new();
     for i in 0..shards {
-        let store = Store::open(shard_file(dir, ShardId(i)), ShardId(i), 8 << 20).unwrap();
+        let store = Store::open(shard_file(dir, ShardId(i)), ShardId(i), 8 << 20, false).unwrap();
         for space in Space::ALL {
             store
                 .scan(space, |k, rec| {
@@ -84,7 +84,11 @@ fn read_all(dir: &Path, shards: u32) -> Contents {
     }
     let names: Vec<_> =
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(names.iter().filter(|n| n.starts_with("shard-")).count(), shards as usize, "shard files: {names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("shard-") && n.ends_with(".redb")).count(),
+        shards as usize,
+        "shard files: {names:?}"
+    );
     assert!(!names.iter().any(|n| n.starts_with("reshard.")), "side dirs left behind: {names:?}");
     all
 }
@@ -185,8 +189,9 @@ fn a_placement_1_data_dir_is_re_placed_at_start() {
     let shards = 4;
     let v1 =
         |k: &[u8]| ShardId((shale::placement::key_hash(k) >> (64 - shale::placement::PARTITION_BITS)) as u32 % shards);
-    let stores: Vec<Store> =
-        (0..shards).map(|i| Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), 8 << 20).unwrap()).collect();
+    let stores: Vec<Store> = (0..shards)
+        .map(|i| Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), 8 << 20, false).unwrap())
+        .collect();
     let mut moved = 0;
     for (i, store) in stores.iter().enumerate() {
         let mut leaving = Vec::new();

@@ -1,0 +1,364 @@
+//! The write-ahead log of one shard file, used under `DURABILITY=immediate`.
+//!
+//! Why: a durable redb commit copies on write every B-tree page its batch touched and fsyncs them all, about
+//! 70 µs more per extra random key on this disk (BENCHMARKS.md). With the log, acknowledging a batch costs one
+//! sequential write of its changes and one `fdatasync`, whatever keys it touched; redb then commits the batch
+//! without an fsync (`Durability::None`), and a *checkpoint* (a durable redb commit, at least every
+//! `FLUSH_INTERVAL_MS` or [`CHECKPOINT_BYTES`] of log) makes the file itself durable and lets the log start over.
+//!
+//! # File
+//! `shard-<i>.wal` next to `shard-<i>.redb`: frames from offset 0, each
+//! `[xxh3 of the rest: u64][payload length: u32][epoch: u64][seq: u64][payload]`, all little-endian. The payload
+//! is the batch's changes, in order: `1 space klen key vlen record` (the key now holds this record),
+//! `2 space klen key` (removed), `3 space` (every record of the space removed), `4 rev` (meta `rev`).
+//!
+//! # Invariants
+//! - A batch is answered only after its frame is fdatasynced; redb commits it after that, so a reader never sees
+//!   a change the log does not hold.
+//! - The batch's redb transaction records its frame's `seq` in meta `wal_seq`; so the file always says which
+//!   frames it already contains, and replay applies exactly the frames after it.
+//! - Frames are written at consecutive offsets with consecutive seqs. The log goes back to offset 0 only after a
+//!   durable redb commit that contains every frame in it; frames left over from an earlier round then follow the
+//!   new ones with smaller seqs (or are cut in half), so replay stops at them.
+//! - `epoch` is random per redb file (meta `wal_epoch`): a log left next to another file (a restore, a
+//!   resharding) never applies to it.
+//! - A frame whose write failed may still be on disk, and its batch was answered with an error: its seq is spent.
+//!   The store checkpoints at once (the file's `wal_seq` moves to that seq, so replay skips the frame), and
+//!   nothing is appended before that checkpoint succeeded; a reopen meanwhile replays only the frames before it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, WriteTransaction};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, Result};
+use crate::placement::ShardId;
+use crate::store::{CacheEffect, Outcome, TABLES_BYTES, TABLE_META};
+
+/// Log bytes after which the shard checkpoints (bounds replay at start-up to about this much).
+pub const CHECKPOINT_BYTES: u64 = 8 << 20;
+/// A log file grown beyond this (by one huge batch) is truncated at the next checkpoint instead of reused.
+const KEEP_BYTES: u64 = 2 * CHECKPOINT_BYTES;
+/// meta key: the seq of the last frame whose changes the file holds.
+pub const META_WAL_SEQ: &str = "wal_seq";
+/// meta key: this file's log epoch.
+pub const META_WAL_EPOCH: &str = "wal_epoch";
+const HEADER: usize = 8 + 4 + 8 + 8;
+
+const OP_PUT: u8 = 1;
+const OP_REMOVE: u8 = 2;
+const OP_CLEAR: u8 = 3;
+const OP_REV: u8 = 4;
+
+/// The log file of the shard file at `redb_path`.
+pub fn path_for(redb_path: &Path) -> PathBuf {
+    redb_path.with_extension("wal")
+}
+
+/// An open log, positioned after the last frame that matters.
+pub struct Wal {
+    file: File,
+    path: PathBuf,
+    epoch: u64,
+    /// The seq of the next frame.
+    next_seq: u64,
+    /// Where the next frame goes: the log's live bytes.
+    pos: u64,
+    /// A write failed: checkpoint before the next append (see the module invariants).
+    must_checkpoint: bool,
+    /// Fault injection for tests: how many of the next appends write their frame, then report a failure.
+    pub(crate) injected_failures: u32,
+    buf: Vec<u8>,
+}
+
+impl Wal {
+    /// The seq the next appended frame will carry (the batch's transaction records it in meta `wal_seq`).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes appended since the last checkpoint.
+    pub fn live_bytes(&self) -> u64 {
+        self.pos
+    }
+
+    /// Whether a failed write requires a checkpoint before the next append.
+    pub fn must_checkpoint(&self) -> bool {
+        self.must_checkpoint
+    }
+
+    /// The seq of the frame whose write failed, while no checkpoint has recorded it (see [`recover`]).
+    pub fn spent(&self) -> Option<u64> {
+        self.must_checkpoint.then(|| self.next_seq - 1)
+    }
+
+    /// The seq a checkpoint records as contained in the file: every frame before the next one.
+    pub fn checkpoint_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Writes one frame holding the changes of a batch's `outcomes` (and the new meta `rev`, when the batch took
+    /// revisions) and fdatasyncs it. On error, the seq is spent and the log must be checkpointed first.
+    pub fn append(&mut self, outcomes: &[Outcome], rev: Option<u64>) -> std::io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(HEADER, 0);
+        for (_, effect) in outcomes.iter().flatten() {
+            encode_effect(&mut buf, effect)?;
+        }
+        if let Some(rev) = rev {
+            buf.push(OP_REV);
+            buf.extend_from_slice(&rev.to_le_bytes());
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let written = seal(&mut buf, self.epoch, seq).and_then(|()| {
+            self.file.write_all_at(&buf, self.pos)?;
+            self.file.sync_data()?;
+            if self.injected_failures > 0 {
+                // The worst case of a failed write: the frame is on disk all the same.
+                self.injected_failures -= 1;
+                return Err(std::io::Error::other("injected log write failure"));
+            }
+            Ok(())
+        });
+        match written {
+            Ok(()) => self.pos += buf.len() as u64,
+            Err(_) => self.must_checkpoint = true,
+        }
+        // Keep the buffer for the next batch, unless one huge batch grew it.
+        if buf.capacity() <= 1 << 20 {
+            self.buf = buf;
+        }
+        written
+    }
+
+    /// After a durable redb commit recording [`Wal::checkpoint_seq`]: the log starts over at offset 0 (the file is
+    /// kept and overwritten, which fsyncs cheaper than appending; one grown by a huge batch is truncated).
+    pub fn rewind(&mut self) {
+        if self.file.metadata().is_ok_and(|m| m.len() > KEEP_BYTES) {
+            if let Err(e) = self.file.set_len(0) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot truncate the log; it is reused as it is");
+            }
+        }
+        self.pos = 0;
+        self.must_checkpoint = false;
+    }
+}
+
+/// Finishes a frame in `buf` (payload after the header's room): length, epoch, seq, then the checksum of it all.
+fn seal(buf: &mut [u8], epoch: u64, seq: u64) -> std::io::Result<()> {
+    let len = u32::try_from(buf.len() - HEADER)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a batch over 4 GiB cannot be logged"))?;
+    buf[8..12].copy_from_slice(&len.to_le_bytes());
+    buf[12..20].copy_from_slice(&epoch.to_le_bytes());
+    buf[20..28].copy_from_slice(&seq.to_le_bytes());
+    let sum = xxh3_64(&buf[8..]);
+    buf[..8].copy_from_slice(&sum.to_le_bytes());
+    Ok(())
+}
+
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a record over 4 GiB cannot be logged"))?;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// Appends the changes `effect` describes. A command's cache effect names every change it made to the file
+/// (the cache must see them all), so the log is written from it.
+fn encode_effect(buf: &mut Vec<u8>, effect: &CacheEffect) -> std::io::Result<()> {
+    match effect {
+        CacheEffect::None | CacheEffect::Fill(..) => {}
+        CacheEffect::Insert(space, key, rec) => {
+            buf.extend_from_slice(&[OP_PUT, *space as u8]);
+            put_bytes(buf, key)?;
+            put_bytes(buf, rec.as_bytes())?;
+        }
+        CacheEffect::Invalidate(space, key) => {
+            buf.extend_from_slice(&[OP_REMOVE, *space as u8]);
+            put_bytes(buf, key)?;
+        }
+        CacheEffect::Clear(space) => buf.extend_from_slice(&[OP_CLEAR, *space as u8]),
+        CacheEffect::Many(all) => {
+            for e in all {
+                encode_effect(buf, e)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The valid frames at the start of `data`: `(seq, payload)`, consecutive seqs of `epoch`, from offset 0 until
+/// the first frame that is torn, damaged, of another epoch, or out of sequence.
+fn frames(data: &[u8], epoch: u64) -> Vec<(u64, &[u8])> {
+    let mut out: Vec<(u64, &[u8])> = Vec::new();
+    let mut at = 0usize;
+    while data.len() - at >= HEADER {
+        let word = |i: usize| u64::from_le_bytes(data[at + i..at + i + 8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        let Some(end) = (at + HEADER).checked_add(len).filter(|&e| e <= data.len()) else { break };
+        if word(0) != xxh3_64(&data[at + 8..end]) || word(12) != epoch {
+            break;
+        }
+        let seq = word(20);
+        if out.last().is_some_and(|&(prev, _)| seq != prev + 1) {
+            break;
+        }
+        out.push((seq, &data[at + HEADER..end]));
+        at = end;
+    }
+    out
+}
+
+/// Reads a length-prefixed byte string from `p`.
+fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if p.len() < n {
+        return None;
+    }
+    let (head, rest) = p.split_at(n);
+    *p = rest;
+    Some(head)
+}
+
+fn take_bytes<'a>(p: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = u32::from_le_bytes(take(p, 4)?.try_into().ok()?) as usize;
+    take(p, len)
+}
+
+/// Applies one frame's changes inside `txn`. `None` = the payload does not parse (a bug or damage that the
+/// checksum did not catch).
+fn apply_frame(txn: &WriteTransaction, mut p: &[u8]) -> std::result::Result<Option<()>, redb::Error> {
+    while let Some(op) = take(&mut p, 1) {
+        if op[0] == OP_REV {
+            let Some(rev) = take(&mut p, 8) else { return Ok(None) };
+            let rev = u64::from_le_bytes(rev.try_into().expect("8 bytes"));
+            txn.open_table(TABLE_META)?.insert(crate::store::META_REV, rev)?;
+            continue;
+        }
+        let Some(&space) = take(&mut p, 1).and_then(|s| s.first()) else { return Ok(None) };
+        let Some(def) = TABLES_BYTES.get(space as usize) else { return Ok(None) };
+        let mut t = txn.open_table(*def)?;
+        match op[0] {
+            OP_PUT => {
+                let (Some(k), Some(v)) = (take_bytes(&mut p), take_bytes(&mut p)) else { return Ok(None) };
+                t.insert(k, v)?;
+            }
+            OP_REMOVE => {
+                let Some(k) = take_bytes(&mut p) else { return Ok(None) };
+                t.remove(k)?;
+            }
+            OP_CLEAR => t.retain(|_, _| false)?,
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(()))
+}
+
+/// Opens the log of the shard file `db` (at `redb_path`) and replays into the file every frame it does not hold
+/// yet, in ONE durable commit; the log then starts over. Called on every open of a shard file that will be read
+/// or written (start-up, reopen after a failure, resharding), whatever the durability mode. `spent`: the seq of a
+/// frame whose write failed in this process ([`Wal::spent`]): neither it nor anything after it is applied, and the
+/// file records it as held. Returns the log and how many frames were replayed.
+pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u64>) -> Result<(Wal, u64)> {
+    let path = path_for(redb_path);
+    let io = |what: &str, e: std::io::Error| Error::storage(&format!("shard {shard}: {what} {}", path.display()), e);
+    let err = |e: redb::Error| Error::storage(&format!("shard {shard}: replaying {}", path.display()), e);
+    let damaged = |why: &str| {
+        Error::Internal(format!(
+            "shard {shard}: {} is damaged ({why}); restore the data dir from a backup (`shale restore`)",
+            path.display()
+        ))
+    };
+
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+    let mut data = Vec::new();
+    if let Ok(f) = file.as_mut() {
+        f.read_to_end(&mut data).map_err(|e| io("cannot read", e))?;
+    }
+    let file = file.map_err(|e| io("cannot open", e))?;
+
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    let (epoch, held, new_epoch) = {
+        let meta = txn.open_table(TABLE_META).map_err(|e| err(e.into()))?;
+        let epoch = meta.get(META_WAL_EPOCH).map_err(|e| err(e.into()))?.map(|g| g.value());
+        let held = meta.get(META_WAL_SEQ).map_err(|e| err(e.into()))?.map(|g| g.value()).unwrap_or(0);
+        match epoch {
+            Some(epoch) => (epoch, held, false),
+            None => (xxh3_64(crate::manifest::new_node_id().as_bytes()), held, true),
+        }
+    };
+    let todo: Vec<(u64, &[u8])> = if new_epoch { Vec::new() } else { frames(&data, epoch) };
+    let todo: Vec<(u64, &[u8])> =
+        todo.into_iter().filter(|&(seq, _)| seq > held && spent.is_none_or(|s| seq < s)).collect();
+    if let Some(&(first, _)) = todo.first() {
+        if first != held + 1 {
+            return Err(damaged(&format!("the file holds frames up to {held} but the log starts at {first}")));
+        }
+    }
+    for (seq, payload) in &todo {
+        if apply_frame(&txn, payload).map_err(err)?.is_none() {
+            return Err(damaged(&format!("frame {seq} does not parse")));
+        }
+    }
+    let last = todo.last().map_or(held, |&(seq, _)| seq).max(spent.unwrap_or(0));
+    if new_epoch || last != held {
+        let mut meta = txn.open_table(TABLE_META).map_err(|e| err(e.into()))?;
+        meta.insert(META_WAL_EPOCH, epoch).map_err(|e| err(e.into()))?;
+        meta.insert(META_WAL_SEQ, last).map_err(|e| err(e.into()))?;
+        drop(meta);
+        txn.commit().map_err(|e| err(e.into()))?;
+    } else {
+        txn.abort().map_err(|e| err(e.into()))?;
+    }
+    if !todo.is_empty() {
+        tracing::warn!(shard = shard.0, frames = todo.len(), last, "replayed the log after an unclean stop");
+    }
+    let mut wal = Wal {
+        file,
+        path,
+        epoch,
+        next_seq: last + 1,
+        pos: 0,
+        must_checkpoint: false,
+        injected_failures: 0,
+        buf: Vec::new(),
+    };
+    wal.rewind();
+    Ok((wal, todo.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(epoch: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; HEADER];
+        buf.extend_from_slice(payload);
+        seal(&mut buf, epoch, seq).unwrap();
+        buf
+    }
+
+    #[test]
+    fn frames_stop_at_a_torn_damaged_foreign_or_stale_frame() {
+        let mut log = [frame(7, 5, b"a"), frame(7, 6, b"bb"), frame(7, 7, b"")].concat();
+        let seqs = |d: &[u8]| frames(d, 7).iter().map(|&(s, p)| (s, p.to_vec())).collect::<Vec<_>>();
+        assert_eq!(seqs(&log), vec![(5, b"a".to_vec()), (6, b"bb".to_vec()), (7, vec![])]);
+        assert!(frames(&log, 8).is_empty(), "another epoch's log never applies");
+        // A torn last frame is not read.
+        assert_eq!(seqs(&log[..log.len() - 1]).len(), 2);
+        // A frame from an earlier round (lower seq) ends the log.
+        let mut stale = log.clone();
+        stale.extend(frame(7, 3, b"old"));
+        assert_eq!(seqs(&stale).len(), 3);
+        // A flipped byte ends it at that frame.
+        log[HEADER + 1 + HEADER] ^= 1;
+        assert_eq!(seqs(&log).len(), 1);
+        // Zeros (a fresh or truncated file) hold no frame.
+        assert!(frames(&[0u8; 100], 0).is_empty());
+    }
+}
