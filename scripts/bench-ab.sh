@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Before/after of one change on the durable write path: two shale binaries side by side, interleaved runs.
+#
+# Usage: BEFORE_BIN=/path/to/old/shale [AFTER_BIN=target/release/shale] scripts/bench-ab.sh > table.md
+#        (progress on stderr, the table on stdout; AFTER_BIN defaults to a release build of this tree)
+#
+# Both binaries run at once (DURABILITY=immediate, defaults otherwise), each on its own temp data dir, preloaded
+# with BENCH_KEYS keys (default 100000) of 32 bytes; each is stopped by PID at the end. Cases, each BENCH_RUNS
+# times (default 3), before and after in turn so a background load disturbs both alike:
+#   HTTP PUT at -c256 and -c64   wrk -t2, uniform random keys among the preloaded ones (BENCH_SECONDS, default 8)
+#   RESP SET at -c50 -P1 and -c256 -P16   redis-benchmark -t set -r 100000 -d 32 -n BENCH_RESP_N (default 60000)
+# The table gives medians of req/s, p50 and p99, and of the server's CPU time per request (user + system from
+# /proc/PID/stat over the run: the steadiest figure on a shared machine), and the after/before ratio of req/s.
+set -euo pipefail
+
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
+bench_init ab
+
+KEYS=${BENCH_KEYS:-100000}
+SECONDS_PER_RUN=${BENCH_SECONDS:-8}
+RUNS=${BENCH_RUNS:-3}
+RESP_N=${BENCH_RESP_N:-60000}
+[[ -n "${BEFORE_BIN:-}" && -x "$BEFORE_BIN" ]] || die "set BEFORE_BIN to the shale binary to compare against"
+need wrk wrk || die "wrk is needed"
+need redis-benchmark redis-tools || die "redis-benchmark is needed"
+if [[ -z "${AFTER_BIN:-}" ]]; then
+    build_bins shale
+    AFTER_BIN=$SHALE_BIN
+fi
+write_lua
+TICK=$(getconf CLK_TCK)
+
+declare -A ADDR_OF=() PID_OF=() RESP_OF=()
+for side in before after; do
+    bin=$BEFORE_BIN
+    [[ $side == after ]] && bin=$AFTER_BIN
+    port=$(free_port)
+    start "$side" env -u DURABILITY -u SHARD_LIMIT -u CACHE_BYTES -u AUTH_TOKEN RESP_PORT="$port" RUST_LOG=warn \
+        "$bin" serve --port 0 --data-dir "$TMP/$side"
+    ADDR_OF[$side]=$ADDR PID_OF[$side]=$LAST_PID RESP_OF[$side]=$port
+    wait_http "http://$ADDR/readyz"
+    log "$side: $bin on $ADDR (RESP $port); loading $KEYS keys"
+    shale_load "$ADDR" "$KEYS" 32
+done
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# run_case SIDE CASE: one run; prints "rps p50_us p99_us cpu_us_per_req".
+run_case() {
+    local side=$1 case=$2 addr=${ADDR_OF[$1]} pid=${PID_OF[$1]} t0 t1 rps p50 p99 line c p
+    t0=$(cpu_ticks "$pid")
+    case $case in
+    put-c*)
+        c=${case#put-c}
+        read -r rps p50 p99 _ _ <<<"$(wrk_run load.lua 2 "$c" "$SECONDS_PER_RUN" "http://$addr" /kv/k /kv/k 100 "$KEYS" 32)"
+        ;;
+    set-c*)
+        c=${case#set-c}
+        p=${c#*-P}
+        c=${c%-P*}
+        line=$(timeout 300 redis-benchmark -p "${RESP_OF[$side]}" -t set -n "$RESP_N" -r 100000 -d 32 -c "$c" -P "$p" \
+            --csv -q 2>/dev/null | tail -n1) || die "redis-benchmark failed against $side"
+        IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"${line//\"/}"
+        p50=$(awk -v v="$p50" 'BEGIN { print v * 1000 }')
+        p99=$(awk -v v="$p99" 'BEGIN { print v * 1000 }')
+        ;;
+    esac
+    t1=$(cpu_ticks "$pid")
+    echo "$rps $p50 $p99 $(awk -v d=$((t1 - t0)) -v tick="$TICK" -v rps="$rps" -v s="$SECONDS_PER_RUN" -v n="$RESP_N" \
+        -v resp="${case%%-*}" 'BEGIN { reqs = (resp == "set") ? n : rps * s; printf "%.1f", d * 1e6 / tick / reqs }')"
+}
+
+CASES=(put-c256 put-c64 set-c50-P1 set-c256-P16)
+declare -A RESULTS=()
+for side in before after; do
+    for case in "${CASES[@]}"; do run_case "$side" "$case" >/dev/null; done # warm-up
+done
+for ((run = 1; run <= RUNS; run++)); do
+    for case in "${CASES[@]}"; do
+        for side in before after; do
+            r=$(run_case "$side" "$case")
+            log "run $run $case $side: $r"
+            RESULTS[$side.$case]+="$r"$'\n'
+        done
+    done
+done
+
+# med I SIDE.CASE: the median of column I of the case's runs.
+med() {
+    # shellcheck disable=SC2046 # one number per line
+    median $(awk -v i="$1" 'NF { print $i }' <<<"${RESULTS[$2]}")
+}
+echo "before: $BEFORE_BIN; after: $AFTER_BIN; $(machine); $RUNS runs, medians; load average now $(loadavg)"
+echo
+echo "| case | before req/s | after req/s | after / before | before p50 / p99 ms | after p50 / p99 ms | before CPU us/req | after CPU us/req |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+for case in "${CASES[@]}"; do
+    b=$(med 1 "before.$case") a=$(med 1 "after.$case")
+    echo "| $case | ${b%.*} | ${a%.*} | $(ratio "$a" "$b") | $(ms "$(med 2 "before.$case")") / $(ms "$(med 3 "before.$case")") |" \
+        "$(ms "$(med 2 "after.$case")") / $(ms "$(med 3 "after.$case")") | $(med 4 "before.$case") | $(med 4 "after.$case") |"
+done
