@@ -100,6 +100,8 @@ pub struct Store {
     logged: bool,
     /// Fault injection: how many of the next batch transactions fail as if the disk had failed.
     injected_failures: AtomicU32,
+    /// Fault injection: how many of the next commits fail after the batch was logged.
+    late_failures: AtomicU32,
     /// A write failed inside redb: the handle refuses everything (reads too) until it is closed and reopened.
     needs_reopen: AtomicBool,
     /// The last write failed for lack of space: each write first checks that space came back ([`Store::check_space`]).
@@ -128,6 +130,7 @@ impl Store {
             wal: Mutex::new(logged.then_some(wal)),
             logged,
             injected_failures: AtomicU32::new(0),
+            late_failures: AtomicU32::new(0),
             needs_reopen: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
         })
@@ -369,10 +372,15 @@ impl Store {
             }
         }
         drop(wal);
-        let committed = txn.commit();
+        let late_failure = self.late_failures.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let committed = if late_failure.is_ok() {
+            drop(txn); // aborted: redb never sees the batch, only the log holds it
+            Err(self.write_failed(Error::Internal(format!("shard {}: injected commit failure", self.shard))))
+        } else {
+            txn.commit().map_err(|e| err(e.into()))
+        };
         drop(db);
         if let Err(e) = committed {
-            let e = err(e.into());
             if !self.commit_landed(cmds, &outcomes, *next_rev, rev) {
                 return Err(e);
             }
@@ -415,6 +423,12 @@ impl Store {
     /// reopens its database, exactly as after a real I/O error).
     pub fn inject_commit_failures(&self, n: u32) {
         self.injected_failures.store(n, Ordering::Release);
+    }
+
+    /// Fault injection for tests: the next `n` redb commits fail after their batch was written to the log (a
+    /// logged batch is then answered as stored: the reopen replays it); before it for a store without a log.
+    pub fn inject_late_commit_failures(&self, n: u32) {
+        self.late_failures.store(n, Ordering::Release);
     }
 
     /// Fault injection for tests: the next `n` log writes of a logged store put their frame on disk, then report
@@ -1021,6 +1035,32 @@ mod tests {
         drop(after);
         let again = Store::open(image.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
         assert_eq!(counter_value(&again.get(Space::Counter, b"c").unwrap().unwrap()), Some(3));
+    }
+
+    #[test]
+    fn a_logged_batch_whose_commit_failed_is_stored_by_the_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let mut rev = 1;
+        store.apply_batch([put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        store.inject_late_commit_failures(1);
+        // The frame is durable, so the answer is success, and the value is there at once (the reopen replayed it).
+        let out = store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        assert!(matches!(out[0], Ok((Reply::Stored { created: true, rev: 2 }, _))), "{out:?}");
+        assert_eq!(value(&store, Space::Kv, "b").as_deref(), Some(&b"1"[..]));
+        assert_eq!(store.last_rev().unwrap(), 2);
+        store.apply_batch([put("c", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        let image = tempfile::tempdir().unwrap();
+        let crashed = Store::open(crash_image(dir.path(), image.path(), true), ShardId(0), 1 << 20, true).unwrap();
+        for k in ["a", "b", "c"] {
+            assert_eq!(value(&crashed, Space::Kv, k).as_deref(), Some(&b"1"[..]), "{k}");
+        }
+        // Without a log the same failure is a failed batch: nothing of it is stored.
+        let plain = tempfile::tempdir().unwrap();
+        let store = Store::open(plain.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        store.inject_late_commit_failures(1);
+        assert!(store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).is_err());
+        assert!(value(&store, Space::Kv, "b").is_none());
     }
 
     #[test]
