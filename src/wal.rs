@@ -306,15 +306,14 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         }
     }
     let last = todo.last().map_or(held, |&(seq, _)| seq).max(spent.unwrap_or(0));
-    if new_epoch || last != held {
+    // Always a durable commit, also with nothing to replay: the log is about to be overwritten from offset 0, so
+    // whatever the file holds must be on disk first, whether or not redb showed this open a non-durable state.
+    {
         let mut meta = txn.open_table(TABLE_META).map_err(|e| err(e.into()))?;
         meta.insert(META_WAL_EPOCH, epoch).map_err(|e| err(e.into()))?;
         meta.insert(META_WAL_SEQ, last).map_err(|e| err(e.into()))?;
-        drop(meta);
-        txn.commit().map_err(|e| err(e.into()))?;
-    } else {
-        txn.abort().map_err(|e| err(e.into()))?;
     }
+    txn.commit().map_err(|e| err(e.into()))?;
     if !todo.is_empty() {
         tracing::warn!(shard = shard.0, frames = todo.len(), last, "replayed the log after an unclean stop");
     }
