@@ -266,8 +266,12 @@ impl Store {
         durable: bool,
     ) -> Result<Vec<Outcome>> {
         let cmds: Vec<&Command> = cmds.collect();
+        let weight = cmds.iter().map(|c| c.weight()).sum();
+        if self.logged {
+            self.check_free(weight)?;
+        }
         if self.disk_full.load(Ordering::Acquire) {
-            self.check_space(cmds.iter().map(|c| c.weight()).sum())?;
+            self.check_space(weight)?;
         }
         self.apply_batch_txn(&cmds, next_rev, durable)
     }
@@ -285,9 +289,9 @@ impl Store {
     /// answered 507 without touching redb: a failed redb write poisons the handle, and reopening it repairs the
     /// whole file (about 2 s per GiB), during which the shard cannot serve reads.
     fn check_space(&self, bytes: usize) -> Result<()> {
+        let need = bytes.saturating_mul(2).saturating_add(SPACE_CHECK_MARGIN);
         use std::io::Write;
         let probe = self.path.with_file_name(format!(".space-check-{}", self.shard));
-        let need = bytes.saturating_mul(2).saturating_add(SPACE_CHECK_MARGIN);
         let written = (|| {
             let mut f = std::fs::File::create(&probe)?;
             let zeros = vec![0u8; 64 << 10];
@@ -306,10 +310,7 @@ impl Store {
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(122) => {
-                Err(Error::InsufficientStorage(format!(
-                    "shard {}: disk full: no room for {need} more bytes ({e}); free some space and retry",
-                    self.shard
-                )))
+                Err(self.no_room(need, &e.to_string()))
             }
             Err(e) => {
                 // Not a verdict on space (permissions, ...): let redb try and report.
@@ -317,6 +318,26 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// A logged store's check before each batch, with `statvfs` (about a microsecond): the file system must have
+    /// room for the batch three times (its log frame and redb's copy-on-write pages) plus a margin. A logged batch
+    /// that fails inside redb for lack of space needs its log replayed before the shard can serve again, and the
+    /// replay needs space too, so that failure must not be reached: refused here, the batch leaves everything
+    /// untouched and the shard keeps serving reads.
+    fn check_free(&self, bytes: usize) -> Result<()> {
+        let need = bytes.saturating_mul(3).saturating_add(SPACE_CHECK_MARGIN);
+        match free_bytes(&self.path) {
+            Some(free) if free < need as u64 => Err(self.no_room(need, &format!("{free} bytes free"))),
+            _ => Ok(()),
+        }
+    }
+
+    fn no_room(&self, need: usize, why: &str) -> Error {
+        Error::InsufficientStorage(format!(
+            "shard {}: disk full: no room for {need} more bytes ({why}); free some space and retry",
+            self.shard
+        ))
     }
 
     fn apply_batch_txn(&self, cmds: &[&Command], next_rev: &mut u64, durable: bool) -> Result<Vec<Outcome>> {
@@ -362,12 +383,15 @@ impl Store {
         }
         if let Some(w) = wal.as_mut() {
             if let Err(e) = w.append(&outcomes, new_rev) {
-                // Abort: redb never sees the batch, and its handle stays usable. The frame may be on disk all the
-                // same: checkpoint now, so that a crash cannot replay a batch that was answered with an error (a
-                // failed checkpoint is retried before the next batch).
+                // Abort: redb never sees the batch, and its handle stays usable. The log cut the frame off; if it
+                // could not, the frame may be on disk all the same: checkpoint now, so that a crash cannot replay a
+                // batch that was answered with an error (a failed checkpoint is retried before the next batch).
+                let must_checkpoint = w.must_checkpoint();
                 drop(txn);
                 let e = self.log_failed(e);
-                let _ = self.checkpoint(&mut wal);
+                if must_checkpoint {
+                    let _ = self.checkpoint(&mut wal);
+                }
                 return Err(e);
             }
         }
@@ -432,10 +456,12 @@ impl Store {
     }
 
     /// Fault injection for tests: the next `n` log writes of a logged store put their frame on disk, then report
-    /// a failure (the worst case: the batch is answered with an error, yet its frame is in the log).
-    pub fn inject_log_failures(&self, n: u32) {
+    /// a failure (the worst case: the batch is answered with an error, yet its frame is in the log); with
+    /// `cut_fails`, cutting the frame off the log fails too.
+    pub fn inject_log_failures(&self, n: u32, cut_fails: bool) {
         if let Some(w) = self.wal.lock().expect("wal lock is never held across a panic").as_mut() {
             w.injected_failures = n;
+            w.injected_cut_failure = cut_fails;
         }
     }
 
@@ -522,6 +548,26 @@ impl Store {
         let old = self.db.write().expect("db lock is never held across a panic").take();
         drop(old);
     }
+}
+
+/// Bytes an unprivileged writer may still use on the file system of `path` (`statvfs`: `f_bavail * f_frsize`);
+/// `None` when it cannot be asked.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `st` points to writable memory of the right type;
+    // statvfs only writes into it, and it is read only when the call succeeded.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some 32-bit ones).
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Creates every table (a write transaction that commits nothing new on an existing file).
@@ -1065,12 +1111,19 @@ mod tests {
 
     #[test]
     fn a_batch_whose_log_write_failed_never_comes_back() {
+        for cut_fails in [false, true] {
+            log_write_failure(cut_fails);
+        }
+    }
+
+    fn log_write_failure(cut_fails: bool) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
         let mut rev = 1;
         store.apply_batch([put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
-        // The frame reaches the disk, then the write reports a failure: the batch is answered with an error.
-        store.inject_log_failures(1);
+        // The frame reaches the disk, then the write reports a failure: the batch is answered with an error. The
+        // log cuts the frame off, or (cut_fails) the store checkpoints past it.
+        store.inject_log_failures(1, cut_fails);
         assert!(store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).is_err());
         assert!(value(&store, Space::Kv, "b").is_none());
         let image = tempfile::tempdir().unwrap();

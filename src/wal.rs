@@ -22,9 +22,11 @@
 //!   new ones with smaller seqs (or are cut in half), so replay stops at them.
 //! - `epoch` is random per redb file (meta `wal_epoch`): a log left next to another file (a restore, a
 //!   resharding) never applies to it.
-//! - A frame whose write failed may still be on disk, and its batch was answered with an error: its seq is spent.
-//!   The store checkpoints at once (the file's `wal_seq` moves to that seq, so replay skips the frame), and
-//!   nothing is appended before that checkpoint succeeded; a reopen meanwhile replays only the frames before it.
+//! - A frame whose write failed may still be on disk, and its batch was answered with an error. The log is cut
+//!   back to where the frame began (truncating needs no free space, so this works on a full disk) and its seq is
+//!   reused. If even that fails, the seq is spent: the store checkpoints at once (the file's `wal_seq` moves to
+//!   that seq, so replay skips the frame), nothing is appended before that checkpoint succeeded, and a reopen
+//!   meanwhile replays only the frames before it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -71,6 +73,8 @@ pub struct Wal {
     must_checkpoint: bool,
     /// Fault injection for tests: how many of the next appends write their frame, then report a failure.
     pub(crate) injected_failures: u32,
+    /// Fault injection for tests: cutting a failed frame off the log fails too.
+    pub(crate) injected_cut_failure: bool,
     buf: Vec<u8>,
 }
 
@@ -127,7 +131,21 @@ impl Wal {
         });
         match written {
             Ok(()) => self.pos += buf.len() as u64,
-            Err(_) => self.must_checkpoint = true,
+            Err(_) => {
+                // Cut the frame off (and the stale frames after it, which the file holds anyway).
+                let cut = if self.injected_cut_failure {
+                    Err(std::io::Error::other("injected truncation failure"))
+                } else {
+                    self.file.set_len(self.pos).and_then(|()| self.file.sync_all())
+                };
+                match cut {
+                    Ok(()) => self.next_seq = seq,
+                    Err(e) => {
+                        tracing::error!(path = %self.path.display(), error = %e, "cannot cut a failed frame off the log");
+                        self.must_checkpoint = true;
+                    }
+                }
+            }
         }
         // Keep the buffer for the next batch, unless one huge batch grew it.
         if buf.capacity() <= 1 << 20 {
@@ -306,14 +324,18 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         }
     }
     let last = todo.last().map_or(held, |&(seq, _)| seq).max(spent.unwrap_or(0));
-    // Always a durable commit, also with nothing to replay: the log is about to be overwritten from offset 0, so
-    // whatever the file holds must be on disk first, whether or not redb showed this open a non-durable state.
-    {
+    // With nothing to replay nothing is written, so a reopen works on a full disk. The state this open sees is
+    // durable: redb shows an open only what its last durable commit (or a clean close) left (NOTES.md §1: no
+    // non-durable commit survived a SIGKILL), so the log may be overwritten from offset 0.
+    if new_epoch || last != held {
         let mut meta = txn.open_table(TABLE_META).map_err(|e| err(e.into()))?;
         meta.insert(META_WAL_EPOCH, epoch).map_err(|e| err(e.into()))?;
         meta.insert(META_WAL_SEQ, last).map_err(|e| err(e.into()))?;
+        drop(meta);
+        txn.commit().map_err(|e| err(e.into()))?;
+    } else {
+        txn.abort().map_err(|e| err(e.into()))?;
     }
-    txn.commit().map_err(|e| err(e.into()))?;
     if !todo.is_empty() {
         tracing::warn!(shard = shard.0, frames = todo.len(), last, "replayed the log after an unclean stop");
     }
@@ -325,6 +347,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         pos: 0,
         must_checkpoint: false,
         injected_failures: 0,
+        injected_cut_failure: false,
         buf: Vec::new(),
     };
     wal.rewind();
