@@ -5,8 +5,9 @@
 #
 # - When a server answers at SHALE_URL, the archive is a consistent online backup taken through it
 #   (`shale backup`): the server keeps serving; every shard is captured at one instant.
-# - Otherwise the closed files of DATA_DIR are copied. A redb file that a process holds open is refused
-#   (checked with `fuser` when it is installed), because a copy of a live file is not a safe backup.
+# - Otherwise the closed files of DATA_DIR are copied, after `shale compact` folded the shards' write-ahead logs
+#   into them (after a crash the latest acknowledged writes may be only there). A redb file that a process holds
+#   open is refused (checked with `fuser` when it is installed), because a copy of a live file is not a safe backup.
 # Either way the archive holds one directory with manifest.json, shard-<i>.redb and SHA256SUMS, which
 # scripts/restore.sh (`shale restore`) verifies before it restores.
 #
@@ -174,6 +175,10 @@ else
         say "warning: fuser is not installed (Debian: apt-get install psmisc), so this script cannot check" \
             "that no server holds the files; make sure shale is stopped"
     fi
+    # After a crash, acknowledged writes may still be only in the shards' write-ahead logs (shard-<i>.wal): fold
+    # them into the files, which are all a backup holds (`shale compact` replays each log, then compacts).
+    shale=$(find_shale)
+    "$shale" compact --data-dir "$DATA_DIR" >&2 || die "shale compact --data-dir $DATA_DIR failed"
     mkdir "$work/$name"
     cp -p "$DATA_DIR/manifest.json" "$work/$name/"
     for ((i = 0; i < shards; i++)); do

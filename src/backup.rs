@@ -367,14 +367,16 @@ pub fn compact_dir(data_dir: &Path) -> std::result::Result<u64, String> {
     Ok(reclaimed)
 }
 
-/// Compacts one closed shard file when its fragmented bytes exceed `threshold` of the file (0.0 = always).
-/// Returns the bytes reclaimed.
+/// Compacts one closed shard file when its fragmented bytes exceed `threshold` of the file (0.0 = always), after
+/// replaying its write-ahead log into it (so the file alone holds every acknowledged write: the offline archive
+/// copies only the files). Returns the bytes reclaimed.
 pub fn compact_file(path: &PathBuf, shard: ShardId, threshold: f64) -> Result<u64> {
     if fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
         return Ok(0);
     }
     let mut db = Database::create(path)
         .map_err(|e| Error::storage(&format!("shard {shard}: compaction"), redb::Error::from(e)))?;
+    crate::wal::recover(&db, path, shard, None)?;
     compact_db(&mut db, path, shard, threshold)
 }
 
