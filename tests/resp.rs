@@ -1,7 +1,7 @@
 //! End-to-end tests of the Redis-protocol listener (issue 9), over real sockets with a minimal blocking RESP client
 //! (`tests/common/resp.rs`): pipelining and read-your-writes, exact replies and error texts, protocol errors and
 //! the HTTP guard, MULTI/EXEC atomicity (also across a failed commit), no uncommitted read ever leaking, HTTP and
-//! RESP seeing the same data, D-Boutique's inline verbs, SCAN, AUTH, FLUSHDB, durability across `kill -9` of the
+//! RESP seeing the same data, D-Boutique's inline verbs, SCAN, the KEYS cap, AUTH, FLUSHDB, durability across `kill -9` of the
 //! real binary, RESP over TLS, and shale's counters and documents over RESP.
 //!
 //! Every server is in-process ([`TestServer`] with `RespPort::Any`) except the durability test, which kills the
@@ -736,6 +736,30 @@ fn scan_returns_every_key_once() {
     assert_eq!(c.cmd(&["SCAN", "12345"]), Resp::err("ERR invalid cursor"));
     assert_eq!(c.cmd(&["SCAN", "abc"]), Resp::err("ERR invalid cursor"));
     assert_eq!(c.cmd(&["SCAN", "0", "COUNT"]), syntax());
+}
+
+/// KEYS answers every match up to its cap of 10,000 keys, and past it Redis-style advice to use SCAN instead of
+/// a reply of unbounded size.
+#[test]
+fn keys_answers_up_to_its_cap_then_refers_to_scan() {
+    let dir = temp_dir();
+    let server = TestServer::start(resp_config(dir.path()));
+    let mut c = connect(&server);
+    // cap:00000 ..= cap:10000: "cap:0*" matches exactly 10,000 keys, "cap:*" one more.
+    let all: Vec<String> = (0..=10_000).map(|i| format!("cap:{i:05}")).collect();
+    for chunk in all.chunks(500) {
+        let sets: Vec<u8> = chunk.iter().flat_map(|k| command(&["SET", k, "v"])).collect();
+        let replies = pipeline(&mut c, sets, chunk.len());
+        assert_eq!(first_mismatch(&replies, |_| Resp::ok()), None);
+    }
+    let Resp::Array(at_cap) = c.cmd(&["KEYS", "cap:0*"]) else { panic!("KEYS cap:0* is not an array") };
+    assert_eq!(at_cap.len(), 10_000, "exactly the cap is answered in full");
+    assert_eq!(
+        c.cmd(&["KEYS", "cap:*"]),
+        Resp::err("ERR more than 10000 keys match; use SCAN with MATCH and COUNT to iterate them")
+    );
+    assert_eq!(c.cmd(&["KEYS", "cap:1*"]), Resp::Array(vec![Resp::Bulk(b"cap:10000".to_vec())]));
+    assert_eq!(c.cmd(&["PING"]), Resp::Simple("PONG".into()), "the connection stays usable");
 }
 
 // ---- 9. AUTH ----
