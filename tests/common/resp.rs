@@ -303,6 +303,31 @@ impl<S: Read + Write> RespClient<S> {
         }
     }
 
+    /// Reads one reply frame, or `None` when the server closed the connection (or reset it) between two frames.
+    /// Panics on a timeout, a close in the middle of a frame, or a malformed frame.
+    pub fn read_or_closed(&mut self) -> Option<Resp> {
+        loop {
+            match parse(&self.buf[self.pos..]) {
+                Ok(Some((frame, used))) => {
+                    self.pos += used;
+                    return Some(frame);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("malformed reply ({e}): {:?}", String::from_utf8_lossy(&self.buf[self.pos..])),
+            }
+            let closed = match self.fill() {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => true,
+                Err(e) => panic!("reading a reply: {e}"),
+            };
+            if closed {
+                assert_eq!(self.pos, self.buf.len(), "the server closed the connection in the middle of a reply");
+                return None;
+            }
+        }
+    }
+
     /// Reads `n` replies in order.
     pub fn read_n(&mut self, n: usize) -> Vec<Resp> {
         (0..n).map(|_| self.read()).collect()
