@@ -859,6 +859,14 @@ fn flushdb_only_when_allowed() {
 
 // ---- 11. durability ----
 
+/// The real binary on `dir` with its RESP listener on a free port, ready, and a client connected to it.
+fn start_binary(dir: &Path, http: &Http) -> (common::BinaryServer, RespClient) {
+    let port = free_port();
+    let server = Shale::serve(dir).env("RESP_PORT", port.to_string()).start();
+    http.wait_ready(&server.base());
+    (server, RespClient::connect(loopback(port)))
+}
+
 /// SIGTERM while a client streams a long pipeline: the listener stops taking commands, answers every command it
 /// took before the connection closes (no torn reply, no hang), the process exits 0, and every acknowledged SET is
 /// there after a restart.
@@ -867,10 +875,7 @@ fn sigterm_answers_the_commands_it_took_and_keeps_them() {
     const N: usize = 200_000;
     let dir = temp_dir();
     let http = Http::new();
-    let port = free_port();
-    let server = Shale::serve(dir.path()).env("RESP_PORT", port.to_string()).start();
-    http.wait_ready(&server.base());
-    let mut c = RespClient::connect(loopback(port));
+    let (server, mut c) = start_binary(dir.path(), &http);
     let mut w = c.writer();
     let writer = std::thread::spawn(move || {
         for start in (0..N).step_by(1000) {
@@ -896,10 +901,7 @@ fn sigterm_answers_the_commands_it_took_and_keeps_them() {
     let sent = writer.join().unwrap();
     println!("{acked} of the {sent}+ SETs sent before the stop were answered");
 
-    let port = free_port();
-    let server = Shale::serve(dir.path()).env("RESP_PORT", port.to_string()).start();
-    http.wait_ready(&server.base());
-    let mut c = RespClient::connect(loopback(port));
+    let (_server, mut c) = start_binary(dir.path(), &http); // stopped on drop, at the end
     let Resp::Int(stored) = c.cmd(&["DBSIZE"]) else { panic!("DBSIZE is not an integer") };
     // Every command the listener took was applied and answered: nothing stored went unanswered.
     assert_eq!(stored as usize, acked, "keys stored vs SETs acknowledged");
@@ -921,10 +923,7 @@ fn sigterm_answers_the_commands_it_took_and_keeps_them() {
 fn acknowledged_resp_writes_survive_kill9() {
     let dir = temp_dir();
     let http = Http::new();
-    let port = free_port();
-    let server = Shale::serve(dir.path()).env("RESP_PORT", port.to_string()).start();
-    http.wait_ready(&server.base());
-    let mut c = RespClient::connect(loopback(port));
+    let (server, mut c) = start_binary(dir.path(), &http);
     let mut p = Vec::new();
     let mut want = Vec::new();
     for i in 0..500 {
@@ -941,10 +940,7 @@ fn acknowledged_resp_writes_survive_kill9() {
     assert_eq!(first_mismatch(&replies, |i| want[i].clone()), None);
     server.kill9();
 
-    let port = free_port();
-    let server = Shale::serve(dir.path()).env("RESP_PORT", port.to_string()).start();
-    http.wait_ready(&server.base());
-    let mut c = RespClient::connect(loopback(port));
+    let (server, mut c) = start_binary(dir.path(), &http);
     let keys: Vec<String> = (0..500).map(|i| format!("dur:{i}")).collect();
     let mut mget = vec!["MGET"];
     mget.extend(keys.iter().map(String::as_str));
