@@ -28,18 +28,16 @@ BENCH_KEYS=${BENCH_KEYS:-100000}
 export DURABILITY=${DURABILITY:-immediate}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
+# need, terminate
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
+
 PIDS=()
 TMP=""
 cleanup() {
-    local pid i
+    local pid
     for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for ((i = 0; i < 300; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        terminate "$pid"
     done
     if [[ -n "$TMP" ]]; then
         rm -rf "$TMP"
@@ -50,13 +48,7 @@ trap 'exit 130' INT TERM
 
 log() { echo "[bench] $*" >&2; }
 
-if ! command -v wrk >/dev/null; then
-    log "installing wrk"
-    SUDO=""
-    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; fi
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq wrk
-fi
+need wrk wrk || { log "wrk is needed and could not be installed"; exit 1; }
 
 log "building shale and the ceiling (release)"
 cargo build --release --quiet --bin shale --example ceiling

@@ -283,24 +283,7 @@ impl<S: Read + Write> RespClient<S> {
 
     /// Reads one reply frame. Panics on a timeout, a closed connection or a malformed frame.
     pub fn read(&mut self) -> Resp {
-        loop {
-            match parse(&self.buf[self.pos..]) {
-                Ok(Some((frame, used))) => {
-                    self.pos += used;
-                    return frame;
-                }
-                Ok(None) => {}
-                Err(e) => panic!("malformed reply ({e}): {:?}", String::from_utf8_lossy(&self.buf[self.pos..])),
-            }
-            match self.fill() {
-                Ok(0) => panic!(
-                    "the server closed the connection in the middle of a reply; unconsumed bytes: {:?}",
-                    String::from_utf8_lossy(&self.buf[self.pos..])
-                ),
-                Ok(_) => {}
-                Err(e) => panic!("reading a reply: {e}"),
-            }
-        }
+        self.read_or_closed().expect("the server closed the connection before replying")
     }
 
     /// Reads one reply frame, or `None` when the server closed the connection (or reset it) between two frames.
