@@ -1110,6 +1110,23 @@ mod tests {
     }
 
     #[test]
+    fn a_log_missing_frames_the_file_needs_is_refused_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let mut rev = 1;
+        store.apply_batch([put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        let image = tempfile::tempdir().unwrap();
+        let path = crash_image(dir.path(), image.path(), true);
+        // Drop the first frame (28-byte header, payload length at bytes 8..12): the log now starts at seq 2.
+        let log = std::fs::read(image.path().join("s.wal")).unwrap();
+        let first = 28 + u32::from_le_bytes(log[8..12].try_into().unwrap()) as usize;
+        std::fs::write(image.path().join("s.wal"), &log[first..]).unwrap();
+        let Err(e) = Store::open(path, ShardId(0), 1 << 20, true) else { panic!("a log with a gap was replayed") };
+        assert!(e.to_string().contains("is damaged"), "{e}");
+    }
+
+    #[test]
     fn a_batch_whose_log_write_failed_never_comes_back() {
         for cut_fails in [false, true] {
             log_write_failure(cut_fails);
