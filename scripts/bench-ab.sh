@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Before/after of one change on the durable write path: two shale binaries side by side, interleaved runs.
+# Before/after of one change: two shale binaries side by side, interleaved runs.
 #
 # Usage: BEFORE_BIN=/path/to/old/shale [AFTER_BIN=target/release/shale] scripts/bench-ab.sh > table.md
 #        (progress on stderr, the table on stdout; AFTER_BIN defaults to a release build of this tree)
@@ -8,9 +8,11 @@
 # with BENCH_KEYS keys (default 100000) of 32 bytes; each is stopped by PID at the end. Cases, each BENCH_RUNS
 # times (default 3), before and after in turn so a background load disturbs both alike:
 #   HTTP PUT at -c256 and -c64   wrk -t2, uniform random keys among the preloaded ones (BENCH_SECONDS, default 8)
+#   HTTP GET at -c256            the same, reading (every key is cached)
 #   RESP SET at -c50 -P1 and -c256 -P16   redis-benchmark -t set -r 100000 -d 32 -n BENCH_RESP_N (default 60000)
 # The table gives medians of req/s, p50 and p99, and of the server's CPU time per request (user + system from
 # /proc/PID/stat over the run: the steadiest figure on a shared machine), and the after/before ratio of req/s.
+# BENCH_CASES picks cases (default "put-c256 put-c64 get-c256 set-c50-P1 set-c256-P16").
 set -euo pipefail
 
 # shellcheck source=scripts/bench-lib.sh
@@ -51,9 +53,11 @@ run_case() {
     local side=$1 case=$2 addr=${ADDR_OF[$1]} pid=${PID_OF[$1]} t0 t1 rps p50 p99 line c p
     t0=$(cpu_ticks "$pid")
     case $case in
-    put-c*)
-        c=${case#put-c}
-        read -r rps p50 p99 _ _ <<<"$(wrk_run load.lua 2 "$c" "$SECONDS_PER_RUN" "http://$addr" /kv/k /kv/k 100 "$KEYS" 32)"
+    put-c* | get-c*)
+        c=${case#*-c}
+        p=100
+        [[ $case == get-* ]] && p=0
+        read -r rps p50 p99 _ _ <<<"$(wrk_run load.lua 2 "$c" "$SECONDS_PER_RUN" "http://$addr" /kv/k /kv/k "$p" "$KEYS" 32)"
         ;;
     set-c*)
         c=${case#set-c}
@@ -71,7 +75,7 @@ run_case() {
         -v resp="${case%%-*}" 'BEGIN { reqs = (resp == "set") ? n : rps * s; printf "%.1f", d * 1e6 / tick / reqs }')"
 }
 
-CASES=(put-c256 put-c64 set-c50-P1 set-c256-P16)
+read -r -a CASES <<<"${BENCH_CASES:-put-c256 put-c64 get-c256 set-c50-P1 set-c256-P16}"
 declare -A RESULTS=()
 for side in before after; do
     for case in "${CASES[@]}"; do run_case "$side" "$case" >/dev/null; done # warm-up

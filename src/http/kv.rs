@@ -4,6 +4,7 @@
 //! key, and `+` stays a plus); it must be 1..=MAX_KEY_BYTES bytes of UTF-8.
 
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -100,6 +101,16 @@ pub fn write_precondition(req: &HttpRequest) -> Result<Precondition> {
         if_match: h.get(header::IF_MATCH).map(|v| parse_etags(v, false)).transpose()?,
         if_none_match: h.get(header::IF_NONE_MATCH).map(|v| parse_etags(v, true)).transpose()?,
     })
+}
+
+/// Every `/kv/<key>` request (routed here by prefix; see `http::configure`): the method picks the handler.
+pub async fn handle_key(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
+    match *req.method() {
+        Method::GET | Method::HEAD => handle_get(req, state).await,
+        Method::PUT => handle_put(req, body, state).await,
+        Method::DELETE => handle_delete(req, state).await,
+        _ => Ok(super::method_not_allowed(&req, "GET, HEAD, PUT, DELETE")),
+    }
 }
 
 /// `GET` / `HEAD /kv/{key}`: the value with its Content-Type and ETag; 304 on a matching If-None-Match.

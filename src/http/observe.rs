@@ -18,6 +18,8 @@ use actix_web::http::Method;
 use actix_web::middleware::Next;
 use tracing::Instrument;
 
+use crate::record::push_hex;
+
 /// The request id header.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -38,8 +40,17 @@ fn request_id(req: &ServiceRequest) -> HeaderValue {
         xxhash_rust::xxh3::xxh3_64(&t.as_nanos().to_le_bytes()) as u32
     });
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}")).expect("hex is a valid header value")
+    // `{prefix:08x}-{n:012x}`, without `format!` (this runs on every request).
+    let mut id = Vec::with_capacity(21);
+    push_hex(&mut id, u64::from(*prefix), 8);
+    id.push(b'-');
+    push_hex(&mut id, n, 12);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id)).expect("hex is a valid header value")
 }
+
+/// The route label of requests that no named resource serves: set as scope data by `http::tail_resource`.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteName(pub &'static str);
 
 /// Method labels: a fixed list, so arbitrary client methods cannot grow the label set.
 const METHODS: [&str; 8] = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "OTHER"];
@@ -110,7 +121,8 @@ pub async fn observe(
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status();
     let elapsed = started.elapsed().as_secs_f64();
-    let route = res.request().match_name().unwrap_or("unmatched");
+    let req = res.request();
+    let route = req.app_data::<RouteName>().map(|r| r.0).or_else(|| req.match_name()).unwrap_or("unmatched");
     span.record("route", route);
     record(route, method, status.as_u16(), elapsed);
     if status.is_server_error() {
