@@ -12,7 +12,8 @@
 #   RESP SET at -c50 -P1 and -c256 -P16   redis-benchmark -t set -r 100000 -d 32 -n BENCH_RESP_N (default 60000)
 # The table gives medians of req/s, p50 and p99, and of the server's CPU time per request (user + system from
 # /proc/PID/stat over the run: the steadiest figure on a shared machine), and the after/before ratio of req/s.
-# BENCH_CASES picks cases (default "put-c256 put-c64 get-c256 set-c50-P1 set-c256-P16").
+# BENCH_CASES picks cases (default "put-c256 put-c64 get-c256 set-c50-P1 set-c256-P16"); BENCH_ENV adds settings to
+# both servers' environment (e.g. BENCH_ENV="CACHE_BYTES=2400000" for reads that mostly miss the cache).
 set -euo pipefail
 
 # shellcheck source=scripts/bench-lib.sh
@@ -38,8 +39,9 @@ for side in before after; do
     bin=$BEFORE_BIN
     [[ $side == after ]] && bin=$AFTER_BIN
     port=$(free_port)
+    # shellcheck disable=SC2086 # BENCH_ENV is a list of VAR=value words
     start "$side" env -u DURABILITY -u SHARD_LIMIT -u CACHE_BYTES -u AUTH_TOKEN RESP_PORT="$port" RUST_LOG=warn \
-        "$bin" serve --port 0 --data-dir "$TMP/$side"
+        ${BENCH_ENV:-} "$bin" serve --port 0 --data-dir "$TMP/$side"
     ADDR_OF[$side]=$ADDR PID_OF[$side]=$LAST_PID RESP_OF[$side]=$port
     wait_http "http://$ADDR/readyz"
     log "$side: $bin on $ADDR (RESP $port); loading $KEYS keys"

@@ -476,17 +476,17 @@ for c in 256 64; do
     if ((HAVE_REDIS)); then CASES+=("redis-always|GET|$c" "redis-always|PUT|$c" "redis-everysec|GET|$c" "redis-everysec|PUT|$c"); fi
     if ((HAVE_ETCD)); then CASES+=("etcd|GET|$c" "etcd|PUT|$c"); fi
 done
-# For shale uncached: the cache hit ratio over its measured runs, from its /metrics.
-hits0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="hit"')
-miss0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="miss"')
 
 log "warming up (${WARM_SECONDS} s per case, ${#CASES[@]} cases)"
 for case in "${CASES[@]}"; do
     IFS='|' read -r sys load c <<<"$case"
     warm "$sys" "$load" "$c"
 done
+# For shale uncached: the cache hit ratio over its measured runs, and how its misses read the file (on the HTTP
+# worker, or on the blocking pool after one reached the disk: src/miss_reads.rs), from its /metrics.
 hits0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="hit"')
 miss0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="miss"')
+pool0=$(shale_metric "${URL[shale-unc]}" shale_cache_miss_reads_total 'path="pool"')
 
 declare -A RPS P50 P99 ERR
 LOADS=()
@@ -509,6 +509,7 @@ done
 LOADS+=("$(loadavg)")
 hits=$(($(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="hit"') - hits0))
 misses=$(($(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="miss"') - miss0))
+pooled=$(($(shale_metric "${URL[shale-unc]}" shale_cache_miss_reads_total 'path="pool"') - pool0))
 
 # ---- table ----
 declare -A MED MP50 MP99
@@ -572,7 +573,7 @@ done
 echo
 echo "shale uncached: CACHE_BYTES=$UNCACHED_CACHE_BYTES for a data set weighing $DATA_WEIGHT bytes in cache terms" \
     "($(ratio "$DATA_WEIGHT" "$UNCACHED_CACHE_BYTES")x); cache hit ratio over its runs: $(ratio "$hits" $((hits + misses)))" \
-    "($hits hits, $misses misses)."
+    "($hits hits, $misses misses); misses read on the blocking pool: $pooled."
 echo "Redis: redis-benchmark --threads 2 -P 1 -r $KEYS -d $VALUE (p50/p99 from its --csv); errors are not counted there."
 echo
 

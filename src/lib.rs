@@ -3,7 +3,8 @@
 //! # Layout
 //! The modules follow one write from the socket to the disk:
 //! - [`http`]: actix-web routes; each handler turns a request into a [`command::Command`] or a read.
-//! - [`router`]: key -> shard ([`placement`]), write dispatch, cached reads, merged listings.
+//! - [`router`]: key -> shard ([`placement`]), write dispatch, cached reads (a miss reads where [`miss_reads`]
+//!   says), merged listings.
 //! - [`shard`]: one OS thread per shard; batches writes, commits once per batch, updates the [`cache`], answers.
 //! - [`store`]: one redb file per shard; tables, reads and the batch transaction; values are [`record`]s.
 //! - [`wal`]: the shard file's write-ahead log under `DURABILITY=immediate` (one fdatasync per batch).
@@ -29,6 +30,7 @@ pub mod fault;
 pub mod http;
 pub mod manifest;
 pub mod metrics;
+pub mod miss_reads;
 pub mod placement;
 pub mod record;
 pub mod reshard;

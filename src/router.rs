@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::cache::Cache;
 use crate::command::{Command, EtagMatch, Precondition, Reply, Space};
 use crate::error::{Error, Result};
+use crate::miss_reads::MissReads;
 use crate::placement::{shard_for, ShardId};
 use crate::record::Record;
 use crate::shard::{Readiness, ShardHandle};
@@ -28,10 +29,13 @@ pub struct Router {
     /// metric up by name costs a registry lookup, which every read would otherwise pay.
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
+    /// Where a miss reads the file: on the calling thread while that stays off the disk.
+    miss_reads: MissReads,
 }
 
 impl Router {
-    /// A router over running shards.
+    /// A router over running shards. Build it after the metrics recorder is installed (`metrics::init`), or its
+    /// counters record nowhere.
     pub fn new(shards: Vec<ShardHandle>, cache: Cache, readiness: Arc<Readiness>, next_doc_id: u64) -> Router {
         Router {
             shards,
@@ -40,6 +44,7 @@ impl Router {
             next_doc_id: AtomicU64::new(next_doc_id),
             cache_hits: metrics::counter!("shale_cache_requests_total", "result" => "hit"),
             cache_misses: metrics::counter!("shale_cache_requests_total", "result" => "miss"),
+            miss_reads: MissReads::default(),
         }
     }
 
@@ -93,8 +98,8 @@ impl Router {
             .map_err(|e| Error::Internal(format!("count task failed: {e}")))?
     }
 
-    /// Reads `key`: from the cache, or on a miss from the shard's file on a blocking thread, after which the
-    /// shard is asked to fill the cache (readers never insert; see `cache`).
+    /// Reads `key`: from the cache, or on a miss from the shard's file (on this thread or a blocking one: see
+    /// `miss_reads`), after which the shard is asked to fill the cache (readers never insert; see `cache`).
     pub async fn get(&self, space: Space, key: Bytes) -> Result<Option<Record>> {
         if let Some(rec) = self.cache.get(space, &key) {
             self.cache_hits.increment(1);
@@ -104,9 +109,7 @@ impl Router {
         let shard = self.shard(&key).clone();
         let store = shard.store().clone();
         let k = key.clone();
-        let rec = tokio::task::spawn_blocking(move || store.get(space, &k))
-            .await
-            .map_err(|e| Error::Internal(format!("read task failed: {e}")))??;
+        let rec = self.miss_reads.read(move || store.get(space, &k)).await?;
         if rec.is_some() {
             shard.request_fill(space, key);
         }

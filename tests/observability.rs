@@ -1,7 +1,7 @@
 //! Observability, black-box over HTTP: an `X-Request-Id` on every answer (errors, 404s, 401s and 304s too), kept
 //! when the client sends a usable one, unique when generated, and named in the request's log span; `/metrics`
 //! is Prometheus text with every metric family of issue 7, whose values move with the traffic, labelled by
-//! route pattern and never by key.
+//! route pattern and never by key; and a cache miss that read the disk moves the next misses to the blocking pool.
 //!
 //! The metrics recorder is process-wide, so the metrics tests run the real binary (a process of its own) and
 //! assert exact deltas between two scrapes.
@@ -11,7 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{client, temp_dir, wait_ready, BinaryServer, TestServer};
+use common::{client, shard_files, temp_dir, wait_ready, BinaryServer, TestServer};
 use reqwest::header::{HeaderValue, ETAG, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Client, Method, RequestBuilder, StatusCode};
 use shale::Config;
@@ -264,7 +264,7 @@ async fn scrape(http: &Client, s: &BinaryServer) -> (String, Exposition) {
 }
 
 /// The metric families of issue 7, with their Prometheus types.
-const FAMILIES: [(&str, &str); 17] = [
+const FAMILIES: [(&str, &str); 18] = [
     ("shale_http_requests_total", "counter"),
     ("shale_http_request_duration_seconds", "histogram"),
     ("shale_shard_queue_depth", "gauge"),
@@ -274,6 +274,7 @@ const FAMILIES: [(&str, &str); 17] = [
     ("shale_shard_fsyncs_total", "counter"),
     ("shale_shard_checkpoints_total", "counter"),
     ("shale_cache_requests_total", "counter"),
+    ("shale_cache_miss_reads_total", "counter"),
     ("shale_cache_bytes", "gauge"),
     ("shale_cache_entries", "gauge"),
     ("shale_cache_capacity_bytes", "gauge"),
@@ -375,6 +376,11 @@ async fn metrics_expose_every_family_and_move_with_the_traffic() {
     );
     assert_eq!(hits + misses, 2.0 * N as f64 + 5.0 + 2.0, "hits {hits} misses {misses} (2 counter reads)");
     assert!(misses >= 5.0 + 2.0 && hits >= 1.0, "hits {hits} misses {misses}");
+    let (inline, pooled) = (
+        delta("shale_cache_miss_reads_total", &[("path", "inline")]),
+        delta("shale_cache_miss_reads_total", &[("path", "pool")]),
+    );
+    assert_eq!(inline + pooled, misses, "every miss reads the file once: inline {inline}, pool {pooled}");
     assert_eq!(after.sum("shale_cache_entries", &[]), N as f64);
     assert!(after.sum("shale_cache_bytes", &[]) > before.sum("shale_cache_bytes", &[]));
     assert_eq!(after.sum("shale_shard_keys", &[("space", "kv")]), N as f64);
@@ -405,4 +411,60 @@ fn the_exposition_parser_handles_braces_and_escapes_in_label_values() {
     assert_eq!(e.samples[0].labels["x"], "a\"b,c}");
     assert_eq!(e.sum("m", &[]), 4.5);
     assert_eq!(e.sum("h_bucket", &[("le", "+Inf")]), 2.0);
+}
+
+/// A miss whose read on the HTTP worker reached the disk sends the next misses to the blocking pool (see
+/// `src/miss_reads.rs`). The data dir is under the build's target dir, on a disk-backed file system: on tmpfs no
+/// read ever reaches a disk, and this test fails.
+#[tokio::test]
+async fn a_miss_that_read_the_disk_sends_the_next_misses_to_the_pool() {
+    const KEYS: usize = 3000;
+    let value = |i: usize| format!("{i:06}-").repeat(4096 / 7);
+    let dir = tempfile::Builder::new().prefix("shale-miss-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // One shard, a 1 MiB cache (so redb's own page cache gets its floor of 1 MiB), 12 MiB of values.
+    let args = ["--shards", "1", "--cache-bytes", "1048576"];
+    let s = BinaryServer::start(dir.path(), &args, &[]);
+    wait_ready(&s.base()).await;
+    let http = client();
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(50) {
+        let puts = chunk.iter().map(|&i| http.put(s.url(&format!("/kv/k{i}"))).body(value(i)).send());
+        for res in futures_util::future::join_all(puts).await {
+            assert_eq!(res.unwrap().status(), StatusCode::CREATED);
+        }
+    }
+    // Restart (redb's page cache starts empty), then drop the file's pages from the OS page cache.
+    let (status, _) = s.terminate();
+    assert!(status.success());
+    let s = BinaryServer::start(dir.path(), &args, &[]);
+    wait_ready(&s.base()).await;
+    for file in shard_files(dir.path()) {
+        let f = std::fs::File::open(&file).unwrap();
+        // SAFETY: a plain system call on an open descriptor.
+        let rc = unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0, "posix_fadvise on {}", file.display());
+    }
+
+    let (_, before) = scrape(&http, &s).await;
+    let mut read = 0;
+    let pooled = loop {
+        // Sequential GETs: each miss finds the previous one's verdict.
+        for i in (read..KEYS).take(100) {
+            let res = http.get(s.url(&format!("/kv/k{i}"))).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "k{i}");
+            assert_eq!(res.text().await.unwrap(), value(i), "k{i}");
+        }
+        read = (read + 100).min(KEYS);
+        let (_, after) = scrape(&http, &s).await;
+        let delta = |path| {
+            let with = [("path", path)];
+            after.sum("shale_cache_miss_reads_total", &with) - before.sum("shale_cache_miss_reads_total", &with)
+        };
+        if delta("pool") > 0.0 || read == KEYS {
+            assert!(delta("inline") >= 1.0, "the first miss reads inline");
+            break delta("pool");
+        }
+    };
+    assert!(pooled > 0.0, "{KEYS} misses on a file evicted from the page cache never went to the pool");
+    let (status, _) = s.terminate();
+    assert!(status.success());
 }
