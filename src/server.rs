@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
-use actix_web::middleware::{from_fn, Next};
+use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpServer};
 
 use crate::cache::Cache;
@@ -61,26 +59,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
 pub const MAX_CONNECTIONS_PER_WORKER: usize = 10_000;
 /// Connections the kernel queues before they are accepted.
 pub const BACKLOG: u32 = 2048;
-/// Largest sum of header name and value bytes of a request (431 above). actix itself only refuses a request head
-/// over 128 KiB (431 with an empty body, before any handler runs).
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-
-/// Answers 431 with the JSON error body when the request's headers exceed [`MAX_HEADER_BYTES`].
-async fn limit_header_bytes(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let bytes: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
-    if bytes > MAX_HEADER_BYTES {
-        let status = actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        let message = format!("the request headers are {bytes} bytes; the limit is {MAX_HEADER_BYTES}");
-        let res = actix_web::HttpResponse::build(status)
-            .content_type("application/json")
-            .body(crate::error::json_body(crate::error::Error::code_for_status(status), &message));
-        return Ok(req.into_response(res).map_into_right_body());
-    }
-    Ok(next.call(req).await?.map_into_left_body())
-}
+pub use crate::http::MAX_HEADER_BYTES;
 
 /// A started server.
 pub struct RunningServer {
@@ -144,7 +123,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if !state.auth.enabled() && !is_loopback(&config.host) {
         tracing::warn!(host = %config.host, "listening on a non-loopback address with no AUTH_TOKEN: anyone who can reach it can read and write");
     }
-    let mut server = HttpServer::new(move || http::app(state.clone()).wrap(from_fn(limit_header_bytes)))
+    let mut server = HttpServer::new(move || http::app(state.clone()))
         .disable_signals()
         .shutdown_timeout(30)
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)

@@ -4,14 +4,9 @@
 //! `Authorization: Bearer <token>`: a read-write token may do anything; a read-only token may GET/HEAD only
 //! (403 otherwise), and never `/admin/*`. Tokens are compared in constant time.
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{header, Method};
-use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::http::Method;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
 use crate::error::Error;
 
 /// The configured tokens.
@@ -79,21 +74,6 @@ impl Tokens {
             }
         }
     }
-}
-
-/// Middleware: rejects requests that the configured tokens do not allow.
-/// A refusal is answered here as a response (not an `Err`), so the outer middlewares see a normal response.
-pub async fn authorize(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    if let Some(state) = req.app_data::<web::Data<AppState>>() {
-        let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        if let Err(e) = state.auth.check(req.method(), req.path(), auth) {
-            return Ok(req.error_response(e).map_into_right_body());
-        }
-    }
-    Ok(next.call(req).await?.map_into_left_body())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub mod openapi;
 use std::sync::Arc;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::ServiceResponse;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -33,6 +33,30 @@ pub struct AppState {
     pub config: Config,
     /// Bearer tokens.
     pub auth: auth::Tokens,
+}
+
+/// Largest sum of header name and value bytes of a request (431 above). actix itself only refuses a request head
+/// over 128 KiB (431 with an empty body, before any handler runs).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The answer to a request refused before routing, if it is: headers over [`MAX_HEADER_BYTES`] (431), or
+/// credentials the configured tokens do not allow (401/403; see `auth`). Called by the `observe` middleware, so a
+/// refusal gets a request id and is counted like any answer.
+pub fn refusal(req: &ServiceRequest) -> Option<HttpResponse> {
+    let bytes: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if bytes > MAX_HEADER_BYTES {
+        let status = actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        let message = format!("the request headers are {bytes} bytes; the limit is {MAX_HEADER_BYTES}");
+        return Some(
+            HttpResponse::build(status)
+                .content_type("application/json")
+                .body(json_body(Error::code_for_status(status), &message)),
+        );
+    }
+    let state = req.app_data::<web::Data<AppState>>()?;
+    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let refused = state.auth.check(req.method(), req.path(), authorization).err()?;
+    Some(actix_web::ResponseError::error_response(&refused))
 }
 
 /// A resource named by its own pattern: the request-metrics middleware labels requests with the matched
@@ -109,9 +133,9 @@ pub fn app(
         InitError = (),
     >,
 > {
+    // One middleware of our own around actix's error rewriting: each `from_fn` layer costs boxed futures per request.
     actix_web::App::new()
         .app_data(state)
-        .wrap(actix_web::middleware::from_fn(auth::authorize))
         .wrap(ErrorHandlers::new().default_handler(json_error))
         .wrap(actix_web::middleware::from_fn(observe::observe))
         .configure(configure)

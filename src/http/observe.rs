@@ -1,5 +1,6 @@
 //! Per-request observability: an `X-Request-Id` on every answer (kept from the request when it sent a sane one),
-//! a tracing span carrying it, and request counters and latency histograms labelled by route pattern.
+//! a tracing span carrying it, and request counters and latency histograms labelled by route pattern. This is our
+//! only middleware: it also answers the requests refused before routing (`http::refusal`: 431, 401, 403).
 //!
 //! This runs on every request, so it allocates nothing in the steady state: the route label is the matched
 //! resource's name (every resource is named by its pattern in `http/mod.rs`), methods outside a fixed list are
@@ -101,7 +102,7 @@ fn record(route: &str, method: u8, status: u16, seconds: f64) {
     });
 }
 
-/// Middleware: request id, span, metrics.
+/// Middleware: request id, span, refusals before routing (`http::refusal`), metrics.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -116,9 +117,12 @@ pub async fn observe(
         method = METHODS[method as usize],
         route = tracing::field::Empty
     );
-    // Never clone the request here: routing needs the only reference (actix panics otherwise). The inner
-    // middlewares answer their errors (auth's 401/403) as responses, so they get the id too.
-    let mut res = next.call(req).instrument(span.clone()).await?;
+    // Never clone the request here: routing needs the only reference (actix panics otherwise). A request refused
+    // before routing (431, 401, 403) is answered here, so it gets the id and the metrics too.
+    let mut res = match super::refusal(&req) {
+        Some(refused) => req.into_response(refused).map_into_right_body(),
+        None => next.call(req).instrument(span.clone()).await?.map_into_left_body(),
+    };
     let status = res.status();
     let elapsed = started.elapsed().as_secs_f64();
     let req = res.request();
