@@ -14,6 +14,9 @@
 # /proc/PID/stat over the run: the steadiest figure on a shared machine), and the after/before ratio of req/s.
 # BENCH_CASES picks cases (default "put-c256 put-c64 get-c256 set-c50-P1 set-c256-P16"); BENCH_ENV adds settings to
 # both servers' environment (e.g. BENCH_ENV="CACHE_BYTES=2400000" for reads that mostly miss the cache).
+# BENCH_EVICT=MS drops the server's shard files from the OS page cache every MS milliseconds during each run
+# (posix_fadvise DONTNEED), so that reads missing shale's cache also miss memory and wait for the disk; each run's
+# log line then says how many misses read on the blocking pool (src/miss_reads.rs).
 set -euo pipefail
 
 # shellcheck source=scripts/bench-lib.sh
@@ -50,9 +53,29 @@ done
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
+# evict DIR MS SECONDS: drops DIR's shard files from the page cache every MS ms for SECONDS s (in the background).
+evict() {
+    python3 - "$@" <<'PY' &
+import glob, os, sys, time
+data_dir, every, seconds = sys.argv[1], float(sys.argv[2]) / 1000, float(sys.argv[3])
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for path in glob.glob(os.path.join(data_dir, "shard-*.redb")):
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    time.sleep(every)
+PY
+    EVICTOR=$!
+}
+
 # run_case SIDE CASE: one run; prints "rps p50_us p99_us cpu_us_per_req".
 run_case() {
-    local side=$1 case=$2 addr=${ADDR_OF[$1]} pid=${PID_OF[$1]} t0 t1 rps p50 p99 line c p
+    local side=$1 case=$2 addr=${ADDR_OF[$1]} pid=${PID_OF[$1]} t0 t1 rps p50 p99 line c p pool0=""
+    if [[ -n "${BENCH_EVICT:-}" ]]; then
+        pool0=$(shale_metric "$addr" shale_cache_miss_reads_total 'path="pool"')
+        evict "$TMP/$side" "$BENCH_EVICT" "$SECONDS_PER_RUN"
+    fi
     t0=$(cpu_ticks "$pid")
     case $case in
     put-c* | get-c*)
@@ -73,6 +96,10 @@ run_case() {
         ;;
     esac
     t1=$(cpu_ticks "$pid")
+    if [[ -n "$pool0" ]]; then
+        wait "$EVICTOR" || true
+        log "$side $case: $(($(shale_metric "$addr" shale_cache_miss_reads_total 'path="pool"') - pool0)) misses read on the pool"
+    fi
     echo "$rps $p50 $p99 $(awk -v d=$((t1 - t0)) -v tick="$TICK" -v rps="$rps" -v s="$SECONDS_PER_RUN" -v n="$RESP_N" \
         -v resp="${case%%-*}" 'BEGIN { reqs = (resp == "set") ? n : rps * s; printf "%.1f", d * 1e6 / tick / reqs }')"
 }
