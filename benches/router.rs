@@ -7,6 +7,8 @@
 //!   random keys back to back, so `inflight` puts are always waiting. With 64 in flight the shard workers batch
 //!   them (group commit), and more shards commit in parallel.
 //! - `router/get_cached/shards4/inflight64`: `Router::get` of preloaded keys, all served by the read cache.
+//! - `router/get_miss/shards4/inflight64`: the same with a 64 KiB cache, so nearly every get reads the file (on
+//!   the calling thread while that stays off the disk: `src/miss_reads.rs`).
 //!
 //! The data dir is a fresh temp dir inside `SHALE_BENCH_DIR` when set, else inside the system temp dir. Keys come
 //! from fixed-seed xorshifts.
@@ -33,6 +35,8 @@ const KEY_SPACE: u64 = 100_000;
 /// Keys preloaded for the read bench.
 const PRELOAD: u64 = 10_000;
 const CACHE_BYTES: u64 = 64 << 20;
+/// The cache of the miss bench: room for a few hundred of the preloaded entries.
+const MISS_CACHE_BYTES: u64 = 64 << 10;
 
 /// Shards, their worker threads and the router over them, on a fresh data dir.
 struct Rig {
@@ -42,13 +46,14 @@ struct Rig {
 }
 
 impl Rig {
-    fn start(shards: u32) -> Rig {
+    fn start(shards: u32, cache_bytes: u64) -> Rig {
         let dir = temp_dir();
         let mut config = Config::for_test(dir.path());
         config.shards = shards;
-        config.cache_bytes = CACHE_BYTES;
-        let redb_cache = (CACHE_BYTES / 4 / u64::from(shards)) as usize;
-        let cache = Cache::new(CACHE_BYTES);
+        config.cache_bytes = cache_bytes;
+        // As src/server.rs sizes redb's page cache.
+        let redb_cache = (cache_bytes / 4 / u64::from(shards)).clamp(1 << 20, 1 << 30) as usize;
+        let cache = Cache::new(cache_bytes);
         let readiness = Readiness::new(shards as usize);
         let options = ShardOptions::from_config(&config);
         let mut handles = Vec::new();
@@ -122,7 +127,7 @@ fn bench_router(c: &mut Criterion) {
     let mut group = c.benchmark_group("router/put_durable");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     for shards in [1u32, 2, 4] {
-        let rig = Rig::start(shards);
+        let rig = Rig::start(shards, CACHE_BYTES);
         for inflight in [1u64, 64] {
             group.throughput(Throughput::Elements(inflight));
             let id = BenchmarkId::new(format!("shards{shards}"), format!("inflight{inflight}"));
@@ -132,11 +137,32 @@ fn bench_router(c: &mut Criterion) {
     }
     group.finish();
 
-    let rig = Rig::start(4);
+    for (name, cache_bytes) in [("router/get_cached", CACHE_BYTES), ("router/get_miss", MISS_CACHE_BYTES)] {
+        let rig = Rig::start(4, cache_bytes);
+        preload(&rt, &rig.router);
+        let cached = rig.router.cache().entry_count();
+        if cache_bytes == CACHE_BYTES {
+            assert_eq!(cached, PRELOAD, "every preloaded key is cached");
+        } else {
+            assert!(cached < PRELOAD / 10, "{cached} of {PRELOAD} keys cached: the gets would not miss");
+        }
+        let mut group = c.benchmark_group(name);
+        group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+        group.throughput(Throughput::Elements(64));
+        group.bench_function("shards4/inflight64", |b| {
+            b.iter_custom(|iters| drive(&rt, &rig.router, 64, iters, get_preloaded))
+        });
+        group.finish();
+        rig.stop();
+    }
+}
+
+/// Puts keys `0..PRELOAD` from 64 tasks.
+fn preload(rt: &tokio::runtime::Runtime, router: &Arc<Router>) {
     rt.block_on(async {
         let tasks: Vec<_> = (0..64u64)
             .map(|t| {
-                let router = rig.router.clone();
+                let router = router.clone();
                 tokio::spawn(async move {
                     for i in (t..PRELOAD).step_by(64) {
                         router.dispatch(put(key_of(i))).await.expect("preload");
@@ -148,15 +174,6 @@ fn bench_router(c: &mut Criterion) {
             t.await.expect("preload task");
         }
     });
-    assert_eq!(rig.router.cache().entry_count(), PRELOAD, "every preloaded key is cached");
-    let mut group = c.benchmark_group("router/get_cached");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
-    group.throughput(Throughput::Elements(64));
-    group.bench_function("shards4/inflight64", |b| {
-        b.iter_custom(|iters| drive(&rt, &rig.router, 64, iters, get_preloaded))
-    });
-    group.finish();
-    rig.stop();
 }
 
 criterion_group!(benches, bench_router);
