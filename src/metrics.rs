@@ -4,7 +4,7 @@
 //! Labels name route patterns (`/kv/{key:.*}`) and shard ids, never keys, so cardinality stays bounded.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -20,8 +20,16 @@ const SECONDS: [f64; 14] =
 /// Batch-size buckets (requests per transaction).
 const BATCH: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// How often the recorder's histogram samples are folded into their buckets when nobody scrapes `/metrics`.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide recorder on first use (later calls, e.g. a second in-process server in a test,
 /// share it) and returns its handle.
+///
+/// The exporter keeps every histogram sample (each request's duration, each batch's size and commit time) until
+/// an upkeep folds them into the buckets; only `install()` runs that upkeep by itself, and it needs a tokio
+/// runtime at hand. So a thread of ours runs it every [`UPKEEP_INTERVAL`]: without it, a server that is never
+/// scraped grew by about 16 bytes per request (10 MB per 10 s at 60k GET/s).
 pub fn init() -> &'static PrometheusHandle {
     STARTED.get_or_init(Instant::now);
     HANDLE.get_or_init(|| {
@@ -32,6 +40,14 @@ pub fn init() -> &'static PrometheusHandle {
             .install_recorder()
             .expect("no other metrics recorder is installed in this process");
         metrics::gauge!("shale_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            upkeep.run_upkeep();
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms grow until scraped");
+        }
         handle
     })
 }
