@@ -1127,6 +1127,33 @@ mod tests {
     }
 
     #[test]
+    fn a_log_damaged_in_the_middle_is_refused_and_moving_it_away_starts_from_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let mut rev = 1;
+        for key in ["a", "b", "c"] {
+            store.apply_batch([put(key, "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        }
+        let image = tempfile::tempdir().unwrap();
+        let path = crash_image(dir.path(), image.path(), true);
+        // Flip the last byte of the second frame (its payload: the record of "b"); the third frame stays intact.
+        let wal = image.path().join("s.wal");
+        let mut log = std::fs::read(&wal).unwrap();
+        let frame_len = |at: usize| 28 + u32::from_le_bytes(log[at + 8..at + 12].try_into().unwrap()) as usize;
+        let second_end = frame_len(0) + frame_len(frame_len(0));
+        log[second_end - 1] ^= 0x01;
+        std::fs::write(&wal, &log).unwrap();
+        let Err(e) = Store::open(path.clone(), ShardId(0), 1 << 20, true) else {
+            panic!("a log damaged in the middle was replayed up to the damage, silently dropping the frames after it")
+        };
+        assert!(e.to_string().contains("is damaged") && e.to_string().contains("move the log away"), "{e}");
+        // The way out the message gives: without the log, the file opens at its last checkpoint.
+        std::fs::rename(&wal, image.path().join("s.wal.damaged")).unwrap();
+        let reopened = Store::open(path, ShardId(0), 1 << 20, true).unwrap();
+        assert!(value(&reopened, Space::Kv, "c").is_none(), "only the checkpoint's state");
+    }
+
+    #[test]
     fn a_batch_whose_log_write_failed_never_comes_back() {
         for cut_fails in [false, true] {
             log_write_failure(cut_fails);

@@ -22,6 +22,8 @@
 //!   new ones with smaller seqs (or are cut in half), so replay stops at them.
 //! - `epoch` is random per redb file (meta `wal_epoch`): a log left next to another file (a restore, a
 //!   resharding) never applies to it.
+//! - Only the last frame written can be torn by a crash. So an intact frame of the current round after the frame
+//!   replay stopped at means damage in the middle; the open is refused rather than dropping those writes.
 //! - A frame whose write failed may still be on disk, and its batch was answered with an error. The log is cut
 //!   back to where the frame began (truncating needs no free space, so this works on a full disk) and its seq is
 //!   reused. If even that fails, the seq is spent: the store checkpoints at once (the file's `wal_seq` moves to
@@ -212,25 +214,41 @@ fn encode_effect(buf: &mut Vec<u8>, effect: &CacheEffect) -> std::io::Result<()>
 }
 
 /// The valid frames at the start of `data`: `(seq, payload)`, consecutive seqs of `epoch`, from offset 0 until
-/// the first frame that is torn, damaged, of another epoch, or out of sequence.
-fn frames(data: &[u8], epoch: u64) -> Vec<(u64, &[u8])> {
+/// the first frame that is torn, damaged, of another epoch, or out of sequence; and the offset where they end.
+fn frames(data: &[u8], epoch: u64) -> (Vec<(u64, &[u8])>, usize) {
     let mut out: Vec<(u64, &[u8])> = Vec::new();
     let mut at = 0usize;
-    while data.len() - at >= HEADER {
-        let word = |i: usize| u64::from_le_bytes(data[at + i..at + i + 8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
-        let Some(end) = (at + HEADER).checked_add(len).filter(|&e| e <= data.len()) else { break };
-        if word(0) != xxh3_64(&data[at + 8..end]) || word(12) != epoch {
-            break;
-        }
-        let seq = word(20);
+    while let Some((seq, payload, end)) = frame_at(data, at, epoch) {
         if out.last().is_some_and(|&(prev, _)| seq != prev + 1) {
             break;
         }
-        out.push((seq, &data[at + HEADER..end]));
+        out.push((seq, payload));
         at = end;
     }
-    out
+    (out, at)
+}
+
+/// The intact frame of `epoch` at offset `at` of `data`, if there is one: its seq, payload and end offset.
+fn frame_at(data: &[u8], at: usize, epoch: u64) -> Option<(u64, &[u8], usize)> {
+    if data.len().checked_sub(at)? < HEADER {
+        return None;
+    }
+    let word = |i: usize| u64::from_le_bytes(data[at + i..at + i + 8].try_into().expect("8 bytes"));
+    // The epoch first: a random 64-bit word, so scanning a log for frames rarely gets past this test by chance.
+    if word(12) != epoch {
+        return None;
+    }
+    let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+    let end = (at + HEADER).checked_add(len).filter(|&e| e <= data.len())?;
+    (word(0) == xxh3_64(&data[at + 8..end])).then(|| (word(20), &data[at + HEADER..end], end))
+}
+
+/// An intact frame of `epoch` with a seq above `above` anywhere after offset `from`: proof that the log was
+/// damaged in the middle (a crash can tear only the last frame written, and frames left from an earlier round all
+/// have lower seqs), so the writes of the frames in between are lost. Scans every offset: a damaged length field
+/// hides where the next frame starts.
+fn intact_frame_after(data: &[u8], from: usize, epoch: u64, above: u64) -> Option<u64> {
+    (from + 1..data.len()).find_map(|at| frame_at(data, at, epoch).map(|(seq, ..)| seq).filter(|&seq| seq > above))
 }
 
 /// Reads a length-prefixed byte string from `p`.
@@ -310,9 +328,18 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
             None => (xxh3_64(crate::manifest::new_node_id().as_bytes()), held, true),
         }
     };
-    let todo: Vec<(u64, &[u8])> = if new_epoch { Vec::new() } else { frames(&data, epoch) };
+    let (found, stop) = if new_epoch { (Vec::new(), 0) } else { frames(&data, epoch) };
+    let last_found = found.last().map_or(held, |&(seq, _)| seq.max(held));
+    if !new_epoch && spent.is_none() {
+        if let Some(later) = intact_frame_after(&data, stop, epoch, last_found) {
+            return Err(damaged(&format!(
+                "the frame after seq {last_found} at byte {stop} is damaged, but frame {later} after it is intact, \
+                 so writes in between are lost; to start from the last checkpoint instead, move the log away"
+            )));
+        }
+    }
     let todo: Vec<(u64, &[u8])> =
-        todo.into_iter().filter(|&(seq, _)| seq > held && spent.is_none_or(|s| seq < s)).collect();
+        found.into_iter().filter(|&(seq, _)| seq > held && spent.is_none_or(|s| seq < s)).collect();
     if let Some(&(first, _)) = todo.first() {
         if first != held + 1 {
             return Err(damaged(&format!("the file holds frames up to {held} but the log starts at {first}")));
@@ -368,9 +395,9 @@ mod tests {
     #[test]
     fn frames_stop_at_a_torn_damaged_foreign_or_stale_frame() {
         let mut log = [frame(7, 5, b"a"), frame(7, 6, b"bb"), frame(7, 7, b"")].concat();
-        let seqs = |d: &[u8]| frames(d, 7).iter().map(|&(s, p)| (s, p.to_vec())).collect::<Vec<_>>();
+        let seqs = |d: &[u8]| frames(d, 7).0.iter().map(|&(s, p)| (s, p.to_vec())).collect::<Vec<_>>();
         assert_eq!(seqs(&log), vec![(5, b"a".to_vec()), (6, b"bb".to_vec()), (7, vec![])]);
-        assert!(frames(&log, 8).is_empty(), "another epoch's log never applies");
+        assert!(frames(&log, 8).0.is_empty(), "another epoch's log never applies");
         // A torn last frame is not read.
         assert_eq!(seqs(&log[..log.len() - 1]).len(), 2);
         // A frame from an earlier round (lower seq) ends the log.
@@ -381,6 +408,28 @@ mod tests {
         log[HEADER + 1 + HEADER] ^= 1;
         assert_eq!(seqs(&log).len(), 1);
         // Zeros (a fresh or truncated file) hold no frame.
-        assert!(frames(&[0u8; 100], 0).is_empty());
+        assert!(frames(&[0u8; 100], 0).0.is_empty());
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_told_from_a_torn_end_or_an_earlier_round() {
+        let first = frame(7, 5, b"a");
+        let log = [first.clone(), frame(7, 6, b"payload"), frame(7, 7, b"c")].concat();
+        let check = |d: &[u8]| {
+            let (found, stop) = frames(d, 7);
+            let last = found.last().map_or(0, |&(seq, _)| seq);
+            intact_frame_after(d, stop, 7, last)
+        };
+        assert_eq!(check(&log), None, "an intact log");
+        assert_eq!(check(&log[..log.len() - 1]), None, "a torn last frame");
+        let stale = [log.clone(), frame(7, 2, b"old"), frame(7, 3, b"old")].concat();
+        assert_eq!(check(&stale), None, "frames of an earlier round after the end");
+        let mut payload_flip = log.clone();
+        payload_flip[first.len() + HEADER + 3] ^= 0x10;
+        assert_eq!(check(&payload_flip), Some(7), "a flipped payload byte of frame 6, frame 7 intact");
+        let mut length_flip = log.clone();
+        length_flip[first.len() + 9] ^= 0x40;
+        assert_eq!(check(&length_flip), Some(7), "a damaged length field hides frame 7's offset; the scan finds it");
+        assert_eq!(check(&frame(8, 7, b"x")), None, "another epoch");
     }
 }
