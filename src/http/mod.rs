@@ -133,7 +133,7 @@ pub fn app(
         InitError = (),
     >,
 > {
-    // One middleware of our own around actix's error rewriting: each `from_fn` layer costs boxed futures per request.
+    // Our one middleware (observe, which also answers refusals) around actix's error rewriting.
     actix_web::App::new()
         .app_data(state)
         .wrap(ErrorHandlers::new().default_handler(json_error))
