@@ -289,8 +289,8 @@ impl Store {
     /// answered 507 without touching redb: a failed redb write poisons the handle, and reopening it repairs the
     /// whole file (about 2 s per GiB), during which the shard cannot serve reads.
     fn check_space(&self, bytes: usize) -> Result<()> {
-        let need = bytes.saturating_mul(2).saturating_add(SPACE_CHECK_MARGIN);
         use std::io::Write;
+        let need = bytes.saturating_mul(2).saturating_add(SPACE_CHECK_MARGIN);
         let probe = self.path.with_file_name(format!(".space-check-{}", self.shard));
         let written = (|| {
             let mut f = std::fs::File::create(&probe)?;
@@ -1048,11 +1048,26 @@ mod tests {
         store.get(space, key.as_bytes()).unwrap().map(|r| r.value().to_vec())
     }
 
+    /// A logged store on the shard file `path` (the crash tests' subject, and its reopened crash images).
+    fn open_logged(path: PathBuf) -> Store {
+        Store::open(path, ShardId(0), 1 << 20, true).unwrap()
+    }
+
+    /// `key` = "1", in a batch of its own.
+    fn put_alone(store: &Store, key: &str, rev: &mut u64) -> Result<Vec<Outcome>> {
+        store.apply_batch([put(key, "1", Precondition::NONE)].iter(), rev, true)
+    }
+
+    /// Where the log frame that starts at `at` ends (28-byte header, payload length at bytes 8..12).
+    fn frame_end(log: &[u8], at: usize) -> usize {
+        at + 28 + u32::from_le_bytes(log[at + 8..at + 12].try_into().unwrap()) as usize
+    }
+
     #[test]
     fn a_logged_batch_survives_a_crash_through_its_log() {
         let (dir, bare, image) =
             (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let store = open_logged(dir.path().join("s.redb"));
         let mut rev = store.last_rev().unwrap() + 1;
         let cmds = [put("a", "1", Precondition::NONE), put("b", "1", Precondition::NONE)];
         store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
@@ -1068,36 +1083,36 @@ mod tests {
         assert!(store.logged_bytes().unwrap() > 0);
 
         // Without its log, the crash image holds only the checkpoint: redb committed the rest without an fsync.
-        let without = Store::open(crash_image(dir.path(), bare.path(), false), ShardId(0), 1 << 20, true).unwrap();
+        let without = open_logged(crash_image(dir.path(), bare.path(), false));
         assert_eq!(value(&without, Space::Kv, "a").as_deref(), Some(&b"1"[..]));
         assert!(value(&without, Space::Counter, "c").is_none());
         // With it, every acknowledged batch is replayed, revisions included.
-        let after = Store::open(crash_image(dir.path(), image.path(), true), ShardId(0), 1 << 20, true).unwrap();
+        let after = open_logged(crash_image(dir.path(), image.path(), true));
         assert_eq!(value(&after, Space::Kv, "a").as_deref(), Some(&b"2"[..]));
         assert!(value(&after, Space::Kv, "b").is_none(), "the delete is replayed");
         assert_eq!(counter_value(&after.get(Space::Counter, b"c").unwrap().unwrap()), Some(3));
         assert_eq!(after.last_rev().unwrap(), rev - 1, "ETags handed out before the crash are never reused");
         // The replayed file is durable and its log starts over: a second crash loses nothing either.
         drop(after);
-        let again = Store::open(image.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let again = open_logged(image.path().join("s.redb"));
         assert_eq!(counter_value(&again.get(Space::Counter, b"c").unwrap().unwrap()), Some(3));
     }
 
     #[test]
     fn a_logged_batch_whose_commit_failed_is_stored_by_the_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
-        store.apply_batch([put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        put_alone(&store, "a", &mut rev).unwrap();
         store.inject_late_commit_failures(1);
         // The frame is durable, so the answer is success, and the value is there at once (the reopen replayed it).
-        let out = store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        let out = put_alone(&store, "b", &mut rev).unwrap();
         assert!(matches!(out[0], Ok((Reply::Stored { created: true, rev: 2 }, _))), "{out:?}");
         assert_eq!(value(&store, Space::Kv, "b").as_deref(), Some(&b"1"[..]));
         assert_eq!(store.last_rev().unwrap(), 2);
-        store.apply_batch([put("c", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        put_alone(&store, "c", &mut rev).unwrap();
         let image = tempfile::tempdir().unwrap();
-        let crashed = Store::open(crash_image(dir.path(), image.path(), true), ShardId(0), 1 << 20, true).unwrap();
+        let crashed = open_logged(crash_image(dir.path(), image.path(), true));
         for k in ["a", "b", "c"] {
             assert_eq!(value(&crashed, Space::Kv, k).as_deref(), Some(&b"1"[..]), "{k}");
         }
@@ -1105,23 +1120,22 @@ mod tests {
         let plain = tempfile::tempdir().unwrap();
         let store = Store::open(plain.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
         store.inject_late_commit_failures(1);
-        assert!(store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).is_err());
+        assert!(put_alone(&store, "b", &mut rev).is_err());
         assert!(value(&store, Space::Kv, "b").is_none());
     }
 
     #[test]
     fn a_log_missing_frames_the_file_needs_is_refused_as_damaged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
-        store.apply_batch([put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
-        store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        put_alone(&store, "a", &mut rev).unwrap();
+        put_alone(&store, "b", &mut rev).unwrap();
         let image = tempfile::tempdir().unwrap();
         let path = crash_image(dir.path(), image.path(), true);
-        // Drop the first frame (28-byte header, payload length at bytes 8..12): the log now starts at seq 2.
+        // Drop the first frame: the log now starts at seq 2.
         let log = std::fs::read(image.path().join("s.wal")).unwrap();
-        let first = 28 + u32::from_le_bytes(log[8..12].try_into().unwrap()) as usize;
-        std::fs::write(image.path().join("s.wal"), &log[first..]).unwrap();
+        std::fs::write(image.path().join("s.wal"), &log[frame_end(&log, 0)..]).unwrap();
         let Err(e) = Store::open(path, ShardId(0), 1 << 20, true) else { panic!("a log with a gap was replayed") };
         assert!(e.to_string().contains("is damaged"), "{e}");
     }
@@ -1129,18 +1143,17 @@ mod tests {
     #[test]
     fn a_log_damaged_in_the_middle_is_refused_and_moving_it_away_starts_from_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
         for key in ["a", "b", "c"] {
-            store.apply_batch([put(key, "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+            put_alone(&store, key, &mut rev).unwrap();
         }
         let image = tempfile::tempdir().unwrap();
         let path = crash_image(dir.path(), image.path(), true);
         // Flip the last byte of the second frame (its payload: the record of "b"); the third frame stays intact.
         let wal = image.path().join("s.wal");
         let mut log = std::fs::read(&wal).unwrap();
-        let frame_len = |at: usize| 28 + u32::from_le_bytes(log[at + 8..at + 12].try_into().unwrap()) as usize;
-        let second_end = frame_len(0) + frame_len(frame_len(0));
+        let second_end = frame_end(&log, frame_end(&log, 0));
         log[second_end - 1] ^= 0x01;
         std::fs::write(&wal, &log).unwrap();
         let Err(e) = Store::open(path.clone(), ShardId(0), 1 << 20, true) else {
@@ -1149,7 +1162,7 @@ mod tests {
         assert!(e.to_string().contains("is damaged") && e.to_string().contains("move the log away"), "{e}");
         // The way out the message gives: without the log, the file opens at its last checkpoint.
         std::fs::rename(&wal, image.path().join("s.wal.damaged")).unwrap();
-        let reopened = Store::open(path, ShardId(0), 1 << 20, true).unwrap();
+        let reopened = open_logged(path);
         assert!(value(&reopened, Space::Kv, "c").is_none(), "only the checkpoint's state");
     }
 
@@ -1162,22 +1175,22 @@ mod tests {
 
     fn log_write_failure(cut_fails: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
-        store.apply_batch([put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        put_alone(&store, "a", &mut rev).unwrap();
         // The frame reaches the disk, then the write reports a failure: the batch is answered with an error. The
         // log cuts the frame off, or (cut_fails) the store checkpoints past it.
         store.inject_log_failures(1, cut_fails);
-        assert!(store.apply_batch([put("b", "1", Precondition::NONE)].iter(), &mut rev, true).is_err());
+        assert!(put_alone(&store, "b", &mut rev).is_err());
         assert!(value(&store, Space::Kv, "b").is_none());
         let image = tempfile::tempdir().unwrap();
-        let crashed = Store::open(crash_image(dir.path(), image.path(), true), ShardId(0), 1 << 20, true).unwrap();
+        let crashed = open_logged(crash_image(dir.path(), image.path(), true));
         assert_eq!(value(&crashed, Space::Kv, "a").as_deref(), Some(&b"1"[..]));
         assert!(value(&crashed, Space::Kv, "b").is_none(), "a crash replayed a batch that was answered with an error");
         // Later batches are logged and replayed as usual.
-        store.apply_batch([put("c", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        put_alone(&store, "c", &mut rev).unwrap();
         let image = tempfile::tempdir().unwrap();
-        let crashed = Store::open(crash_image(dir.path(), image.path(), true), ShardId(0), 1 << 20, true).unwrap();
+        let crashed = open_logged(crash_image(dir.path(), image.path(), true));
         assert_eq!(value(&crashed, Space::Kv, "c").as_deref(), Some(&b"1"[..]));
         assert!(value(&crashed, Space::Kv, "b").is_none());
     }
