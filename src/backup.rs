@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest};
 use crate::placement::ShardId;
 use crate::router::Router;
-use crate::store::{shard_file, Store, TABLES_BYTES, TABLE_META};
+use crate::store::{shard_file, Store, META_REV, TABLES_BYTES, TABLE_META};
 
 /// Name of the checksum file of a backup.
 pub const CHECKSUMS: &str = "SHA256SUMS";
@@ -91,8 +91,15 @@ impl Rendezvous {
 pub struct SnapshotRequest {
     /// Where all shards meet (twice: paused, then snapshots opened).
     pub rendezvous: Arc<Rendezvous>,
-    /// Where the worker sends its snapshot.
-    pub reply: crossbeam_channel::Sender<(ShardId, Result<ReadTransaction>)>,
+    /// Where the worker sends its snapshot and the last revision handed out in it.
+    pub reply: crossbeam_channel::Sender<(ShardId, Result<Snapshot>)>,
+}
+
+/// A shard's snapshot, and its last revision: under `immediate`, the snapshot's meta `rev` lags behind until the
+/// next checkpoint (the log holds the rest, see `wal`), and a restored file must never hand out a revision again.
+pub struct Snapshot {
+    txn: ReadTransaction,
+    last_rev: u64,
 }
 
 impl SnapshotRequest {
@@ -101,7 +108,7 @@ impl SnapshotRequest {
         if !self.rendezvous.meet() {
             return;
         }
-        let snapshot = store.begin_snapshot();
+        let snapshot = store.begin_snapshot().and_then(|txn| Ok(Snapshot { txn, last_rev: store.last_rev()? }));
         if !self.rendezvous.meet() {
             return;
         }
@@ -171,10 +178,10 @@ pub fn take(router: &Router, data_dir: &Path, out: &Path) -> Result<BackupReport
         }
     }
     drop(tx);
-    let mut snapshots: Vec<Option<ReadTransaction>> = (0..shards.len()).map(|_| None).collect();
+    let mut snapshots: Vec<Option<Snapshot>> = (0..shards.len()).map(|_| None).collect();
     for _ in 0..shards.len() {
         match rx.recv_timeout(RENDEZVOUS_TIMEOUT * 3) {
-            Ok((id, Ok(txn))) => snapshots[id.0 as usize] = Some(txn),
+            Ok((id, Ok(snap))) => snapshots[id.0 as usize] = Some(snap),
             Ok((id, Err(e))) => return Err(Error::Internal(format!("shard {id}: cannot open a snapshot: {e}"))),
             Err(_) => {
                 rendezvous.abandon();
@@ -189,9 +196,9 @@ pub fn take(router: &Router, data_dir: &Path, out: &Path) -> Result<BackupReport
         let jobs: Vec<_> = snapshots
             .into_iter()
             .enumerate()
-            .map(|(i, txn)| {
+            .map(|(i, snap)| {
                 let path = shard_file(out, ShardId(i as u32));
-                scope.spawn(move || copy_snapshot(&txn.expect("every shard answered"), &path))
+                scope.spawn(move || copy_snapshot(&snap.expect("every shard answered"), &path))
             })
             .collect();
         jobs.into_iter().map(|j| j.join().expect("copy thread does not panic")).collect()
@@ -213,7 +220,7 @@ pub fn take(router: &Router, data_dir: &Path, out: &Path) -> Result<BackupReport
 }
 
 /// Copies every table of a snapshot into a new redb file; returns the number of records.
-fn copy_snapshot(txn: &ReadTransaction, path: &Path) -> Result<u64> {
+fn copy_snapshot(Snapshot { txn, last_rev }: &Snapshot, path: &Path) -> Result<u64> {
     let err = |e: redb::Error| Error::storage(&format!("backup {}", path.display()), e);
     let db = Database::create(path).map_err(|e| err(e.into()))?;
     let mut n = 0u64;
@@ -249,6 +256,7 @@ fn copy_snapshot(txn: &ReadTransaction, path: &Path) -> Result<u64> {
             }
             dst.insert(k.value(), v.value()).map_err(|e| err(e.into()))?;
         }
+        dst.insert(META_REV, *last_rev).map_err(|e| err(e.into()))?;
     }
     w.commit().map_err(|e| err(e.into()))?; // durable: everything above is on disk
     drop(db);

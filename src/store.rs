@@ -237,14 +237,15 @@ impl Store {
         t.len().map_err(|e| err(e.into()))
     }
 
-    /// The last revision handed out in this file.
+    /// The last revision handed out in this file: meta `rev`, or a later one only the log holds yet.
     pub fn last_rev(&self) -> Result<u64> {
         let err = storage(self.shard, "read");
+        let logged = self.wal.lock().expect("wal lock is never held across a panic").as_ref().and_then(Wal::logged_rev);
         let db = self.db()?;
         let txn = db.begin_read().map_err(|e| err(e.into()))?;
         let t = txn.open_table(META).map_err(|e| err(e.into()))?;
         let rev = t.get(META_REV).map_err(|e| err(e.into()))?.map(|g| g.value());
-        Ok(rev.unwrap_or(0))
+        Ok(rev.unwrap_or(0).max(logged.unwrap_or(0)))
     }
 
     /// Applies `cmds` in order in ONE write transaction and commits once.
@@ -372,14 +373,10 @@ impl Store {
             return Ok(outcomes);
         }
         let new_rev = (rev != *next_rev).then(|| rev - 1);
-        if new_rev.is_some() || wal.is_some() {
+        // A logged batch's frame carries its revision; meta `rev` and `wal_seq` wait for the checkpoint (wal.rs).
+        if let (Some(new_rev), None) = (new_rev, wal.as_ref()) {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-            if let Some(new_rev) = new_rev {
-                meta.insert(META_REV, new_rev).map_err(|e| err(e.into()))?;
-            }
-            if let Some(w) = wal.as_ref() {
-                meta.insert(META_WAL_SEQ, w.next_seq()).map_err(|e| err(e.into()))?;
-            }
+            meta.insert(META_REV, new_rev).map_err(|e| err(e.into()))?;
         }
         if let Some(w) = wal.as_mut() {
             if let Err(e) = w.append(&outcomes, new_rev) {
@@ -482,6 +479,9 @@ impl Store {
         if let Some(w) = wal.as_ref() {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             meta.insert(META_WAL_SEQ, w.checkpoint_seq()).map_err(|e| err(e.into()))?;
+            if let Some(rev) = w.logged_rev() {
+                meta.insert(META_REV, rev).map_err(|e| err(e.into()))?;
+            }
         }
         txn.commit().map_err(|e| err(e.into()))?;
         if let Some(w) = wal.as_mut() {
@@ -1122,6 +1122,36 @@ mod tests {
         store.inject_late_commit_failures(1);
         assert!(put_alone(&store, "b", &mut rev).is_err());
         assert!(value(&store, Space::Kv, "b").is_none());
+    }
+
+    #[test]
+    fn a_reopen_replays_frames_the_file_already_holds_and_a_checkpoint_records_the_revision() {
+        let (dir, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = open_logged(dir.path().join("s.redb"));
+        let mut rev = 1;
+        let add = |delta| Command::CounterAdd { name: kv("c"), delta };
+        store.apply_batch([add(5)].iter(), &mut rev, true).unwrap();
+        store.flush().unwrap();
+        // Committed without touching meta: the file holds these batches beyond its `wal_seq`.
+        store.apply_batch([add(2), put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        let del = Command::Delete { space: Space::Kv, key: kv("a"), precondition: Precondition::NONE };
+        store.apply_batch([add(3), del].iter(), &mut rev, true).unwrap();
+        assert_eq!(store.last_rev().unwrap(), rev - 1, "the log's revision counts before any checkpoint");
+        store.inject_commit_failures(1);
+        assert!(put_alone(&store, "x", &mut rev).is_err());
+        store.reopen().unwrap();
+        // Replaying those frames again over them changes nothing: frames hold outcomes, not increments.
+        assert_eq!(counter_value(&store.get(Space::Counter, b"c").unwrap().unwrap()), Some(10));
+        assert!(value(&store, Space::Kv, "a").is_none());
+        assert!(value(&store, Space::Kv, "x").is_none(), "the failed batch is not stored");
+        assert_eq!(store.last_rev().unwrap(), rev - 1);
+        // A later batch and a checkpoint: the file alone (no log) then holds the last revision handed out.
+        put_alone(&store, "y", &mut rev).unwrap();
+        store.flush().unwrap();
+        let crashed = open_logged(crash_image(dir.path(), image.path(), false));
+        assert_eq!(crashed.last_rev().unwrap(), rev - 1, "ETags handed out before the crash are never reused");
+        assert_eq!(counter_value(&crashed.get(Space::Counter, b"c").unwrap().unwrap()), Some(10));
+        assert_eq!(value(&crashed, Space::Kv, "y").as_deref(), Some(&b"1"[..]));
     }
 
     #[test]

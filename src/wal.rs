@@ -15,8 +15,12 @@
 //! # Invariants
 //! - A batch is answered only after its frame is fdatasynced; redb commits it after that, so a reader never sees
 //!   a change the log does not hold.
-//! - The batch's redb transaction records its frame's `seq` in meta `wal_seq`; so the file always says which
-//!   frames it already contains, and replay applies exactly the frames after it.
+//! - Only a checkpoint (or a replay) records meta `wal_seq` (every frame up to it is in the file) and meta `rev`;
+//!   a batch's non-durable commit leaves the meta table alone, which spares each commit the copy-on-write of one
+//!   more B-tree (16 % of the instructions of a one-put batch, 7 % of an eight-put one: BENCHMARKS.md). So a file reopened without a crash may
+//!   already hold frames after its `wal_seq`. Replay applies them again, which is harmless: a frame holds
+//!   outcomes (a record, a removal, a cleared space, a revision), never increments, so applying all the frames
+//!   after `wal_seq` in order ends in the same state from any state between the checkpoint and the last frame.
 //! - Frames are written at consecutive offsets with consecutive seqs. The log goes back to offset 0 only after a
 //!   durable redb commit that contains every frame in it; frames left over from an earlier round then follow the
 //!   new ones with smaller seqs (or are cut in half), so replay stops at them.
@@ -73,6 +77,8 @@ pub struct Wal {
     pos: u64,
     /// A write failed: checkpoint before the next append (see the module invariants).
     must_checkpoint: bool,
+    /// The highest revision an appended frame carried (`OP_REV`): meta `rev` lags behind it until a checkpoint.
+    logged_rev: Option<u64>,
     /// Fault injection for tests: how many of the next appends write their frame, then report a failure.
     pub(crate) injected_failures: u32,
     /// Fault injection for tests: cutting a failed frame off the log fails too.
@@ -81,11 +87,6 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// The seq the next appended frame will carry (the batch's transaction records it in meta `wal_seq`).
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
     /// Bytes appended since the last checkpoint.
     pub fn live_bytes(&self) -> u64 {
         self.pos
@@ -104,6 +105,11 @@ impl Wal {
     /// The seq a checkpoint records as contained in the file: every frame before the next one.
     pub fn checkpoint_seq(&self) -> u64 {
         self.next_seq - 1
+    }
+
+    /// The last revision handed out by a logged batch, which meta `rev` holds only from the next checkpoint on.
+    pub fn logged_rev(&self) -> Option<u64> {
+        self.logged_rev
     }
 
     /// Writes one frame holding the changes of a batch's `outcomes` (and the new meta `rev`, when the batch took
@@ -132,7 +138,10 @@ impl Wal {
             Ok(())
         });
         match written {
-            Ok(()) => self.pos += buf.len() as u64,
+            Ok(()) => {
+                self.pos += buf.len() as u64;
+                self.logged_rev = rev.or(self.logged_rev);
+            }
             Err(_) => {
                 // Cut the frame off (and the stale frames after it, which the file holds anyway).
                 let cut = if self.injected_cut_failure {
@@ -377,6 +386,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         next_seq: last + 1,
         pos: 0,
         must_checkpoint: false,
+        logged_rev: None,
         injected_failures: 0,
         injected_cut_failure: false,
         buf: Vec::new(),
