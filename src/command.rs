@@ -58,6 +58,11 @@ impl Precondition {
     /// No condition.
     pub const NONE: Precondition = Precondition { if_match: None, if_none_match: None };
 
+    /// Whether this is no condition at all (every record, and no record, satisfies it).
+    pub fn is_none(&self) -> bool {
+        self.if_match.is_none() && self.if_none_match.is_none()
+    }
+
     /// Whether a record with revision `current` (None = absent) satisfies this condition.
     pub fn holds(&self, current: Option<u64>) -> bool {
         self.if_match.as_ref().is_none_or(|m| m.matches(current))

@@ -25,7 +25,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 
-use crate::command::{parse_i64_strict, Command, EtagMatch, Precondition, Reply, Space};
+use crate::command::{parse_i64_strict, Command, EtagMatch, Precondition, Reply, SetCond, Space};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::record::{Record, RecordView};
@@ -712,9 +712,15 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
     match cmd {
         Command::Put { space, key, value, content_type, precondition, skip_if_unchanged } => {
             let t = tables.get(*space)?;
-            let current = read_current!(current(t, key, |v| {
-                (v.rev, *skip_if_unchanged && v.content_type == &content_type[..] && v.value == &value[..])
-            }));
+            // An unconditional put reads nothing first: the insert says whether it replaced a record (one B-tree
+            // descent instead of two).
+            let current = if precondition.is_none() && !skip_if_unchanged {
+                None
+            } else {
+                read_current!(current(t, key, |v| {
+                    (v.rev, *skip_if_unchanged && v.content_type == &content_type[..] && v.value == &value[..])
+                }))
+            };
             if !precondition.holds(current.map(|(rev, _)| rev)) {
                 return Ok(Err(precondition_failed(precondition)));
             }
@@ -723,8 +729,8 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
             }
             let r = take_rev();
             let rec = Record::encode(r, content_type, value);
-            t.insert(&key[..], rec.as_bytes())?;
-            let reply = Reply::Stored { created: current.is_none(), rev: r };
+            let replaced = t.insert(&key[..], rec.as_bytes())?.is_some();
+            let reply = Reply::Stored { created: !replaced, rev: r };
             Ok(Ok((reply, CacheEffect::Insert(*space, key.clone(), rec))))
         }
         Command::Delete { space, key, precondition } => {
@@ -757,11 +763,16 @@ fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Ou
         }
         Command::Set { key, value, cond, get_old } => {
             let t = tables.get(Space::Kv)?;
-            let (exists, old) =
-                match read_current!(current(t, key, |v| get_old.then(|| Bytes::copy_from_slice(v.value)))) {
-                    None => (false, None),
-                    Some(old) => (true, old),
-                };
+            // A plain SET reads nothing first (see `Put`).
+            let read = if *cond == SetCond::Always && !get_old {
+                None
+            } else {
+                read_current!(current(t, key, |v| get_old.then(|| Bytes::copy_from_slice(v.value))))
+            };
+            let (exists, old) = match read {
+                None => (false, None),
+                Some(old) => (true, old),
+            };
             if !cond.holds(exists) {
                 return Ok(Ok((Reply::Set { written: false, old }, CacheEffect::None)));
             }
