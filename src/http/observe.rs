@@ -75,8 +75,9 @@ struct Handles {
     duration: metrics::Histogram,
 }
 
-/// route label -> (method index, status) -> handles.
-type HandleCache = HashMap<String, HashMap<(u8, u16), Handles>>;
+/// route label -> the handles of each (method index, status) seen on it. A route sees few of those, so a short
+/// list searched in order beats hashing the pair on every request.
+type HandleCache = HashMap<String, Vec<((u8, u16), Handles)>>;
 
 thread_local! {
     /// This worker thread's handles, filled on first use of each (route, method, status).
@@ -86,17 +87,23 @@ thread_local! {
 fn record(route: &str, method: u8, status: u16, seconds: f64) {
     HANDLES.with(|h| {
         let mut h = h.borrow_mut();
-        if !h.contains_key(route) {
-            h.insert(route.to_string(), HashMap::new());
-        }
-        let per_route = h.get_mut(route).expect("inserted above");
-        let handles = per_route.entry((method, status)).or_insert_with(|| {
-            let (route, method) = (route.to_string(), METHODS[method as usize]);
-            Handles {
-                requests: metrics::counter!("shale_http_requests_total", "route" => route.clone(), "method" => method, "status" => status.to_string()),
-                duration: metrics::histogram!("shale_http_request_duration_seconds", "route" => route, "method" => method),
+        let per_route = match h.get_mut(route) {
+            Some(per_route) => per_route,
+            None => h.entry(route.to_string()).or_default(),
+        };
+        let at = match per_route.iter().position(|(seen, _)| *seen == (method, status)) {
+            Some(at) => at,
+            None => {
+                let (route, method_name) = (route.to_string(), METHODS[method as usize]);
+                let handles = Handles {
+                    requests: metrics::counter!("shale_http_requests_total", "route" => route.clone(), "method" => method_name, "status" => status.to_string()),
+                    duration: metrics::histogram!("shale_http_request_duration_seconds", "route" => route, "method" => method_name),
+                };
+                per_route.push(((method, status), handles));
+                per_route.len() - 1
             }
-        });
+        };
+        let handles = &per_route[at].1;
         handles.requests.increment(1);
         handles.duration.record(seconds);
     });
