@@ -56,8 +56,7 @@ impl MissReads {
             self.inline.increment(1);
             let before = blocks_read_by_this_thread();
             let out = read();
-            let after = blocks_read_by_this_thread();
-            if !matches!((before, after), (Some(a), Some(b)) if a == b) {
+            if reached_disk(before, blocks_read_by_this_thread()) {
                 self.reached_disk_at(Instant::now());
             }
             return out;
@@ -93,6 +92,13 @@ impl MissReads {
     fn nanos(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.origin).as_nanos() as u64
     }
+}
+
+/// Whether a read reached the disk, from this thread's block counts before and after it. Without a count (not
+/// Linux, or the call failed) every read is taken to have reached the disk: misses then always use the pool, the
+/// safe choice, since a disk wait on an HTTP worker stalls all of its connections.
+fn reached_disk(before: Option<u64>, after: Option<u64>) -> bool {
+    !matches!((before, after), (Some(a), Some(b)) if a == b)
 }
 
 /// Blocks (512-byte units) this thread has read from block devices so far: page-cache hits do not count.
@@ -141,6 +147,13 @@ mod tests {
         t += MAX_OFFLOAD * 3;
         p.reached_disk_at(t);
         assert!(p.inline_at(t + MIN_OFFLOAD), "a quiet spell resets the window");
+    }
+
+    #[test]
+    fn without_a_block_count_every_read_counts_as_reaching_the_disk() {
+        assert!(!reached_disk(Some(7), Some(7)), "same count: served from memory");
+        assert!(reached_disk(Some(7), Some(8)));
+        assert!(reached_disk(None, Some(8)) && reached_disk(Some(7), None) && reached_disk(None, None));
     }
 
     #[tokio::test]
