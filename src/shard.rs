@@ -499,3 +499,54 @@ fn apply_cache_effect(cache: &Cache, effect: CacheEffect) {
         CacheEffect::Many(effects) => effects.into_iter().for_each(|e| apply_cache_effect(cache, e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Precondition;
+
+    fn put() -> Command {
+        Command::Put {
+            space: Space::Kv,
+            key: bytes::Bytes::from_static(b"k"),
+            value: bytes::Bytes::from_static(b"v"),
+            content_type: bytes::Bytes::new(),
+            precondition: Precondition::NONE,
+            skip_if_unchanged: false,
+        }
+    }
+
+    /// A handle on a queue of one that no worker drains, so the test decides when room appears.
+    fn stalled(dir: &std::path::Path) -> (ShardHandle, Receiver<ShardMsg>) {
+        let store = Arc::new(Store::open(dir.join("s.redb"), ShardId(0), 1 << 20, false).unwrap());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        (ShardHandle { id: ShardId(0), tx, store }, rx)
+    }
+
+    #[tokio::test]
+    async fn a_patient_submit_waits_for_room_then_gives_up_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, rx) = stalled(dir.path());
+        handle.submit(put()).unwrap();
+        assert!(matches!(handle.submit(put()), Err(Error::Unavailable(_))), "the plain submit refuses at once");
+
+        // Still full when the patience runs out: Unavailable (RESP answers it with -BUSY), after the patience.
+        let started = Instant::now();
+        let err = handle.submit_patiently(put(), Duration::from_millis(150)).await.err().expect("queue stays full");
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(150), "gave up after {:?}", started.elapsed());
+        let crate::resp::frame::Frame::Error(text) = crate::resp::commands::error_frame(&err) else { panic!() };
+        assert!(text.starts_with("BUSY "), "{text}");
+
+        // Room appears while it waits: the command is queued.
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let first = rx.recv().unwrap();
+            (rx, first)
+        });
+        let queued = handle.submit_patiently(put(), Duration::from_secs(5)).await;
+        assert!(queued.is_ok(), "the command waited for room");
+        let (rx, _) = drain.join().unwrap();
+        assert_eq!(rx.len(), 1, "the patient command is now in the queue");
+    }
+}
