@@ -532,7 +532,7 @@ mod tests {
 
         // Still full when the patience runs out: Unavailable (RESP answers it with -BUSY), after the patience.
         let started = Instant::now();
-        let err = handle.submit_patiently(put(), Duration::from_millis(150)).await.err().expect("queue stays full");
+        let err = handle.submit_patiently(put(), Duration::from_millis(150)).await.expect_err("queue stays full");
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(150), "gave up after {:?}", started.elapsed());
         let crate::resp::frame::Frame::Error(text) = crate::resp::commands::error_frame(&err) else { panic!() };
