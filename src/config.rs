@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_BATCH: usize = 512;
 /// Most value bytes one shard applies in one write transaction (a request larger than this is a batch alone).
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// Default most open RESP connections (Redis's `maxclients` default).
+pub const DEFAULT_RESP_MAX_CLIENTS: usize = 10_000;
+
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Durability {
@@ -107,6 +110,9 @@ pub struct Config {
     #[arg(long, env = "RESP_ALLOW_FLUSH", value_parser = clap::builder::BoolishValueParser::new(),
           default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub resp_allow_flush: bool,
+    /// Most open RESP connections (Redis's `maxclients`); past it a new client gets Redis's error and is closed.
+    #[arg(long, env = "RESP_MAX_CLIENTS", default_value_t = DEFAULT_RESP_MAX_CLIENTS, value_parser = parse_positive_usize)]
+    pub resp_max_clients: usize,
 }
 
 /// Where the RESP listener binds.
@@ -168,6 +174,7 @@ impl Config {
             max_batch: DEFAULT_MAX_BATCH,
             resp_port: RespPort::Off,
             resp_allow_flush: false,
+            resp_max_clients: DEFAULT_RESP_MAX_CLIENTS,
         }
     }
 

@@ -1084,3 +1084,38 @@ fn a_taken_resp_port_fails_the_start_clearly() {
     assert!(!exited.stdout.contains("LISTENING"), "{}", exited.stdout);
     assert!(!dir.path().join("manifest.json").exists(), "the data dir was touched before the port check");
 }
+
+/// `RESP_MAX_CLIENTS` (Redis's `maxclients`): the connection past the limit gets Redis's error and is closed, and
+/// a slot frees when a client leaves. CONFIG GET and INFO report the limit.
+#[test]
+fn clients_past_the_limit_are_refused_until_one_leaves() {
+    let dir = temp_dir();
+    let server = TestServer::start(Config { resp_max_clients: 3, ..resp_config(dir.path()) });
+    let mut clients: Vec<RespClient> = (0..3).map(|_| connect(&server)).collect();
+    for c in &mut clients {
+        assert_eq!(c.cmd(&["PING"]), Resp::simple("PONG"));
+    }
+    assert_eq!(
+        clients[0].cmd(&["CONFIG", "GET", "maxclients"]),
+        Resp::Array(vec![Resp::bulk("maxclients"), Resp::bulk("3")])
+    );
+    assert!(clients[0].cmd(&["INFO", "clients"]).text().contains("connected_clients:3\r\nmaxclients:3"));
+
+    let mut extra = connect(&server);
+    assert_eq!(extra.read(), Resp::err("ERR max number of clients reached"));
+    assert_eq!(extra.read_or_closed(), None, "the refused connection is closed");
+
+    drop(clients.pop());
+    // The server notices the close asynchronously: retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = connect(&server);
+        again.send(&command(&["PING"]));
+        match again.read() {
+            r if r == Resp::simple("PONG") => break,
+            r => assert!(Instant::now() < deadline, "no slot freed: {r:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.stop();
+}

@@ -34,8 +34,6 @@ use crate::router::Router;
 
 use session::Shared;
 
-/// Most open RESP connections; past it a new client gets Redis's error and is closed.
-pub const MAX_CLIENTS: usize = 10_000;
 /// How long a stopping listener lets connections send their pending replies.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -140,7 +138,9 @@ async fn accept_loop(
         };
         while connections.try_join_next().is_some() {}
         let _ = socket.set_nodelay(true);
-        if shared.clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
+        // Counted here, before the connection's task runs, so a burst of accepts cannot pass the limit.
+        if shared.clients.fetch_add(1, Ordering::Relaxed) >= shared.config.resp_max_clients {
+            shared.clients.fetch_sub(1, Ordering::Relaxed);
             connections.spawn(async move {
                 let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
             });
@@ -148,7 +148,6 @@ async fn accept_loop(
         }
         let (shared, stopped, tls) = (shared.clone(), stopped.clone(), tls.clone());
         connections.spawn(async move {
-            shared.clients.fetch_add(1, Ordering::Relaxed);
             let served = match tls {
                 Some(acceptor) => match acceptor.accept(socket).await {
                     Ok(stream) => conn::serve(stream, shared.clone(), stopped).await,

@@ -162,7 +162,7 @@ pub fn config(session: &mut Session, args: &[Bytes]) -> Plan {
                 ("appendonly", "yes".into()),
                 ("bind", c.host.clone()),
                 ("databases", "1".into()),
-                ("maxclients", super::MAX_CLIENTS.to_string()),
+                ("maxclients", c.resp_max_clients.to_string()),
                 ("maxmemory", c.cache_bytes.to_string()),
                 ("port", session.shared.port.to_string()),
                 ("proto-max-bulk-len", c.max_value_bytes.to_string()),
@@ -250,7 +250,10 @@ pub fn info(session: &mut Session, args: &[Bytes]) -> Plan {
         }
         if show("clients") {
             let clients = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
-            text += &format!("# Clients\r\nconnected_clients:{clients}\r\nmaxclients:{}\r\n\r\n", super::MAX_CLIENTS);
+            text += &format!(
+                "# Clients\r\nconnected_clients:{clients}\r\nmaxclients:{}\r\n\r\n",
+                shared.config.resp_max_clients
+            );
         }
         if show("persistence") {
             let durability = match shared.config.durability {
