@@ -17,8 +17,8 @@
 //!   a change the log does not hold.
 //! - Only a checkpoint (or a replay) records meta `wal_seq` (every frame up to it is in the file) and meta `rev`;
 //!   a batch's non-durable commit leaves the meta table alone, which spares each commit the copy-on-write of one
-//!   more B-tree (16 % of the instructions of a one-put batch, 7 % of an eight-put one: BENCHMARKS.md). So a file reopened without a crash may
-//!   already hold frames after its `wal_seq`. Replay applies them again, which is harmless: a frame holds
+//!   more B-tree (16 % of the instructions of a one-put batch, 8 % of an eight-put one: BENCHMARKS.md). So a
+//!   file reopened without a crash may already hold frames after its `wal_seq`. Replay applies them again, which is harmless: a frame holds
 //!   outcomes (a record, a removal, a cleared space, a revision), never increments, so applying all the frames
 //!   after `wal_seq` in order ends in the same state from any state between the checkpoint and the last frame.
 //! - Frames are written at consecutive offsets with consecutive seqs. The log goes back to offset 0 only after a
