@@ -64,6 +64,8 @@ pub fn render(router: &Router) -> String {
     for shard in router.shards() {
         let id = shard.id().to_string();
         metrics::gauge!("shale_shard_queue_depth", "shard" => id.clone()).set(shard.queue_len() as f64);
+        // Answered writes the shard still holds uncommitted are counted too (render runs on the blocking pool).
+        let _ = shard.store().settle();
         for space in Space::ALL {
             if let Ok(n) = shard.store().len(space) {
                 let space = match space {

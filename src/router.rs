@@ -18,6 +18,9 @@ use crate::placement::{shard_for, ShardId};
 use crate::record::Record;
 use crate::shard::{Readiness, ShardHandle};
 
+/// How long a cache miss that must be read by its shard waits for room in the shard's queue before 503.
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Routes commands to shards. Shared by every HTTP worker behind an `Arc`.
 pub struct Router {
     shards: Vec<ShardHandle>,
@@ -90,16 +93,21 @@ impl Router {
         rx.await.map_err(|_| Error::Internal("the shard stopped before answering".into()))?
     }
 
-    /// The number of records of `space` on every shard: each shard's B-tree length, read in constant time.
+    /// The number of records of `space` on every shard: each shard's B-tree length, read in constant time, after
+    /// its held batches are committed (read-your-writes; see `store`).
     pub async fn count(&self, space: Space) -> Result<u64> {
         let stores: Vec<_> = self.shards.iter().map(|s| s.store().clone()).collect();
-        tokio::task::spawn_blocking(move || stores.iter().map(|s| s.len(space)).sum::<Result<u64>>())
-            .await
-            .map_err(|e| Error::Internal(format!("count task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            stores.iter().map(|s| s.settle().and_then(|()| s.len(space))).sum::<Result<u64>>()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("count task failed: {e}")))?
     }
 
     /// Reads `key`: from the cache, or on a miss from the shard's file (on this thread or a blocking one: see
     /// `miss_reads`), after which the shard is asked to fill the cache (readers never insert; see `cache`).
+    /// While the shard holds answered batches that redb has not committed yet, a miss is read by the shard
+    /// itself, inside its transaction, in queue order (see `store`).
     pub async fn get(&self, space: Space, key: Bytes) -> Result<Option<Record>> {
         if let Some(rec) = self.cache.get(space, &key) {
             self.cache_hits.increment(1);
@@ -107,6 +115,13 @@ impl Router {
         }
         self.cache_misses.increment(1);
         let shard = self.shard(&key).clone();
+        if shard.store().pending() {
+            let rx = shard.submit_patiently(Command::Read { space, key }, READ_PATIENCE).await?;
+            return match rx.await.map_err(|_| Error::Internal("the shard stopped before answering".into()))?? {
+                Reply::Value(rec) => Ok(rec),
+                other => Err(Error::Internal(format!("a read was answered with {other:?}"))),
+            };
+        }
         let store = shard.store().clone();
         let k = key.clone();
         let rec = self.miss_reads.read(move || store.get(space, &k)).await?;
@@ -127,7 +142,11 @@ impl Router {
     ) -> Result<(Vec<Bytes>, Option<Bytes>)> {
         let stores: Vec<_> = self.shards.iter().map(|s| s.store().clone()).collect();
         let per_shard = tokio::task::spawn_blocking(move || {
-            stores.iter().map(|s| s.list(space, &prefix, after.as_deref(), limit + 1)).collect::<Result<Vec<_>>>()
+            // Settled first, so every answered write is listed (read-your-writes; see `store`).
+            stores
+                .iter()
+                .map(|s| s.settle().and_then(|()| s.list(space, &prefix, after.as_deref(), limit + 1)))
+                .collect::<Result<Vec<_>>>()
         })
         .await
         .map_err(|e| Error::Internal(format!("list task failed: {e}")))??;

@@ -6,8 +6,10 @@
 //! 2. Block for the first message, then take everything already queued without waiting, up to `max_batch`
 //!    requests or `max_batch_bytes` (group commit).
 //! 3. Apply the batch's writes in arrival order in ONE write transaction and commit once (under `immediate`, the
-//!    batch is first made durable in the shard's write-ahead log; see [`crate::wal`]).
-//! 4. Only after the commit: update the cache in commit order, then answer every writer. A failed transaction
+//!    batch is first made durable in the shard's write-ahead log, see [`crate::wal`], and the transaction may be
+//!    held open for the next batches and committed with them, see [`crate::store`]; the loop then wakes up in
+//!    time to commit it).
+//! 4. Only after the commit (or the log's fdatasync): update the cache in commit order, then answer every writer. A failed transaction
 //!    answers every writer of the batch with the error, reopens the database, and changes no cache entry.
 //! 5. Serve the batch's cache fills from the committed state.
 //! 6. Checkpoint (a durable redb commit) when due: under `immediate` every `FLUSH_INTERVAL_MS` or
@@ -277,13 +279,19 @@ impl Worker {
         let mut dirty = false;
         let logged = self.store.logged_bytes().is_some();
         loop {
-            // Wake up in time for the next durable commit.
-            let first = if dirty {
-                let due = (last_durable + self.options.flush_interval).saturating_duration_since(Instant::now());
-                match self.rx.recv_timeout(due) {
+            // Wake up in time for the held transaction's commit and for the next durable commit.
+            let flush_due = dirty.then(|| last_durable + self.options.flush_interval);
+            let held_due = self.store.held_due();
+            let first = if let Some(due) = flush_due.into_iter().chain(held_due).min() {
+                match self.rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.flush(&mut dirty, &mut last_durable);
+                        if flush_due.is_some_and(|d| d <= Instant::now()) {
+                            self.flush(&mut dirty, &mut last_durable);
+                        } else if let Err(e) = self.store.settle() {
+                            tracing::error!(shard = shard.0, error = %e, "committing the held transaction failed");
+                            self.reopen(&mut next_rev);
+                        }
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -470,13 +478,13 @@ impl Worker {
         }
     }
 
-    /// Fills one key from the committed state if it is still absent. Runs after the batch commit, on the only
-    /// thread that writes this key, so what it reads is the newest committed value.
+    /// Fills one key as the last answered batch left it (through the held transaction, if any) if it is still
+    /// absent. Runs between batches, on the only thread that writes this key, so what it reads is the newest value.
     fn fill(&self, FillRequest { space, key }: FillRequest) {
         if self.cache.contains(space, &key) {
             return;
         }
-        if let Ok(Some(rec)) = self.store.get(space, &key) {
+        if let Ok(Some(rec)) = self.store.get_current(space, &key) {
             self.cache.insert(space, &key, rec);
         }
     }
@@ -548,5 +556,59 @@ mod tests {
         assert!(queued.is_ok(), "the command waited for room");
         let (rx, _) = drain.join().unwrap();
         assert_eq!(rx.len(), 1, "the patient command is now in the queue");
+    }
+
+    #[test]
+    fn a_fill_reads_what_the_held_transaction_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        store.hold_for(Duration::from_secs(3600));
+        let store = Arc::new(store);
+        let cache = Cache::new(1 << 20);
+        let (_tx, rx) = crossbeam_channel::bounded(1);
+        let worker = Worker {
+            store: store.clone(),
+            cache: cache.clone(),
+            options: ShardOptions::from_config(&Config::for_test(dir.path())),
+            rx,
+            readiness: Readiness::new(1),
+            metrics: ShardMetrics::new(ShardId(0)),
+        };
+        let mut rev = 1;
+        store.apply_batch([put()].iter(), &mut rev, true).unwrap();
+        store.settle().unwrap();
+        let delete = Command::Delete {
+            space: Space::Kv,
+            key: bytes::Bytes::from_static(b"k"),
+            precondition: Precondition::NONE,
+        };
+        store.apply_batch([delete].iter(), &mut rev, true).unwrap();
+        assert!(store.pending() && store.get(Space::Kv, b"k").unwrap().is_some(), "the delete is held");
+        // A reader missed before the delete and asked for a fill: the committed state still has the key, but the
+        // answered delete must win, or the cache would serve a deleted value.
+        worker.fill(FillRequest { space: Space::Kv, key: bytes::Bytes::from_static(b"k") });
+        assert!(!cache.contains(Space::Kv, b"k"), "a fill brought a deleted key back");
+        store.settle().unwrap();
+        store.apply_batch([put()].iter(), &mut rev, true).unwrap();
+        worker.fill(FillRequest { space: Space::Kv, key: bytes::Bytes::from_static(b"k") });
+        assert!(cache.contains(Space::Kv, b"k"), "a held write is filled");
+    }
+
+    #[tokio::test]
+    async fn an_idle_shard_commits_its_held_transaction_when_it_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap());
+        let options = ShardOptions::from_config(&Config::for_test(dir.path()));
+        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        handle.submit(put()).unwrap().await.unwrap().unwrap();
+        // No batch follows: the worker wakes up for the hold's end (50 ms), well before the checkpoint (1 s).
+        let started = Instant::now();
+        while store.pending() {
+            assert!(started.elapsed() < Duration::from_millis(900), "the held transaction was never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(store.get(Space::Kv, b"k").unwrap().is_some());
+        drop(handle);
+        join.join().unwrap();
     }
 }

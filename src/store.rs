@@ -7,6 +7,20 @@
 //! A logged store (`DURABILITY=immediate`) makes each batch durable in its [`wal`](crate::wal) before redb commits
 //! it without an fsync; [`Store::flush`] is then the checkpoint. Every open replays the log, logged or not.
 //!
+//! # Held transaction (logged stores only)
+//! A logged batch is answered once its log frame is fdatasynced, so its redb commit can wait: the write
+//! transaction stays open ("held") across batches and is committed once it holds [`HOLD_BATCHES`] batches or
+//! [`HOLD_BYTES`] of payload, or is [`HOLD_TIME`] old, or when something reads the committed state on behalf of
+//! a client ([`Store::settle`]). One redb commit then carries several batches, and a leaf page written by
+//! several of them is copied and checksummed once (BENCHMARKS.md, session 6). Invariants:
+//! - While a held transaction holds answered batches, [`Store::pending`] is true (set before the answers, cleared
+//!   only after the commit returned). A reader of the committed state that sees it true must go through the
+//!   shard's queue ([`Command::Read`](crate::command::Command::Read), served inside the transaction) or settle
+//!   first; readers never see a change before it is in the log.
+//! - The shard thread holds the `held` lock for a whole batch, so [`Store::settle`] waits for a batch in flight.
+//! - Every batch in a held transaction is in the log: if the transaction is lost (a failed batch, a failed
+//!   commit), the store is marked for a reopen, and the reopen's replay brings them back.
+//!
 //! # Tables
 //! - `kv`, `docs`, `counters`, `buckets`: key bytes -> encoded [`Record`] (one table per [`Space`]).
 //! - `meta`: `"rev"` -> the last revision handed out in this file; `"wal_seq"`, `"wal_epoch"`: see [`crate::wal`].
@@ -49,6 +63,29 @@ fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]>
         Space::Doc => DOCS,
         Space::Counter => COUNTERS,
         Space::Bucket => BUCKETS,
+    }
+}
+
+/// A held transaction is committed once it holds this many answered batches (see the module doc).
+pub const HOLD_BATCHES: u32 = 64;
+/// ... or this many bytes of commands.
+pub const HOLD_BYTES: usize = 1 << 20;
+/// ... or once it is this old (the shard thread wakes up for it when no batch comes).
+pub const HOLD_TIME: Duration = Duration::from_millis(50);
+
+/// A logged store's write transaction, kept open across answered batches.
+struct Held {
+    txn: WriteTransaction,
+    /// Answered batches in it (0 while the first batch is being applied).
+    batches: u32,
+    /// Their commands' bytes.
+    bytes: usize,
+    since: Instant,
+}
+
+impl Held {
+    fn full(&self, hold_time: Duration) -> bool {
+        self.batches >= HOLD_BATCHES || self.bytes >= HOLD_BYTES || self.since.elapsed() >= hold_time
     }
 }
 
@@ -97,6 +134,12 @@ pub struct Store {
     db: RwLock<Option<Arc<Database>>>,
     /// The write-ahead log, when this store logs its batches (only the shard thread locks it).
     wal: Mutex<Option<Wal>>,
+    /// The held write transaction (logged stores; see the module doc). Lock order: `wal`, then `held`.
+    held: Mutex<Option<Held>>,
+    /// Answered batches are in the held transaction, not yet committed to redb.
+    pending: AtomicBool,
+    /// [`HOLD_TIME`] (tests lengthen it, so that a slow fsync does not end a hold they check).
+    hold_time: Duration,
     logged: bool,
     /// Fault injection: how many of the next batch transactions fail as if the disk had failed.
     injected_failures: AtomicU32,
@@ -128,6 +171,9 @@ impl Store {
             cache_size,
             db: RwLock::new(Some(Arc::new(db))),
             wal: Mutex::new(logged.then_some(wal)),
+            held: Mutex::new(None),
+            pending: AtomicBool::new(false),
+            hold_time: HOLD_TIME,
             logged,
             injected_failures: AtomicU32::new(0),
             late_failures: AtomicU32::new(0),
@@ -154,24 +200,83 @@ impl Store {
             .ok_or_else(|| Error::Unavailable(format!("shard {} is reopening its database", self.shard)))
     }
 
-    /// A read transaction: a consistent snapshot of the whole file (for backups).
+    /// A read transaction: a consistent snapshot of the whole file (for backups), with every answered batch.
     pub fn begin_snapshot(&self) -> Result<redb::ReadTransaction> {
+        self.settle()?;
         self.db()?.begin_read().map_err(|e| storage(self.shard, "snapshot")(e.into()))
     }
 
-    /// Reads one record in its own read transaction.
+    /// Reads one record of the committed state in its own read transaction. While [`Store::pending`], answered
+    /// batches may be missing from it.
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Record>> {
         let err = storage(self.shard, "read");
         let db = self.db()?;
         let txn = db.begin_read().map_err(|e| err(e.into()))?;
         let t = txn.open_table(table(space)).map_err(|e| err(e.into()))?;
         let got = t.get(key).map_err(|e| err(e.into()))?;
-        match got {
-            None => Ok(None),
-            Some(g) => Record::decode(Bytes::copy_from_slice(g.value()))
-                .map(Some)
-                .map_err(|e| Error::Internal(format!("shard {}: damaged record: {e}", self.shard))),
+        self.decode(got.as_ref().map(|g| g.value()))
+    }
+
+    /// Reads one record as the last answered batch left it: through the held transaction when there is one.
+    /// For the shard thread, between batches (a reader thread would wait for the batch in flight).
+    pub fn get_current(&self, space: Space, key: &[u8]) -> Result<Option<Record>> {
+        let held = self.held.lock().expect("held lock is never held across a panic");
+        let Some(h) = held.as_ref() else {
+            drop(held);
+            return self.get(space, key);
+        };
+        let err = storage(self.shard, "read");
+        let t = h.txn.open_table(table(space)).map_err(|e| err(e.into()))?;
+        let got = t.get(key).map_err(|e| err(e.into()))?;
+        self.decode(got.as_ref().map(|g| g.value()))
+    }
+
+    fn decode(&self, stored: Option<&[u8]>) -> Result<Option<Record>> {
+        stored
+            .map(|v| Record::decode(Bytes::copy_from_slice(v)))
+            .transpose()
+            .map_err(|e| Error::Internal(format!("shard {}: damaged record: {e}", self.shard)))
+    }
+
+    /// Whether answered batches wait in the held transaction, so the committed state lacks them (module doc).
+    pub fn pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Commits the held transaction, if any (without an fsync: its batches are in the log), so the committed
+    /// state holds every answered batch. Waits for a batch in flight. For readers of the committed state that
+    /// need read-your-writes (listings, counts, backups).
+    pub fn settle(&self) -> Result<()> {
+        let mut held = self.held.lock().expect("held lock is never held across a panic");
+        self.commit_held(&mut held)
+    }
+
+    /// Tests: hold transactions for `t` instead of [`HOLD_TIME`], so that a slow fsync never ends a hold early.
+    #[cfg(test)]
+    pub(crate) fn hold_for(&mut self, t: Duration) {
+        self.hold_time = t;
+    }
+
+    /// When the held transaction is due for its commit (the shard thread calls [`Store::settle`] then).
+    pub fn held_due(&self) -> Option<Instant> {
+        self.held.lock().expect("held lock is never held across a panic").as_ref().map(|h| h.since + self.hold_time)
+    }
+
+    fn commit_held(&self, held: &mut Option<Held>) -> Result<()> {
+        if self.needs_reopen.load(Ordering::Acquire) {
+            // Answered batches may be only in the log until the shard thread's reopen replays them.
+            return Err(Error::Unavailable(format!("shard {} is reopening its database", self.shard)));
         }
+        let Some(h) = held.take() else { return Ok(()) };
+        if self.late_failures.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+            drop(h); // aborted: redb never sees these batches, only the log (if any) holds them
+            return Err(self.write_failed(Error::Internal(format!("shard {}: injected commit failure", self.shard))));
+        }
+        h.txn.commit().map_err(|e| self.write_failed(storage(self.shard, "commit")(e.into())))?;
+        // Only now: a reader that sees `false` finds every answered batch in the committed state. After a failure
+        // it stays true (the batches are only in the log) until the reopen has replayed them.
+        self.pending.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Up to `limit` keys of `space` that start with `prefix` and sort strictly after `after`, ascending.
@@ -268,13 +373,22 @@ impl Store {
     ) -> Result<Vec<Outcome>> {
         let cmds: Vec<&Command> = cmds.collect();
         let weight = cmds.iter().map(|c| c.weight()).sum();
+        // After a failure that lost a held transaction, its batches must be replayed before anything else.
+        self.reopen()?;
         if self.logged {
             self.check_free(weight)?;
         }
         if self.disk_full.load(Ordering::Acquire) {
             self.check_space(weight)?;
         }
-        self.apply_batch_txn(&cmds, next_rev, durable)
+        let applied = self.apply_batch_txn(&cmds, weight, next_rev, durable);
+        if applied.is_err() && self.needs_reopen.load(Ordering::Acquire) {
+            // At once: a held transaction lost with the batch holds answered batches that only the log has now,
+            // and a log frame whose write failed and could not be cut off must be recorded as spent before a
+            // crash could replay it (the reopen's replay does both). A failed reopen is retried by the shard.
+            let _ = self.reopen();
+        }
+        applied
     }
 
     /// Records that a write failed inside redb (the handle must be reopened; after a full disk, later writes
@@ -341,23 +455,39 @@ impl Store {
         ))
     }
 
-    fn apply_batch_txn(&self, cmds: &[&Command], next_rev: &mut u64, durable: bool) -> Result<Vec<Outcome>> {
+    fn apply_batch_txn(
+        &self,
+        cmds: &[&Command],
+        weight: usize,
+        next_rev: &mut u64,
+        durable: bool,
+    ) -> Result<Vec<Outcome>> {
         let storage_err = storage(self.shard, "write");
         let err = |e: redb::Error| self.write_failed(storage_err(e));
         let mut wal = self.wal.lock().expect("wal lock is never held across a panic");
+        // Held for the whole batch: `settle` from a reader waits for it (module doc).
+        let mut held = self.held.lock().expect("held lock is never held across a panic");
         if wal.as_ref().is_some_and(Wal::must_checkpoint) {
             // A frame whose write failed may be on disk: the file must hold its seq before anything else is logged.
-            self.checkpoint(&mut wal)?;
+            self.checkpoint(&mut wal, &mut held)?;
         }
         let db = self.db()?;
-        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-        if !durable || wal.is_some() {
-            txn.set_durability(Durability::None).map_err(|e| err(e.into()))?;
-        }
+        let mut h = match held.take() {
+            Some(h) => h,
+            None => {
+                let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+                if !durable || wal.is_some() {
+                    txn.set_durability(Durability::None).map_err(|e| err(e.into()))?;
+                }
+                Held { txn, batches: 0, bytes: 0, since: Instant::now() }
+            }
+        };
+        // From here on, an error drops `h`: batches it held are then only in the log, and `write_failed` has
+        // marked the store for the reopen that replays them.
         let mut outcomes = Vec::new();
         let mut rev = *next_rev;
         {
-            let mut tables = Tables::new(&txn);
+            let mut tables = Tables::new(&h.txn);
             for cmd in cmds {
                 outcomes.push(apply_one(&mut tables, cmd, &mut rev).map_err(&err)?);
             }
@@ -368,38 +498,53 @@ impl Store {
         }
         let changed = outcomes.iter().any(|o| o.as_ref().is_ok_and(|(_, effect)| effect.changes()));
         if !changed {
-            // Nothing to store (failed preconditions, unchanged documents): no commit, no fsync.
-            txn.abort().map_err(|e| err(e.into()))?;
+            // Nothing to store (failed preconditions, unchanged documents, reads): no commit, no fsync.
+            if h.batches > 0 {
+                *held = Some(h);
+            } else {
+                h.txn.abort().map_err(|e| err(e.into()))?;
+            }
             return Ok(outcomes);
         }
         let new_rev = (rev != *next_rev).then(|| rev - 1);
         // A logged batch's frame carries its revision; meta `rev` and `wal_seq` wait for the checkpoint (wal.rs).
         if let (Some(new_rev), None) = (new_rev, wal.as_ref()) {
-            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            let mut meta = h.txn.open_table(META).map_err(|e| err(e.into()))?;
             meta.insert(META_REV, new_rev).map_err(|e| err(e.into()))?;
         }
         if let Some(w) = wal.as_mut() {
             if let Err(e) = w.append(&outcomes, new_rev) {
-                // Abort: redb never sees the batch, and its handle stays usable. The log cut the frame off; if it
-                // could not, the frame may be on disk all the same: checkpoint now, so that a crash cannot replay a
-                // batch that was answered with an error (a failed checkpoint is retried before the next batch).
+                // Abort: redb never sees the batch. The log cut the frame off; if it could not, the frame may be
+                // on disk all the same, and a crash must not replay a batch answered with an error.
                 let must_checkpoint = w.must_checkpoint();
-                drop(txn);
+                let earlier = h.batches > 0;
+                drop(h);
                 let e = self.log_failed(e);
-                if must_checkpoint {
-                    let _ = self.checkpoint(&mut wal);
+                if earlier {
+                    // Answered batches went with the transaction: the reopen replays them from the log (and
+                    // records a spent frame as held, so it is never replayed).
+                    self.needs_reopen.store(true, Ordering::Release);
+                } else if must_checkpoint {
+                    // The file must record the spent frame before anything else is logged (a failed checkpoint
+                    // is retried before the next batch), and the handle stays usable.
+                    let _ = self.checkpoint(&mut wal, &mut held);
                 }
                 return Err(e);
             }
+            h.batches += 1;
+            h.bytes += weight;
+            if !h.full(self.hold_time) {
+                // Durable and about to be answered; redb commits it with later batches (module doc).
+                self.pending.store(true, Ordering::Release);
+                *held = Some(h);
+                *next_rev = rev;
+                return Ok(outcomes);
+            }
         }
         drop(wal);
-        let late_failure = self.late_failures.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        let committed = if late_failure.is_ok() {
-            drop(txn); // aborted: redb never sees the batch, only the log holds it
-            Err(self.write_failed(Error::Internal(format!("shard {}: injected commit failure", self.shard))))
-        } else {
-            txn.commit().map_err(|e| err(e.into()))
-        };
+        *held = Some(h);
+        let committed = self.commit_held(&mut held);
+        drop(held);
         drop(db);
         if let Err(e) = committed {
             if !self.commit_landed(cmds, &outcomes, *next_rev, rev) {
@@ -465,17 +610,24 @@ impl Store {
     /// A durable commit: makes every earlier non-durable commit survive a crash. For a logged store this is the
     /// checkpoint, after which the log starts over.
     pub fn flush(&self) -> Result<()> {
+        // A checkpoint over a lost held transaction would record its frames as held: replay them first.
+        self.reopen()?;
         let mut wal = self.wal.lock().expect("wal lock is never held across a panic");
-        self.checkpoint(&mut wal)
+        let mut held = self.held.lock().expect("held lock is never held across a panic");
+        self.checkpoint(&mut wal, &mut held)
     }
 
-    /// The durable commit of [`Store::flush`]; it records that the file holds every logged frame (even one whose
-    /// write failed: see [`crate::wal`]), so the log can start over.
-    fn checkpoint(&self, wal: &mut Option<Wal>) -> Result<()> {
+    /// The durable commit of [`Store::flush`] (of the held transaction, when there is one); it records that the
+    /// file holds every logged frame (even one whose write failed: see [`crate::wal`]), so the log can start over.
+    fn checkpoint(&self, wal: &mut Option<Wal>, held: &mut Option<Held>) -> Result<()> {
         let storage_err = storage(self.shard, "flush");
         let err = |e: redb::Error| self.write_failed(storage_err(e));
         let db = self.db()?;
-        let txn = db.begin_write().map_err(|e| err(e.into()))?;
+        let mut txn = match held.take() {
+            Some(h) => h.txn,
+            None => db.begin_write().map_err(|e| err(e.into()))?,
+        };
+        txn.set_durability(Durability::Immediate).map_err(|e| err(e.into()))?;
         if let Some(w) = wal.as_ref() {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             meta.insert(META_WAL_SEQ, w.checkpoint_seq()).map_err(|e| err(e.into()))?;
@@ -484,6 +636,7 @@ impl Store {
             }
         }
         txn.commit().map_err(|e| err(e.into()))?;
+        self.pending.store(false, Ordering::Release);
         if let Some(w) = wal.as_mut() {
             w.rewind();
         }
@@ -511,6 +664,8 @@ impl Store {
         if open && !self.needs_reopen.load(Ordering::Acquire) {
             return Ok(());
         }
+        // A held transaction's batches are in the log; the replay below brings them back.
+        drop(self.held.lock().expect("held lock is never held across a panic").take());
         let old = self.db.write().expect("db lock is never held across a panic").take();
         if let Some(mut old) = old {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -539,12 +694,18 @@ impl Store {
         drop(wal);
         *self.db.write().expect("db lock is never held across a panic") = Some(Arc::new(db));
         self.needs_reopen.store(false, Ordering::Release);
+        self.pending.store(false, Ordering::Release);
         tracing::warn!(shard = self.shard.0, "shard database reopened after a failed transaction");
         Ok(())
     }
 
     /// Closes the database cleanly (redb writes its allocator state, so the next open needs no repair).
     pub fn close(&self) {
+        if let Err(e) = self.settle() {
+            // Its batches are in the log: the next open replays them.
+            tracing::error!(shard = self.shard.0, error = %e, "cannot commit the held transaction at close");
+            drop(self.held.lock().expect("held lock is never held across a panic").take());
+        }
         let old = self.db.write().expect("db lock is never held across a panic").take();
         drop(old);
     }
@@ -1055,13 +1216,22 @@ mod tests {
         to.join("s.redb")
     }
 
+    /// What the last answered batch left (through a logged store's held transaction).
     fn value(store: &Store, space: Space, key: &str) -> Option<Vec<u8>> {
-        store.get(space, key.as_bytes()).unwrap().map(|r| r.value().to_vec())
+        store.get_current(space, key.as_bytes()).unwrap().map(|r| r.value().to_vec())
     }
 
-    /// A logged store on the shard file `path` (the crash tests' subject, and its reopened crash images).
+    /// What the committed state holds.
+    fn committed(store: &Store, key: &str) -> Option<Vec<u8>> {
+        store.get(Space::Kv, key.as_bytes()).unwrap().map(|r| r.value().to_vec())
+    }
+
+    /// A logged store on the shard file `path` (the crash tests' subject, and its reopened crash images). Its
+    /// held transaction is committed only by size or a settle, never by age: a slow test fsync changes nothing.
     fn open_logged(path: PathBuf) -> Store {
-        Store::open(path, ShardId(0), 1 << 20, true).unwrap()
+        let mut store = Store::open(path, ShardId(0), 1 << 20, true).unwrap();
+        store.hold_for(Duration::from_secs(3600));
+        store
     }
 
     /// `key` = "1", in a batch of its own.
@@ -1116,11 +1286,26 @@ mod tests {
         let mut rev = 1;
         put_alone(&store, "a", &mut rev).unwrap();
         store.inject_late_commit_failures(1);
-        // The frame is durable, so the answer is success, and the value is there at once (the reopen replayed it).
+        // The frame is durable, so the answer is success (the batch waits in the held transaction).
         let out = put_alone(&store, "b", &mut rev).unwrap();
         assert!(matches!(out[0], Ok((Reply::Stored { created: true, rev: 2 }, _))), "{out:?}");
-        assert_eq!(value(&store, Space::Kv, "b").as_deref(), Some(&b"1"[..]));
+        // The held transaction's commit fails: both batches are then only in the log, and nothing is committed
+        // over them before the reopen, whose replay brings them back.
+        assert!(store.settle().is_err());
+        assert!(matches!(store.settle(), Err(Error::Unavailable(_))), "a settle before the reopen");
+        store.reopen().unwrap();
+        assert!(!store.pending());
+        for k in ["a", "b"] {
+            assert_eq!(committed(&store, k).as_deref(), Some(&b"1"[..]), "{k}");
+        }
         assert_eq!(store.last_rev().unwrap(), 2);
+        // A commit that fails when the hold ends by size: the batch that filled it is answered as stored too.
+        store.inject_late_commit_failures(1);
+        for i in 0..HOLD_BATCHES {
+            put_alone(&store, &format!("f{i}"), &mut rev).unwrap();
+        }
+        assert!(!store.pending(), "the reopen replayed them");
+        assert!(committed(&store, "f0").is_some());
         put_alone(&store, "c", &mut rev).unwrap();
         let image = tempfile::tempdir().unwrap();
         let crashed = open_logged(crash_image(dir.path(), image.path(), true));
@@ -1143,10 +1328,11 @@ mod tests {
         let add = |delta| Command::CounterAdd { name: kv("c"), delta };
         store.apply_batch([add(5)].iter(), &mut rev, true).unwrap();
         store.flush().unwrap();
-        // Committed without touching meta: the file holds these batches beyond its `wal_seq`.
+        // Committed (by the settle below) without touching meta: the file holds them beyond its `wal_seq`.
         store.apply_batch([add(2), put("a", "1", Precondition::NONE)].iter(), &mut rev, true).unwrap();
         let del = Command::Delete { space: Space::Kv, key: kv("a"), precondition: Precondition::NONE };
         store.apply_batch([add(3), del].iter(), &mut rev, true).unwrap();
+        store.settle().unwrap();
         assert_eq!(store.last_rev().unwrap(), rev - 1, "the log's revision counts before any checkpoint");
         store.inject_commit_failures(1);
         assert!(put_alone(&store, "x", &mut rev).is_err());
@@ -1210,20 +1396,28 @@ mod tests {
     #[test]
     fn a_batch_whose_log_write_failed_never_comes_back() {
         for cut_fails in [false, true] {
-            log_write_failure(cut_fails);
+            for held_before in [false, true] {
+                log_write_failure(cut_fails, held_before);
+            }
         }
     }
 
-    fn log_write_failure(cut_fails: bool) {
+    /// `held_before`: the failed batch follows an answered one in the held transaction (which the failure
+    /// loses, so the store reopens and replays it), or comes alone (the handle stays open).
+    fn log_write_failure(cut_fails: bool, held_before: bool) {
         let dir = tempfile::tempdir().unwrap();
         let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
         put_alone(&store, "a", &mut rev).unwrap();
+        if !held_before {
+            store.settle().unwrap();
+        }
         // The frame reaches the disk, then the write reports a failure: the batch is answered with an error. The
         // log cuts the frame off, or (cut_fails) the store checkpoints past it.
         store.inject_log_failures(1, cut_fails);
         assert!(put_alone(&store, "b", &mut rev).is_err());
         assert!(value(&store, Space::Kv, "b").is_none());
+        assert_eq!(committed(&store, "a").as_deref(), Some(&b"1"[..]), "the answered batch is committed");
         let image = tempfile::tempdir().unwrap();
         let crashed = open_logged(crash_image(dir.path(), image.path(), true));
         assert_eq!(value(&crashed, Space::Kv, "a").as_deref(), Some(&b"1"[..]));
@@ -1234,5 +1428,67 @@ mod tests {
         let crashed = open_logged(crash_image(dir.path(), image.path(), true));
         assert_eq!(value(&crashed, Space::Kv, "c").as_deref(), Some(&b"1"[..]));
         assert!(value(&crashed, Space::Kv, "b").is_none());
+    }
+
+    #[test]
+    fn a_logged_store_holds_answered_batches_until_a_settle_and_a_crash_keeps_them() {
+        let (dir, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = open_logged(dir.path().join("s.redb"));
+        let mut rev = 1;
+        put_alone(&store, "a", &mut rev).unwrap();
+        let del = Command::Delete { space: Space::Kv, key: kv("a"), precondition: Precondition::NONE };
+        store.apply_batch([put("b", "2", Precondition::NONE), del].iter(), &mut rev, true).unwrap();
+        // Answered, in the log, in the held transaction; the committed state does not have them yet.
+        assert!(store.pending());
+        assert!(committed(&store, "b").is_none(), "committed before the hold ended");
+        assert_eq!(value(&store, Space::Kv, "b").as_deref(), Some(&b"2"[..]));
+        assert!(value(&store, Space::Kv, "a").is_none());
+        // A crash now: the log brings back every answered batch.
+        let crashed = open_logged(crash_image(dir.path(), image.path(), true));
+        assert_eq!(committed(&crashed, "b").as_deref(), Some(&b"2"[..]));
+        assert!(committed(&crashed, "a").is_none());
+        // A settle commits them; a batch of reads only keeps a hold going without committing it.
+        store.settle().unwrap();
+        assert!(!store.pending());
+        assert!(committed(&store, "b").is_some());
+        put_alone(&store, "c", &mut rev).unwrap();
+        store.apply_batch([Command::Read { space: Space::Kv, key: kv("c") }].iter(), &mut rev, true).unwrap();
+        assert!(store.pending() && committed(&store, "c").is_none());
+        // The hold ends by itself after HOLD_BATCHES batches; a checkpoint commits a hold durably.
+        for i in 1..HOLD_BATCHES {
+            assert!(store.pending(), "the hold ended after {i} batches");
+            put_alone(&store, &format!("k{i}"), &mut rev).unwrap();
+        }
+        assert!(!store.pending() && committed(&store, "c").is_some());
+        put_alone(&store, "d", &mut rev).unwrap();
+        store.flush().unwrap();
+        assert!(!store.pending());
+        let image = tempfile::tempdir().unwrap();
+        let crashed = open_logged(crash_image(dir.path(), image.path(), false));
+        assert!(committed(&crashed, "d").is_some(), "the checkpoint holds the held batch");
+    }
+
+    #[test]
+    fn a_failed_batch_after_held_ones_keeps_them_through_the_reopen() {
+        let (dir, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = open_logged(dir.path().join("s.redb"));
+        let mut rev = 1;
+        put_alone(&store, "a", &mut rev).unwrap();
+        put_alone(&store, "b", &mut rev).unwrap();
+        store.inject_commit_failures(1);
+        assert!(put_alone(&store, "x", &mut rev).is_err());
+        // The failed batch took the held transaction with it; the store reopened at once and replayed the log.
+        assert!(!store.pending());
+        for k in ["a", "b"] {
+            assert!(committed(&store, k).is_some(), "{k} lost with the held transaction");
+        }
+        assert!(value(&store, Space::Kv, "x").is_none());
+        put_alone(&store, "c", &mut rev).unwrap();
+        store.flush().unwrap();
+        let crashed = open_logged(crash_image(dir.path(), image.path(), false));
+        for k in ["a", "b", "c"] {
+            assert!(committed(&crashed, k).is_some(), "{k} after a checkpoint");
+        }
+        assert!(committed(&crashed, "x").is_none());
     }
 }
