@@ -145,6 +145,9 @@ pub struct Store {
     injected_failures: AtomicU32,
     /// Fault injection: how many of the next commits fail after the batch was logged.
     late_failures: AtomicU32,
+    /// Fault injection for tests: the free bytes `statvfs` reports (`u64::MAX`: ask it).
+    #[cfg(test)]
+    injected_free: std::sync::atomic::AtomicU64,
     /// A write failed inside redb: the handle refuses everything (reads too) until it is closed and reopened.
     needs_reopen: AtomicBool,
     /// The last write failed for lack of space: each write first checks that space came back ([`Store::check_space`]).
@@ -177,6 +180,8 @@ impl Store {
             logged,
             injected_failures: AtomicU32::new(0),
             late_failures: AtomicU32::new(0),
+            #[cfg(test)]
+            injected_free: std::sync::atomic::AtomicU64::new(u64::MAX),
             needs_reopen: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
         })
@@ -375,10 +380,12 @@ impl Store {
         let weight = cmds.iter().map(|c| c.weight()).sum();
         // After a failure that lost a held transaction, its batches must be replayed before anything else.
         self.reopen()?;
-        if self.logged {
+        // Reads (a cache miss while batches are held, a RESP read) write nothing: a full disk never refuses them.
+        let writes = cmds.iter().any(|c| !matches!(c, Command::Read { .. }));
+        if self.logged && writes {
             self.check_free(weight)?;
         }
-        if self.disk_full.load(Ordering::Acquire) {
+        if self.disk_full.load(Ordering::Acquire) && writes {
             self.check_space(weight)?;
         }
         let applied = self.apply_batch_txn(&cmds, weight, next_rev, durable);
@@ -442,7 +449,14 @@ impl Store {
     /// untouched and the shard keeps serving reads.
     fn check_free(&self, bytes: usize) -> Result<()> {
         let need = bytes.saturating_mul(3).saturating_add(SPACE_CHECK_MARGIN);
-        match free_bytes(&self.path) {
+        #[cfg(test)]
+        let free = match self.injected_free.load(Ordering::Acquire) {
+            u64::MAX => free_bytes(&self.path),
+            injected => Some(injected),
+        };
+        #[cfg(not(test))]
+        let free = free_bytes(&self.path);
+        match free {
             Some(free) if free < need as u64 => Err(self.no_room(need, &format!("{free} bytes free"))),
             _ => Ok(()),
         }
@@ -1490,5 +1504,20 @@ mod tests {
             assert!(committed(&crashed, k).is_some(), "{k} after a checkpoint");
         }
         assert!(committed(&crashed, "x").is_none());
+    }
+
+    #[test]
+    fn a_full_disk_refuses_writes_but_never_reads_served_by_the_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_logged(dir.path().join("s.redb"));
+        let mut rev = 1;
+        put_alone(&store, "a", &mut rev).unwrap();
+        store.injected_free.store(0, Ordering::Release);
+        let err = put_alone(&store, "b", &mut rev).expect_err("no room for a write");
+        assert!(matches!(err, Error::InsufficientStorage(_)), "{err:?}");
+        // A cache miss while "a" is held is read by the shard: answered, not refused for lack of space.
+        assert!(store.pending());
+        let out = store.apply_batch([Command::Read { space: Space::Kv, key: kv("a") }].iter(), &mut rev, true).unwrap();
+        assert!(matches!(&out[0], Ok((Reply::Value(Some(r)), _)) if r.value_ref() == b"1"), "{out:?}");
     }
 }
