@@ -32,6 +32,8 @@ pub struct Router {
     /// metric up by name costs a registry lookup, which every read would otherwise pay.
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
+    /// `shale_cache_miss_reads_total{path="shard"}`: misses read by their shard while it held answered batches.
+    shard_reads: metrics::Counter,
     /// Where a miss reads the file: on the calling thread while that stays off the disk.
     miss_reads: MissReads,
 }
@@ -47,6 +49,7 @@ impl Router {
             next_doc_id: AtomicU64::new(next_doc_id),
             cache_hits: metrics::counter!("shale_cache_requests_total", "result" => "hit"),
             cache_misses: metrics::counter!("shale_cache_requests_total", "result" => "miss"),
+            shard_reads: metrics::counter!("shale_cache_miss_reads_total", "path" => "shard"),
             miss_reads: MissReads::default(),
         }
     }
@@ -116,6 +119,7 @@ impl Router {
         self.cache_misses.increment(1);
         let shard = self.shard(&key).clone();
         if shard.store().pending() {
+            self.shard_reads.increment(1);
             let rx = shard.submit_patiently(Command::Read { space, key }, READ_PATIENCE).await?;
             return match rx.await.map_err(|_| Error::Internal("the shard stopped before answering".into()))?? {
                 Reply::Value(rec) => Ok(rec),

@@ -402,14 +402,18 @@ impl Worker {
         let started = Instant::now();
         let result = self.store.apply_batch(writes.iter().map(|(c, _)| c), next_rev, durable);
         let len = writes.len();
-        self.metrics.batch_size.record(len as f64);
         match result {
             Ok(outcomes) => {
-                self.metrics.commits.increment(1);
-                if durable || logged {
-                    self.metrics.fsyncs.increment(1);
+                // A batch that changed nothing (reads, failed preconditions, unchanged documents) is neither
+                // committed nor logged, so it counts as neither.
+                if outcomes.iter().any(|o| o.as_ref().is_ok_and(|(_, effect)| effect.changes())) {
+                    self.metrics.batch_size.record(len as f64);
+                    self.metrics.commits.increment(1);
+                    if durable || logged {
+                        self.metrics.fsyncs.increment(1);
+                    }
+                    self.metrics.commit_seconds.record(started.elapsed().as_secs_f64());
                 }
-                self.metrics.commit_seconds.record(started.elapsed().as_secs_f64());
                 for ((_, reply), outcome) in writes.drain(..).zip(outcomes) {
                     let answer = outcome.map(|(r, effect)| {
                         apply_cache_effect(&self.cache, effect);

@@ -192,6 +192,13 @@ async fn reads_never_go_back_in_time_under_cache_pressure() {
     check_all(&server.base(), &keys).await;
     run_phase(&server.base(), &keys).await;
     check_all(&server.base(), &keys).await;
+    // Misses that came while a shard held answered writes were read by the shard (and counted as such).
+    let metrics = client().get(format!("{}/metrics", server.base())).send().await.unwrap().text().await.unwrap();
+    let by_shard = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shale_cache_miss_reads_total{path=\"shard\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(by_shard.is_some_and(|n| n > 0.0), "no miss was read by its shard: {by_shard:?}");
     server.stop();
 }
 
