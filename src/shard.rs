@@ -9,9 +9,10 @@
 //!    batch is first made durable in the shard's write-ahead log, see [`crate::wal`], and the transaction may be
 //!    held open for the next batches and committed with them, see [`crate::store`]; the loop then wakes up in
 //!    time to commit it).
-//! 4. Only after the commit (or the log's fdatasync): update the cache in commit order, then answer every writer. A failed transaction
-//!    answers every writer of the batch with the error, reopens the database, and changes no cache entry.
-//! 5. Serve the batch's cache fills from the committed state.
+//! 4. Only after the commit (or the log's fdatasync): update the cache in commit order, then answer every
+//!    writer. A failed transaction answers every writer of the batch with the error, reopens the database, and
+//!    changes no cache entry.
+//! 5. Serve the batch's cache fills from the state the last answered batch left.
 //! 6. Checkpoint (a durable redb commit) when due: under `immediate` every `FLUSH_INTERVAL_MS` or
 //!    [`CHECKPOINT_BYTES`] of log, under `eventual` every `FLUSH_INTERVAL_MS`.
 //!
