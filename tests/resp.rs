@@ -214,6 +214,26 @@ fn pipelines_answer_in_order_and_read_their_own_writes() {
     assert_eq!(c.cmd(&["PING"]), Resp::simple("PONG"));
 }
 
+/// A pipeline longer than the in-flight limit, arriving in one read: once the limit is reached and every reply is
+/// ready at once, the commands still in the read buffer must be served without waiting for more input (the client
+/// has none to send). The write in front keeps replies waiting, so the connection does reach its limit.
+#[test]
+fn a_pipeline_past_the_in_flight_limit_is_answered_whole() {
+    let dir = temp_dir();
+    let server = TestServer::start(resp_config(dir.path()));
+    let mut c = connect(&server);
+    let pings = shale::resp::conn::MAX_IN_FLIGHT + 100;
+    for round in 0..3 {
+        let mut p = command(&["SET", "front", &format!("round{round}")]);
+        (0..pings).for_each(|_| p.extend(command(&["PING"])));
+        c.send(&p);
+        let replies = c.read_n(1 + pings);
+        assert_eq!(replies[0], Resp::ok(), "round {round}");
+        assert_eq!(first_mismatch(&replies[1..], |_| Resp::simple("PONG")), None, "round {round}");
+    }
+    assert_eq!(c.cmd(&["GET", "front"]), Resp::bulk("round2"));
+}
+
 // ---- 2. exact replies and errors ----
 
 /// Redis 7.0's exact replies and error texts for the supported commands, in RESP2 then RESP3.

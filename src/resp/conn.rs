@@ -85,15 +85,19 @@ where
     let mut closing = false;
     loop {
         // 1. Dispatch every complete command while there is room.
-        let mut stopped_for_output = false;
+        // Invariant: `parsed_all` is true only when the parser found no complete command left in `rbuf`; a loop
+        // stopped by a limit leaves commands there that no read will announce.
+        let mut parsed_all = false;
         while !closing && pending.len() < MAX_IN_FLIGHT {
             if wbuf.len() >= MAX_UNSENT {
-                stopped_for_output = true;
                 break;
             }
             let req = match parser.next(&mut rbuf, conn.session.authenticated()) {
                 Ok(Some(req)) => req,
-                Ok(None) => break,
+                Ok(None) => {
+                    parsed_all = true;
+                    break;
+                }
                 Err(ParseError::Protocol(msg)) => {
                     push(&mut pending, future::ready(Frame::protocol_error(&msg)).boxed(), conn.session.proto);
                     closing = true;
@@ -132,9 +136,9 @@ where
             let _ = stream.shutdown().await;
             return Ok(());
         }
-        // Dispatch stopped only because replies piled up, which are written now: parse on before waiting, since
-        // the requests left in the buffer may be all the client sends.
-        if !closing && pending.len() < MAX_IN_FLIGHT && !rbuf.is_empty() && stopped_for_output {
+        // Dispatch stopped at a limit (replies in flight or unsent bytes) that step 2 freed: parse on before
+        // waiting, since the commands left in the buffer may be all the client sends.
+        if !closing && !parsed_all && pending.len() < MAX_IN_FLIGHT {
             continue;
         }
         // 3. Wait for input, a reply, or shutdown.
