@@ -1474,6 +1474,12 @@ mod tests {
             put_alone(&store, &format!("k{i}"), &mut rev).unwrap();
         }
         assert!(!store.pending() && committed(&store, "c").is_some());
+        // It also ends once it holds HOLD_BYTES of commands: two batches of half that each.
+        let half = "x".repeat(HOLD_BYTES / 2);
+        store.apply_batch([put("big1", &half, Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        assert!(store.pending(), "half the byte bound ended the hold");
+        store.apply_batch([put("big2", &half, Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        assert!(!store.pending() && committed(&store, "big1").is_some(), "the byte bound did not end the hold");
         put_alone(&store, "d", &mut rev).unwrap();
         store.flush().unwrap();
         assert!(!store.pending());
