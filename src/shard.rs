@@ -14,7 +14,8 @@
 //!    changes no cache entry.
 //! 5. Serve the batch's cache fills from the state the last answered batch left.
 //! 6. Checkpoint (a durable redb commit) when due: under `immediate` every `FLUSH_INTERVAL_MS` or
-//!    [`CHECKPOINT_BYTES`] of log, under `eventual` every `FLUSH_INTERVAL_MS`.
+//!    [`CHECKPOINT_BYTES`] of log, under `eventual` every `FLUSH_INTERVAL_MS`. Otherwise, under `immediate`,
+//!    commit the held transaction if the batch filled it ([`Store::end_full_hold`]).
 //!
 //! Invariants: a write is acknowledged only after its commit returned (and, under `immediate`, was fsynced);
 //! a batch keeps arrival order; the worker exits only when every sender is gone and the queue is empty, so
@@ -320,6 +321,12 @@ impl Worker {
                 let log_full = self.store.logged_bytes().is_some_and(|b| b >= CHECKPOINT_BYTES);
                 if logged && (log_full || last_durable.elapsed() >= self.options.flush_interval) {
                     self.flush(&mut dirty, &mut last_durable);
+                } else if logged {
+                    // Also after the answers: a batch that filled the hold is not kept waiting for its commit.
+                    if let Err(e) = self.store.end_full_hold() {
+                        tracing::error!(shard = shard.0, error = %e, "cannot reopen after a failed commit of a hold");
+                        self.reopen(&mut next_rev);
+                    }
                 }
             }
             for fill in fills.drain(..) {
@@ -597,6 +604,29 @@ mod tests {
         store.apply_batch([put()].iter(), &mut rev, true).unwrap();
         worker.fill(FillRequest { space: Space::Kv, key: bytes::Bytes::from_static(b"k") });
         assert!(cache.contains(Space::Kv, b"k"), "a held write is filled");
+    }
+
+    #[tokio::test]
+    async fn a_busy_shard_commits_a_full_hold_after_answering_the_batch_that_filled_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        store.hold_for(Duration::from_secs(3600)); // so only the batch count can end the hold
+        let store = Arc::new(store);
+        let mut options = ShardOptions::from_config(&Config::for_test(dir.path()));
+        options.flush_interval = Duration::from_secs(3600); // and no checkpoint
+        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        for _ in 0..crate::store::HOLD_BATCHES {
+            assert!(store.get(Space::Kv, b"k").unwrap().is_none(), "committed before the hold was full");
+            handle.submit(put()).unwrap().await.unwrap().unwrap();
+        }
+        let started = Instant::now();
+        while store.pending() {
+            assert!(started.elapsed() < Duration::from_secs(5), "a full hold was never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(store.get(Space::Kv, b"k").unwrap().is_some());
+        drop(handle);
+        join.join().unwrap();
     }
 
     #[tokio::test]

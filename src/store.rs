@@ -11,8 +11,9 @@
 //! A logged batch is answered once its log frame is fdatasynced, so its redb commit can wait: the write
 //! transaction stays open ("held") across batches and is committed once it holds [`HOLD_BATCHES`] batches or
 //! [`HOLD_BYTES`] of payload, or is [`HOLD_TIME`] old, or when something reads the committed state on behalf of
-//! a client ([`Store::settle`]). One redb commit then carries several batches, and a leaf page written by
-//! several of them is copied and checksummed once (BENCHMARKS.md, session 6). Invariants:
+//! a client ([`Store::settle`]). A hold that a batch fills is committed after that batch is answered
+//! ([`Store::end_full_hold`], called by the shard thread). One redb commit then carries several batches, and a
+//! leaf page written by several of them is copied and checksummed once (BENCHMARKS.md, session 6). Invariants:
 //! - While a held transaction holds answered batches, [`Store::pending`] is true (set before the answers, cleared
 //!   only after the commit returned). A reader of the committed state that sees it true must go through the
 //!   shard's queue ([`Command::Read`](crate::command::Command::Read), served inside the transaction) or settle
@@ -254,6 +255,26 @@ impl Store {
     pub fn settle(&self) -> Result<()> {
         let mut held = self.held.lock().expect("held lock is never held across a panic");
         self.commit_held(&mut held)
+    }
+
+    /// Commits the held transaction if it is full ([`HOLD_BATCHES`], [`HOLD_BYTES`] or [`HOLD_TIME`]). The shard
+    /// thread calls it after answering each logged batch, so that no answer waits for the commit of the hold its
+    /// batch filled. A failed commit reopens the store at once (its replay restores the held batches); the error
+    /// is returned only when that reopen failed too, and the caller must retry it.
+    pub fn end_full_hold(&self) -> Result<()> {
+        let mut held = self.held.lock().expect("held lock is never held across a panic");
+        if !held.as_ref().is_some_and(|h| h.full(self.hold_time)) {
+            return Ok(());
+        }
+        let committed = self.commit_held(&mut held);
+        drop(held);
+        match committed {
+            Err(e) => {
+                tracing::error!(shard = self.shard.0, error = %e, "committing a full hold failed; reopening");
+                self.reopen()
+            }
+            ok => ok,
+        }
     }
 
     /// Tests: hold transactions for `t` instead of [`HOLD_TIME`], so that a slow fsync never ends a hold early.
@@ -547,13 +568,12 @@ impl Store {
             }
             h.batches += 1;
             h.bytes += weight;
-            if !h.full(self.hold_time) {
-                // Durable and about to be answered; redb commits it with later batches (module doc).
-                self.pending.store(true, Ordering::Release);
-                *held = Some(h);
-                *next_rev = rev;
-                return Ok(outcomes);
-            }
+            // Durable and about to be answered; redb commits it with later batches, or right after these
+            // answers when it filled the hold ([`Store::end_full_hold`]; module doc).
+            self.pending.store(true, Ordering::Release);
+            *held = Some(h);
+            *next_rev = rev;
+            return Ok(outcomes);
         }
         drop(wal);
         *held = Some(h);
@@ -1250,7 +1270,14 @@ mod tests {
 
     /// `key` = "1", in a batch of its own.
     fn put_alone(store: &Store, key: &str, rev: &mut u64) -> Result<Vec<Outcome>> {
-        store.apply_batch([put(key, "1", Precondition::NONE)].iter(), rev, true)
+        apply(store, &[put(key, "1", Precondition::NONE)], rev)
+    }
+
+    /// One batch as the shard thread runs it: applied, then (once answered) the hold ended if it is full.
+    fn apply(store: &Store, cmds: &[Command], rev: &mut u64) -> Result<Vec<Outcome>> {
+        let out = store.apply_batch(cmds.iter(), rev, true)?;
+        store.end_full_hold().expect("ending a full hold (and the reopen after a failed one)");
+        Ok(out)
     }
 
     /// Where the log frame that starts at `at` ends (28-byte header, payload length at bytes 8..12).
@@ -1476,9 +1503,9 @@ mod tests {
         assert!(!store.pending() && committed(&store, "c").is_some());
         // It also ends once it holds HOLD_BYTES of commands: two batches of half that each.
         let half = "x".repeat(HOLD_BYTES / 2);
-        store.apply_batch([put("big1", &half, Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        apply(&store, &[put("big1", &half, Precondition::NONE)], &mut rev).unwrap();
         assert!(store.pending(), "half the byte bound ended the hold");
-        store.apply_batch([put("big2", &half, Precondition::NONE)].iter(), &mut rev, true).unwrap();
+        apply(&store, &[put("big2", &half, Precondition::NONE)], &mut rev).unwrap();
         assert!(!store.pending() && committed(&store, "big1").is_some(), "the byte bound did not end the hold");
         put_alone(&store, "d", &mut rev).unwrap();
         store.flush().unwrap();
