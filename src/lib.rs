@@ -28,7 +28,6 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod http;
-pub mod log_writer;
 pub mod manifest;
 pub mod metrics;
 pub mod miss_reads;

@@ -2,10 +2,9 @@
 //!
 //! Why: a durable redb commit copies on write every B-tree page its batch touched and fsyncs them all, about
 //! 70 µs more per extra random key on this disk (BENCHMARKS.md). With the log, acknowledging a batch costs one
-//! sequential write of its changes made durable (one `O_DSYNC` direct write, see [`crate::log_writer`]; or
-//! `pwrite` + `fdatasync`), whatever keys it touched; redb then commits the batch without an fsync
-//! (`Durability::None`), and a *checkpoint* (a durable redb commit, at least every `FLUSH_INTERVAL_MS` or
-//! [`CHECKPOINT_BYTES`] of log) makes the file itself durable and lets the log start over.
+//! sequential write of its changes and one `fdatasync`, whatever keys it touched; redb then commits the batch
+//! without an fsync (`Durability::None`), and a *checkpoint* (a durable redb commit, at least every
+//! `FLUSH_INTERVAL_MS` or [`CHECKPOINT_BYTES`] of log) makes the file itself durable and lets the log start over.
 //!
 //! # File
 //! `shard-<i>.wal` next to `shard-<i>.redb`: frames from offset 0, each
@@ -14,7 +13,7 @@
 //! `2 space klen key` (removed), `3 space` (every record of the space removed), `4 rev` (meta `rev`).
 //!
 //! # Invariants
-//! - A batch is answered only after its frame is durable; redb commits it after that, so a reader never sees
+//! - A batch is answered only after its frame is fdatasynced; redb commits it after that, so a reader never sees
 //!   a change the log does not hold.
 //! - Only a checkpoint (or a replay) records meta `wal_seq` (every frame up to it is in the file) and meta `rev`;
 //!   a batch's non-durable commit leaves the meta table alone, which spares each commit the copy-on-write of one
@@ -35,15 +34,15 @@
 //!   that seq, so replay skips the frame), nothing is appended before that checkpoint succeeded, and a reopen
 //!   meanwhile replays only the frames before it.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, WriteTransaction};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
-use crate::log_writer::LogWriter;
 use crate::placement::ShardId;
 use crate::store::{CacheEffect, Outcome, TABLES_BYTES, TABLE_META};
 
@@ -69,7 +68,7 @@ pub fn path_for(redb_path: &Path) -> PathBuf {
 
 /// An open log, positioned after the last frame that matters.
 pub struct Wal {
-    file: LogWriter,
+    file: File,
     path: PathBuf,
     epoch: u64,
     /// The seq of the next frame.
@@ -114,7 +113,7 @@ impl Wal {
     }
 
     /// Writes one frame holding the changes of a batch's `outcomes` (and the new meta `rev`, when the batch took
-    /// revisions) and makes it durable ([`LogWriter::write_durably`]). On error, the seq is spent and the log must be checkpointed first.
+    /// revisions) and fdatasyncs it. On error, the seq is spent and the log must be checkpointed first.
     pub fn append(&mut self, outcomes: &[Outcome], rev: Option<u64>) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -129,7 +128,8 @@ impl Wal {
         let seq = self.next_seq;
         self.next_seq += 1;
         let written = seal(&mut buf, self.epoch, seq).and_then(|()| {
-            self.file.write_durably(&buf, self.pos)?;
+            self.file.write_all_at(&buf, self.pos)?;
+            self.file.sync_data()?;
             if self.injected_failures > 0 {
                 // The worst case of a failed write: the frame is on disk all the same.
                 self.injected_failures -= 1;
@@ -147,8 +147,7 @@ impl Wal {
                 let cut = if self.injected_cut_failure {
                     Err(std::io::Error::other("injected truncation failure"))
                 } else {
-                    let file = self.file.file();
-                    file.set_len(self.pos).and_then(|()| file.sync_all())
+                    self.file.set_len(self.pos).and_then(|()| self.file.sync_all())
                 };
                 match cut {
                     Ok(()) => self.next_seq = seq,
@@ -169,8 +168,8 @@ impl Wal {
     /// After a durable redb commit recording [`Wal::checkpoint_seq`]: the log starts over at offset 0 (the file is
     /// kept and overwritten, which fsyncs cheaper than appending; one grown by a huge batch is truncated).
     pub fn rewind(&mut self) {
-        if self.file.file().metadata().is_ok_and(|m| m.len() > KEEP_BYTES) {
-            if let Err(e) = self.file.file().set_len(0) {
+        if self.file.metadata().is_ok_and(|m| m.len() > KEEP_BYTES) {
+            if let Err(e) = self.file.set_len(0) {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot truncate the log; it is reused as it is");
             }
         }
@@ -381,7 +380,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         tracing::warn!(shard = shard.0, frames = todo.len(), last, "replayed the log after an unclean stop");
     }
     let mut wal = Wal {
-        file: LogWriter::new(file, &path),
+        file,
         path,
         epoch,
         next_seq: last + 1,
