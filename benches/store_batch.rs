@@ -62,6 +62,8 @@ fn bench_store(c: &mut Criterion) {
                     |cmds| {
                         let out = store.apply_batch(cmds.iter(), &mut next_rev, !logged).expect("commit");
                         assert!(out.iter().all(Result::is_ok));
+                        // As the shard thread does after the answers.
+                        store.end_full_hold().expect("commit of a full hold");
                         batches += 1;
                         if logged && batches.is_multiple_of(CHECKPOINT_EVERY) {
                             store.flush().expect("checkpoint");
