@@ -619,14 +619,7 @@ mod tests {
             assert!(store.get(Space::Kv, b"k").unwrap().is_none(), "committed before the hold was full");
             handle.submit(put()).unwrap().await.unwrap().unwrap();
         }
-        let started = Instant::now();
-        while store.pending() {
-            assert!(started.elapsed() < Duration::from_secs(5), "a full hold was never committed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(store.get(Space::Kv, b"k").unwrap().is_some());
-        drop(handle);
-        join.join().unwrap();
+        committed_within(&store, handle, join, Duration::from_secs(5), "a full hold was never committed").await;
     }
 
     #[tokio::test]
@@ -637,9 +630,15 @@ mod tests {
         let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
         handle.submit(put()).unwrap().await.unwrap().unwrap();
         // No batch follows: the worker wakes up for the hold's end (50 ms), well before the checkpoint (1 s).
+        committed_within(&store, handle, join, Duration::from_millis(900), "the hold was never committed").await;
+    }
+
+    /// Waits up to `limit` for the worker to commit its held transaction (`what` otherwise), checks that the
+    /// committed state has the key, and stops the worker.
+    async fn committed_within(store: &Store, handle: ShardHandle, join: JoinHandle<()>, limit: Duration, what: &str) {
         let started = Instant::now();
         while store.pending() {
-            assert!(started.elapsed() < Duration::from_millis(900), "the held transaction was never committed");
+            assert!(started.elapsed() < limit, "{what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(store.get(Space::Kv, b"k").unwrap().is_some());
