@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::sched::ThreadScheduling;
+
 /// Default bind address: loopback only, so a fresh install is not reachable from the network.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// Default HTTP port.
@@ -113,6 +115,10 @@ pub struct Config {
     /// Most open RESP connections (Redis's `maxclients`); past it a new client gets Redis's error and is closed.
     #[arg(long, env = "RESP_MAX_CLIENTS", default_value_t = DEFAULT_RESP_MAX_CLIENTS, value_parser = parse_positive_usize)]
     pub resp_max_clients: usize,
+    /// Scheduling policy of shale's threads: `batch` (SCHED_BATCH: they do not preempt each other on wake-up)
+    /// or `inherit` (keep the policy shale was started with).
+    #[arg(long, env = "THREAD_SCHEDULING", value_enum, default_value_t = ThreadScheduling::Batch)]
+    pub thread_scheduling: ThreadScheduling,
 }
 
 /// Where the RESP listener binds.
@@ -175,6 +181,8 @@ impl Config {
             resp_port: RespPort::Off,
             resp_allow_flush: false,
             resp_max_clients: DEFAULT_RESP_MAX_CLIENTS,
+            // The test process's threads keep their policy; the binary's default is tested in tests/binary.rs.
+            thread_scheduling: ThreadScheduling::Inherit,
         }
     }
 

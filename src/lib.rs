@@ -8,7 +8,8 @@
 //! - [`shard`]: one OS thread per shard; batches writes, commits once per batch, updates the [`cache`], answers.
 //! - [`store`]: one redb file per shard; tables, reads and the batch transaction; values are [`record`]s.
 //! - [`wal`]: the shard file's write-ahead log under `DURABILITY=immediate` (one fdatasync per batch).
-//! - [`server`]: start-up (config, [`manifest`], stores, shards, HTTP) and graceful teardown.
+//! - [`server`]: start-up (config, [`manifest`], stores, shards, HTTP) and graceful teardown; [`sched`]: the
+//!   scheduling policy of every thread it starts.
 //! - [`config`] and [`error`]: every setting of API.md, and every error code of API.md.
 //!
 //! Around the data path:
@@ -36,6 +37,7 @@ pub mod record;
 pub mod reshard;
 pub mod resp;
 pub mod router;
+pub mod sched;
 pub mod server;
 pub mod shard;
 pub mod store;

@@ -74,6 +74,8 @@ pub struct RunningServer {
 /// Starts shale with `config`. Must be called inside an actix system (`actix_web::rt::System`).
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     config.validate()?;
+    // First: every thread started from here on inherits the policy.
+    crate::sched::apply(config.thread_scheduling);
     // Load the certificate before touching the data dir, so a bad file fails fast and changes nothing.
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         crate::tls::server_config(cert, key)?;

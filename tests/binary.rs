@@ -1,5 +1,6 @@
 //! The real `shale` binary: start-up validation (clear message, non-zero exit, data dir untouched), flag over
-//! environment precedence, a changed shard count on an existing data dir (resharded, nothing lost), and `shale serve`.
+//! environment precedence, a changed shard count on an existing data dir (resharded, nothing lost), `shale serve`,
+//! and the scheduling policy of its threads (`THREAD_SCHEDULING`).
 
 mod common;
 
@@ -159,4 +160,61 @@ async fn serve_subcommand_works_like_bare_shale() {
     let server = BinaryServer::start(dir.path(), &[], &[]);
     wait_ready(&server.base()).await;
     assert_eq!(http.get(server.url("/kv/sub")).send().await.unwrap().text().await.unwrap(), "command");
+}
+
+/// The scheduling policy of a thread: field 41 of its `/proc/.../stat` (the fields after the `(comm)` start at 3).
+fn policy_in_stat(stat: &str) -> u32 {
+    let after_comm = &stat[stat.rfind(')').expect("stat has a (comm)") + 1..];
+    after_comm.split_whitespace().nth(41 - 3).and_then(|f| f.parse().ok()).expect("stat has a policy field")
+}
+
+/// Every thread of process `pid`: (name, scheduling policy).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(name), Ok(stat)) =
+            (std::fs::read_to_string(task.join("comm")), std::fs::read_to_string(task.join("stat")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        threads.push((name.trim().to_string(), policy_in_stat(&stat)));
+    }
+    threads
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn every_thread_runs_under_sched_batch_unless_told_to_inherit() {
+    const SCHED_BATCH: u32 = 3;
+    let own = policy_in_stat(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    assert_ne!(own, SCHED_BATCH, "the test itself must not run under SCHED_BATCH, or `inherit` proves nothing");
+    let dir = temp_dir();
+    for (setting, want) in [(None, SCHED_BATCH), (Some("inherit"), own)] {
+        let mut shale = Shale::serve(dir.path());
+        if let Some(value) = setting {
+            shale = shale.env("THREAD_SCHEDULING", value);
+        }
+        let server = shale.start();
+        wait_ready(&server.base()).await;
+        // A write and a read, so the threads that serve them all exist.
+        let http = client();
+        assert!(http.put(server.url("/kv/policy")).body("v").send().await.unwrap().status().is_success());
+        assert_eq!(http.get(server.url("/kv/policy")).send().await.unwrap().text().await.unwrap(), "v");
+        let threads = thread_policies(server.pid());
+        for name in ["shard-0", "shard-3", "actix-rt"] {
+            assert!(threads.iter().any(|(n, _)| n.starts_with(name)), "a {name} thread among {threads:?}");
+        }
+        let wrong: Vec<_> = threads.iter().filter(|(_, p)| *p != want).collect();
+        assert!(wrong.is_empty(), "THREAD_SCHEDULING={setting:?}: every thread has policy {want}, not {wrong:?}");
+        let (status, stderr) = server.terminate();
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+
+    let empty = temp_dir();
+    let out = Shale::serve(empty.path()).env("THREAD_SCHEDULING", "fast").run(RUN_TIMEOUT);
+    assert_refused(&out, empty.path());
+    for word in ["fast", "batch", "inherit"] {
+        assert!(out.stderr.contains(word), "the message mentions {word}:\n{}", out.stderr);
+    }
 }

@@ -160,6 +160,7 @@ impl Drop for TestServer {
 
 /// Environment variables the binary reads; cleared for every child so the caller's environment cannot leak in.
 const SHALE_ENV: &[&str] = &[
+    "THREAD_SCHEDULING",
     "HOST",
     "PORT",
     "DATA_DIR",
