@@ -64,7 +64,7 @@ exec "$bin" "$@"
 EOF
 chmod +x "$TMP/shale-log-on-tmpfs"
 
-log "before: every file on $(df --output=source "${TMPDIR:-/tmp}" | tail -n1); after: logs on tmpfs"
+log "before: every file on $(df --output=source "${SHALE_BENCH_DIR:-${TMPDIR:-/tmp}}" | tail -n1); after: logs on tmpfs"
 BEFORE_BIN=$SHALE_BIN AFTER_BIN=$TMP/shale-log-on-tmpfs BENCH_CASES=${BENCH_CASES:-put-c256 put-c64} \
     "$(dirname "$0")/bench-ab.sh" | tee "$TMP/table.md"
 # The log's share: before - after, in CPU us per request (the last two columns of the table).

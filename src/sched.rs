@@ -1,14 +1,15 @@
 //! How the kernel schedules shale's threads: `SCHED_BATCH` by default (`THREAD_SCHEDULING=batch`).
 //!
-//! Why: a durable write wakes three threads on its way (the shard worker, then the HTTP worker that answers,
-//! and the shard again for the next batch), and the shard worker blocks in `fdatasync` once per batch. Under the
+//! Why: a write wakes its shard worker, the shard's answer wakes the HTTP worker that sent it, and under
+//! `immediate` the shard worker blocks in `fdatasync` once per batch and is woken by its completion. Under the
 //! default policy every such wake-up may preempt whichever shale thread is running on that core, so a shard
 //! worker is often switched out in the middle of a batch, only to be switched back in a few microseconds later.
 //! On a two-core VM a context switch costs several microseconds of CPU (BENCHMARKS.md, session 10), and shale's
 //! threads mostly preempted each other. Under `SCHED_BATCH` a waking thread does not preempt the running one:
 //! it runs when the running thread blocks or its time slice ends. Priorities (`nice`) are unchanged, and threads
-//! of other processes still preempt shale's. Measured: about 10 % less CPU per durable PUT, 1.07x to 1.11x the
-//! PUT/s, and a lower p99 for cached GETs at 64 connections.
+//! of other processes still preempt shale's. Measured against the default policy (two bench-ab runs): 4 % to
+//! 13 % less server CPU per request in every case (durable PUT, cached GET, RESP SET), 1.01x to 1.12x the
+//! durable PUT/s, and a lower p99 for cached GETs at 64 connections.
 //!
 //! Linux only (elsewhere the setting changes nothing). On Linux `sched_setscheduler(0, ..)` changes the calling
 //! thread, and every thread created afterwards inherits its policy: [`apply`] runs first thing in
