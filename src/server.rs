@@ -125,14 +125,19 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if !state.auth.enabled() && !is_loopback(&config.host) {
         tracing::warn!(host = %config.host, "listening on a non-loopback address with no AUTH_TOKEN: anyone who can reach it can read and write");
     }
-    let mut server = HttpServer::new(move || http::app(state.clone()))
-        .disable_signals()
-        .shutdown_timeout(30)
-        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-        .keep_alive(KEEP_ALIVE)
-        .max_connections(MAX_CONNECTIONS_PER_WORKER)
-        .backlog(BACKLOG);
+    let scheduling = config.thread_scheduling;
+    // actix calls this factory on each worker thread as it starts it.
+    let mut server = HttpServer::new(move || {
+        crate::sched::apply_http_worker(scheduling);
+        http::app(state.clone())
+    })
+    .disable_signals()
+    .shutdown_timeout(30)
+    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+    .keep_alive(KEEP_ALIVE)
+    .max_connections(MAX_CONNECTIONS_PER_WORKER)
+    .backlog(BACKLOG);
     if let Some(n) = config.http_workers {
         server = server.workers(n.max(1));
     }

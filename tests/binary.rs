@@ -183,6 +183,28 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
     threads
 }
 
+/// The time slice shale's HTTP workers ask for (`sched::HTTP_WORKER_SLICE`), in ns.
+const SHORT_SLICE_NS: u64 = 300_000;
+
+/// Every thread of process `pid`: (name, time slice in ns, from the `se.slice` line of its `sched` file).
+fn thread_slices(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(name), Ok(sched)) =
+            (std::fs::read_to_string(task.join("comm")), std::fs::read_to_string(task.join("sched")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        let slice = sched
+            .lines()
+            .find_map(|l| l.strip_prefix("se.slice")?.split(':').nth(1)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no se.slice in {}: this kernel does not show time slices", task.display()));
+        threads.push((name.trim().to_string(), slice));
+    }
+    threads
+}
+
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn every_thread_runs_under_sched_batch_unless_told_to_inherit() {
@@ -207,6 +229,12 @@ async fn every_thread_runs_under_sched_batch_unless_told_to_inherit() {
         }
         let wrong: Vec<_> = threads.iter().filter(|(_, p)| *p != want).collect();
         assert!(wrong.is_empty(), "THREAD_SCHEDULING={setting:?}: every thread has policy {want}, not {wrong:?}");
+        // The HTTP workers, and only they, ask for a 0.3 ms time slice (not under `inherit`).
+        for (name, slice) in thread_slices(server.pid()) {
+            let short = slice == SHORT_SLICE_NS;
+            let want_short = setting.is_none() && name.starts_with("actix-rt");
+            assert_eq!(short, want_short, "THREAD_SCHEDULING={setting:?}: thread {name} has a slice of {slice} ns");
+        }
         let (status, stderr) = server.terminate();
         assert_eq!(status.code(), Some(0), "{stderr}");
     }
