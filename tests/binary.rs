@@ -168,19 +168,24 @@ fn policy_in_stat(stat: &str) -> u32 {
     after_comm.split_whitespace().nth(41 - 3).and_then(|f| f.parse().ok()).expect("stat has a policy field")
 }
 
-/// Every thread of process `pid`: (name, scheduling policy).
-fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+/// Every thread of process `pid`: (name, `parse` of its `/proc/PID/task/TID/<file>`).
+fn per_thread<T>(pid: u32, file: &str, parse: impl Fn(&Path, &str) -> T) -> Vec<(String, T)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
-        let (Ok(name), Ok(stat)) =
-            (std::fs::read_to_string(task.join("comm")), std::fs::read_to_string(task.join("stat")))
+        let (Ok(name), Ok(text)) =
+            (std::fs::read_to_string(task.join("comm")), std::fs::read_to_string(task.join(file)))
         else {
             continue; // the thread ended meanwhile
         };
-        threads.push((name.trim().to_string(), policy_in_stat(&stat)));
+        threads.push((name.trim().to_string(), parse(&task, &text)));
     }
     threads
+}
+
+/// Every thread of process `pid`: (name, scheduling policy).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    per_thread(pid, "stat", |_, stat| policy_in_stat(stat))
 }
 
 /// The time slice shale's HTTP workers ask for (`sched::HTTP_WORKER_SLICE`), in ns.
@@ -188,21 +193,12 @@ const SHORT_SLICE_NS: u64 = 300_000;
 
 /// Every thread of process `pid`: (name, time slice in ns, from the `se.slice` line of its `sched` file).
 fn thread_slices(pid: u32) -> Vec<(String, u64)> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let (Ok(name), Ok(sched)) =
-            (std::fs::read_to_string(task.join("comm")), std::fs::read_to_string(task.join("sched")))
-        else {
-            continue; // the thread ended meanwhile
-        };
-        let slice = sched
+    per_thread(pid, "sched", |task, sched| {
+        sched
             .lines()
             .find_map(|l| l.strip_prefix("se.slice")?.split(':').nth(1)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no se.slice in {}: this kernel does not show time slices", task.display()));
-        threads.push((name.trim().to_string(), slice));
-    }
-    threads
+            .unwrap_or_else(|| panic!("no se.slice in {}: this kernel does not show time slices", task.display()))
+    })
 }
 
 #[cfg(target_os = "linux")]
