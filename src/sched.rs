@@ -22,9 +22,9 @@
 //! woken by a request runs sooner instead of waiting out the slice of whatever else holds the core (on two cores
 //! shared with the load generator, the default slice here is 1.4 ms). Measured (bench-ab, five pairs,
 //! BENCHMARKS.md, session 11): p99 of cached GETs at 64 connections 1.55 ms against 1.78 ms (lower in 4 pairs
-//! of 5; 1.37 against 2.21 ms in five more pairs), durable PUT/s 0.99x at 256 connections and 1.03x at 64. A
-//! 0.1 ms slice cut the GET tail as much but cost 3 % of the durable PUT/s, and the short slice on every thread
-//! too, so shard threads keep the default. Older kernels accept the request and ignore it.
+//! of 5; 1.37 against 2.21 ms in five more pairs), at the price of a little write throughput: durable PUT/s
+//! 0.99x at 256 connections (1.03x at 64), `eventual` PUT/s 0.98x (lower in 5 pairs of 5). A 0.1 ms slice cost
+//! 3 % of the durable PUT/s, and the short slice on every thread too, so shard threads keep the default. Older kernels accept the request and ignore it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
