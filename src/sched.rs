@@ -17,14 +17,16 @@
 //! policy shale was started with (so `chrt` still decides).
 //!
 //! The HTTP workers also ask for a short time slice ([`HTTP_WORKER_SLICE`], [`apply_http_worker`], called on
-//! each worker thread as actix starts it). Since Linux 6.12 the scheduler honours a thread's requested slice
+//! each worker thread as actix starts it; the blocking-pool threads a worker starts later, for listings, disk
+//! reads after cache misses and backups, inherit it). Since Linux 6.12 the scheduler honours a thread's requested slice
 //! (`sched_setattr`'s `sched_runtime`): a thread with a shorter slice gets an earlier deadline, so a worker
 //! woken by a request runs sooner instead of waiting out the slice of whatever else holds the core (on two cores
 //! shared with the load generator, the default slice here is 1.4 ms). Measured (bench-ab, five pairs,
 //! BENCHMARKS.md, session 11): p99 of cached GETs at 64 connections 1.55 ms against 1.78 ms (lower in 4 pairs
 //! of 5; 1.37 against 2.21 ms in five more pairs), at the price of a little write throughput: durable PUT/s
 //! 0.99x at 256 connections (1.03x at 64), `eventual` PUT/s 0.98x (lower in 5 pairs of 5). A 0.1 ms slice cost
-//! 3 % of the durable PUT/s, and the short slice on every thread too, so shard threads keep the default. Older kernels accept the request and ignore it.
+//! 3 % of the durable PUT/s, and the short slice on every thread too, so shard threads keep the default. Older
+//! kernels accept the request and ignore it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -77,16 +79,11 @@ fn set_slice(slice: Duration) -> std::io::Result<()> {
     let size = std::mem::size_of::<libc::sched_attr>() as libc::c_uint;
     // Read first, so that the policy, `nice` and flags stay what they are; only the slice changes.
     // SAFETY: `attr` is a writable sched_attr of `size` bytes for the duration of the call; tid 0 is this thread.
-    if unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut libc::sched_attr, size, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    os_result(unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut libc::sched_attr, size, 0) })?;
     attr.size = size;
     attr.sched_runtime = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
     // SAFETY: `attr` is a valid sched_attr of `attr.size` bytes for the duration of the call.
-    if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const libc::sched_attr, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    os_result(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const libc::sched_attr, 0) })
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -98,7 +95,13 @@ fn set_slice(_slice: Duration) -> std::io::Result<()> {
 fn set_batch() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param for the duration of the call; pid 0 is the calling thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } == 0 {
+    os_result(unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) }.into())
+}
+
+/// A scheduling call's return value: 0 is success, anything else failed with `errno`.
+#[cfg(target_os = "linux")]
+fn os_result(rc: libc::c_long) -> std::io::Result<()> {
+    if rc == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())

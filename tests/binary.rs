@@ -188,9 +188,6 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
     per_thread(pid, "stat", |_, stat| policy_in_stat(stat))
 }
 
-/// The time slice shale's HTTP workers ask for (`sched::HTTP_WORKER_SLICE`), in ns.
-const SHORT_SLICE_NS: u64 = 300_000;
-
 /// Every thread of process `pid`: (name, time slice in ns, from the `se.slice` line of its `sched` file).
 fn thread_slices(pid: u32) -> Vec<(String, u64)> {
     per_thread(pid, "sched", |task, sched| {
@@ -215,20 +212,23 @@ async fn every_thread_runs_under_sched_batch_unless_told_to_inherit() {
         }
         let server = shale.start();
         wait_ready(&server.base()).await;
-        // A write and a read, so the threads that serve them all exist.
+        // A write, a read and a listing (which runs on an HTTP worker's blocking pool), so the threads that
+        // serve them all exist.
         let http = client();
         assert!(http.put(server.url("/kv/policy")).body("v").send().await.unwrap().status().is_success());
         assert_eq!(http.get(server.url("/kv/policy")).send().await.unwrap().text().await.unwrap(), "v");
+        assert!(http.get(server.url("/kv?prefix=pol")).send().await.unwrap().status().is_success());
         let threads = thread_policies(server.pid());
-        for name in ["shard-0", "shard-3", "actix-rt"] {
+        for name in ["shard-0", "shard-3", "actix-rt", "tokio-rt-worker"] {
             assert!(threads.iter().any(|(n, _)| n.starts_with(name)), "a {name} thread among {threads:?}");
         }
         let wrong: Vec<_> = threads.iter().filter(|(_, p)| *p != want).collect();
         assert!(wrong.is_empty(), "THREAD_SCHEDULING={setting:?}: every thread has policy {want}, not {wrong:?}");
-        // The HTTP workers, and only they, ask for a 0.3 ms time slice (not under `inherit`).
+        // The HTTP workers ask for a short time slice, and the blocking-pool threads they start inherit it; no
+        // other thread has it (none under `inherit`).
         for (name, slice) in thread_slices(server.pid()) {
-            let short = slice == SHORT_SLICE_NS;
-            let want_short = setting.is_none() && name.starts_with("actix-rt");
+            let short = u128::from(slice) == shale::sched::HTTP_WORKER_SLICE.as_nanos();
+            let want_short = setting.is_none() && (name.starts_with("actix-rt") || name.starts_with("tokio-rt-worker"));
             assert_eq!(short, want_short, "THREAD_SCHEDULING={setting:?}: thread {name} has a slice of {slice} ns");
         }
         let (status, stderr) = server.terminate();
