@@ -28,7 +28,7 @@ use shale::config::Durability;
 use shale::placement::ShardId;
 use shale::record::Record;
 use shale::shard::{self, Readiness, ShardOptions};
-use shale::store::Store;
+use shale::store::{Log, Store};
 
 use common::{key_of, put_value, temp_dir, XorShift, SEED};
 
@@ -97,7 +97,7 @@ fn bench_cache(c: &mut Criterion) {
 /// A cleanly closed shard file of [`WARM_ENTRIES`] keys with 100-byte values.
 fn warm_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("shard-0.redb");
-    let store = Store::open(path.clone(), ShardId(0), 16 << 20, false).expect("open store");
+    let store = Store::open(path.clone(), ShardId(0), 16 << 20, Log::Off).expect("open store");
     let mut next_rev = store.last_rev().expect("read rev") + 1;
     let value = Bytes::from(vec![0x5a; 100]);
     let cmds: Vec<Command> = (0..WARM_ENTRIES).map(|i| put_value(key_of(i), value.clone())).collect();
@@ -116,7 +116,7 @@ fn bench_warm_up(c: &mut Criterion) {
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(WARM_ENTRIES));
 
-    let store = Store::open(path.clone(), ShardId(0), 16 << 20, false).expect("open store");
+    let store = Store::open(path.clone(), ShardId(0), 16 << 20, Log::Off).expect("open store");
     group.bench_function("scan_fill/100k", |b| {
         b.iter_batched(
             || Cache::new(256 << 20),
@@ -148,7 +148,7 @@ fn bench_warm_up(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let started = Instant::now();
-                let store = Arc::new(Store::open(path.clone(), ShardId(0), 16 << 20, false).expect("open store"));
+                let store = Arc::new(Store::open(path.clone(), ShardId(0), 16 << 20, Log::Off).expect("open store"));
                 let cache = Cache::new(256 << 20);
                 let readiness = Readiness::new(1);
                 let (handle, join) =

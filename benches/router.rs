@@ -25,7 +25,7 @@ use shale::command::{Reply, Space};
 use shale::placement::ShardId;
 use shale::router::Router;
 use shale::shard::{self, Readiness, ShardOptions};
-use shale::store::{shard_file, Store};
+use shale::store::{shard_file, Log, Store};
 use shale::Config;
 
 use common::{key_of, put, temp_dir, XorShift};
@@ -59,8 +59,8 @@ impl Rig {
         let mut handles = Vec::new();
         let mut workers = Vec::new();
         for i in 0..shards {
-            let store =
-                Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), redb_cache, true).expect("open shard");
+            let store = Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), redb_cache, Log::Fsynced)
+                .expect("open shard");
             let (handle, join) =
                 shard::spawn(Arc::new(store), cache.clone(), options.clone(), readiness.clone()).expect("spawn");
             handles.push(handle);

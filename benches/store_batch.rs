@@ -5,6 +5,9 @@
 //! - `store/put_logged/{1,16,256}`: the same batches in a logged store (`DURABILITY=immediate`): one fdatasynced
 //!   write-ahead-log frame, then a non-durable redb commit, plus a checkpoint every `CHECKPOINT_EVERY` batches
 //!   (about what the shard worker does at `FLUSH_INTERVAL_MS=1000`), so its cost is amortised in the figure.
+//! - `store/put_written/{1,16,256}`: the same in a store whose frames are written but not fdatasynced
+//!   (`DURABILITY=eventual`), against `store/put_nondurable/{1,16,256}`, one non-durable redb commit per batch
+//!   without a log (what `eventual` did before session 12).
 //! - `store/get/{cache,redb}`: a cached read (`shale::cache::Cache`) against a read from the file
 //!   (`Store::get`: one redb read transaction; the file is small, so its pages sit in redb's and the OS's cache),
 //!   on random keys of a preloaded set.
@@ -21,7 +24,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use shale::cache::Cache;
 use shale::command::{Command, Space};
 use shale::placement::ShardId;
-use shale::store::Store;
+use shale::store::{Log, Store};
 
 use common::{key_of, put, temp_dir, XorShift, SEED};
 
@@ -34,8 +37,8 @@ const PRELOAD: u64 = 10_000;
 const CHECKPOINT_EVERY: u64 = 200;
 
 /// A store in a fresh dir, preloaded with `keys` in a few large non-durable transactions, then one durable commit.
-fn preloaded(dir: &std::path::Path, keys: &[Bytes], logged: bool) -> (Store, u64) {
-    let store = Store::open(dir.join("shard-0.redb"), ShardId(0), 64 << 20, logged).expect("open store");
+fn preloaded(dir: &std::path::Path, keys: &[Bytes], log: Log) -> (Store, u64) {
+    let store = Store::open(dir.join("shard-0.redb"), ShardId(0), 64 << 20, log).expect("open store");
     let mut next_rev = store.last_rev().expect("read rev") + 1;
     for chunk in keys.chunks(5_000) {
         let cmds: Vec<Command> = chunk.iter().cloned().map(put).collect();
@@ -47,9 +50,15 @@ fn preloaded(dir: &std::path::Path, keys: &[Bytes], logged: bool) -> (Store, u64
 
 fn bench_store(c: &mut Criterion) {
     let keys: Vec<Bytes> = (0..PRELOAD).map(key_of).collect();
-    for (name, logged) in [("store/put_durable", false), ("store/put_logged", true)] {
+    let cases = [
+        ("store/put_durable", Log::Off, true),
+        ("store/put_nondurable", Log::Off, false),
+        ("store/put_logged", Log::Fsynced, false),
+        ("store/put_written", Log::Written, false),
+    ];
+    for (name, log, durable) in cases {
         let dir = temp_dir();
-        let (store, mut next_rev) = preloaded(dir.path(), &keys, logged);
+        let (store, mut next_rev) = preloaded(dir.path(), &keys, log);
         let mut group = c.benchmark_group(name);
         group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
         let mut rng = XorShift(SEED);
@@ -60,12 +69,12 @@ fn bench_store(c: &mut Criterion) {
                 b.iter_batched(
                     || (0..n).map(|_| put(rng.key(KEY_SPACE))).collect::<Vec<_>>(),
                     |cmds| {
-                        let out = store.apply_batch(cmds.iter(), &mut next_rev, !logged).expect("commit");
+                        let out = store.apply_batch(cmds.iter(), &mut next_rev, durable).expect("commit");
                         assert!(out.iter().all(Result::is_ok));
                         // As the shard thread does after the answers.
                         store.end_full_hold().expect("commit of a full hold");
                         batches += 1;
-                        if logged && batches.is_multiple_of(CHECKPOINT_EVERY) {
+                        if log != Log::Off && batches.is_multiple_of(CHECKPOINT_EVERY) {
                             store.flush().expect("checkpoint");
                         }
                     },
@@ -78,7 +87,7 @@ fn bench_store(c: &mut Criterion) {
     }
 
     let dir = temp_dir();
-    let (store, _) = preloaded(dir.path(), &keys, false);
+    let (store, _) = preloaded(dir.path(), &keys, Log::Off);
 
     let cache = Cache::new(64 << 20);
     for k in &keys {

@@ -15,7 +15,7 @@
 use bytes::Bytes;
 use shale::command::{Command, Precondition, Space};
 use shale::placement::ShardId;
-use shale::store::Store;
+use shale::store::{Log, Store};
 
 const KEYS: u64 = 10_000;
 const CHECKPOINT_EVERY: usize = 200;
@@ -41,7 +41,7 @@ fn main() {
     let dir = std::path::PathBuf::from(dir);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create DIR");
-    let store = Store::open(dir.join("shard-0.redb"), ShardId(0), 64 << 20, true).expect("open the store");
+    let store = Store::open(dir.join("shard-0.redb"), ShardId(0), 64 << 20, Log::Fsynced).expect("open the store");
     let mut rev = 1;
     let load: Vec<Command> = (0..KEYS).map(put).collect();
     for chunk in load.chunks(1000) {

@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! crash_writer [--shale PATH] [--cycles N] [--seed S] [--writers W] [--dir DIR] [--keep] [--durability D]
+//!              [--power-loss]
 //! ```
-//! `--durability eventual` (60 s flush interval) is the negative control: it must report losses.
+//! `--durability eventual` (60 s flush interval) must lose nothing to a kill either: its log frames are written
+//! before the answer, and the kernel keeps them. `--durability eventual --power-loss` is the negative control: it
+//! deletes the shard logs after each kill, as a power loss would lose frames never fdatasynced, and must report
+//! losses.
 //! `scripts/crash-test.sh` builds and runs it; `tests/faults.rs` includes this file as a module and runs a few
 //! cycles in CI. It prints `cycles N, acknowledged M, lost L` and exits 1 when L > 0.
 //!
@@ -59,9 +63,11 @@ pub struct Options {
     pub dir: PathBuf,
     /// Print one line per cycle.
     pub verbose: bool,
-    /// `--durability` of the server: `immediate` (the contract under test), or `eventual` with a 60 s flush
-    /// interval to show that the checker does catch lost acknowledgements.
+    /// `--durability` of the server: `immediate` (the contract under test), or `eventual` (60 s flush interval).
     pub durability: String,
+    /// After each kill, delete the shard logs (`DIR/data/*.wal`): what a power loss does to frames that were never
+    /// fdatasynced (`eventual`). With `eventual` it shows that the checker does catch lost acknowledgements.
+    pub power_loss: bool,
 }
 
 impl Options {
@@ -79,6 +85,7 @@ impl Options {
             dir,
             verbose: true,
             durability: "immediate".into(),
+            power_loss: false,
         }
     }
 }
@@ -605,6 +612,9 @@ pub fn run(opts: &Options) -> Result<Summary, String> {
             std::thread::sleep(kill_after);
             server.kill9();
             stop.store(true, Ordering::Release);
+            if opts.power_loss {
+                drop_logs(&data);
+            }
             handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
         });
         let mut acked = 0;
@@ -634,10 +644,19 @@ pub fn run(opts: &Options) -> Result<Summary, String> {
     Ok(summary)
 }
 
+/// Deletes the shard logs of the data dir `data` (see [`Options::power_loss`]).
+fn drop_logs(data: &Path) {
+    for entry in std::fs::read_dir(data).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "wal") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 // ---- command line ----
 
 fn usage() -> ! {
-    eprintln!("usage: crash_writer [--shale PATH] [--cycles N] [--seed S] [--writers W] [--dir DIR] [--keep] [--durability immediate|eventual]");
+    eprintln!("usage: crash_writer [--shale PATH] [--cycles N] [--seed S] [--writers W] [--dir DIR] [--keep] [--durability immediate|eventual] [--power-loss]");
     std::process::exit(2);
 }
 
@@ -653,6 +672,7 @@ fn main() {
     let mut dir = None;
     let mut keep = false;
     let mut durability = "immediate".to_string();
+    let mut power_loss = false;
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -663,6 +683,7 @@ fn main() {
             "--dir" => dir = Some(PathBuf::from(value())),
             "--keep" => keep = true,
             "--durability" => durability = value(),
+            "--power-loss" => power_loss = true,
             _ => usage(),
         }
     }
@@ -678,6 +699,7 @@ fn main() {
     let mut opts = Options::new(shale, dir.clone(), cycles);
     opts.seed = seed;
     opts.durability = durability;
+    opts.power_loss = power_loss;
     if let Some(w) = writers {
         opts.writers = w;
     }

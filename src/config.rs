@@ -40,9 +40,10 @@ pub const DEFAULT_RESP_MAX_CLIENTS: usize = 10_000;
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Durability {
-    /// Acknowledged only after its commit is fsynced.
+    /// Acknowledged only after its shard's write-ahead log is fsynced.
     Immediate,
-    /// Acknowledged after commit; fsynced by a durable commit at least every flush interval.
+    /// Acknowledged once written to the log (a crash of the process loses nothing); fsynced by a durable commit
+    /// at least every flush interval (a power loss loses at most that window).
     Eventual,
 }
 
@@ -65,7 +66,8 @@ pub struct Config {
     /// In-memory cache budget, in bytes of keys plus values.
     #[arg(long, env = "CACHE_BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
     pub cache_bytes: u64,
-    /// `immediate`: acknowledge after fsync; `eventual`: acknowledge after commit, fsync every flush interval.
+    /// `immediate`: acknowledge after fsync; `eventual`: acknowledge once written (safe from a crash of the
+    /// process), fsync at least every flush interval.
     #[arg(long, env = "DURABILITY", value_enum, default_value_t = Durability::Immediate)]
     pub durability: Durability,
     /// Larger values get 413.
@@ -76,7 +78,8 @@ pub struct Config {
     #[arg(long, env = "MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES,
           value_parser = parse_positive_usize)]
     pub max_key_bytes: usize,
-    /// With `eventual`, the longest time between durable commits, in milliseconds.
+    /// The longest time between durable commits (checkpoints), in milliseconds: with `eventual`, what a power loss
+    /// may lose.
     #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = DEFAULT_FLUSH_INTERVAL_MS,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub flush_interval_ms: u64,

@@ -24,7 +24,7 @@ use crate::manifest;
 use crate::placement::ShardId;
 use crate::router::Router;
 use crate::shard::{self, Readiness, ShardOptions};
-use crate::store::{shard_file, Store};
+use crate::store::{shard_file, Log, Store};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -171,8 +171,11 @@ fn open_stores(config: &Config, redb_cache: usize) -> Result<Vec<Arc<Store>>, St
         let opening: Vec<_> = (0..config.shards)
             .map(|i| {
                 let path = shard_file(&config.data_dir, ShardId(i));
-                let logged = config.durability == crate::config::Durability::Immediate;
-                scope.spawn(move || Store::open(path, ShardId(i), redb_cache, logged))
+                let log = match config.durability {
+                    crate::config::Durability::Immediate => Log::Fsynced,
+                    crate::config::Durability::Eventual => Log::Written,
+                };
+                scope.spawn(move || Store::open(path, ShardId(i), redb_cache, log))
             })
             .collect();
         opening

@@ -5,21 +5,22 @@
 //! 1. Warm-up: scan the file into the cache (up to its budget), then report ready.
 //! 2. Block for the first message, then take everything already queued without waiting, up to `max_batch`
 //!    requests or `max_batch_bytes` (group commit).
-//! 3. Apply the batch's writes in arrival order in ONE write transaction and commit once (under `immediate`, the
-//!    batch is first made durable in the shard's write-ahead log, see [`crate::wal`], and the transaction may be
-//!    held open for the next batches and committed with them, see [`crate::store`]; the loop then wakes up in
-//!    time to commit it).
-//! 4. Only after the commit (or the log's fdatasync): update the cache in commit order, then answer every
-//!    writer. A failed transaction answers every writer of the batch with the error, reopens the database, and
-//!    changes no cache entry.
+//! 3. Apply the batch's writes in arrival order in ONE write transaction. The batch's changes go to the shard's
+//!    write-ahead log as one frame (see [`crate::wal`]), fdatasynced under `immediate`, only written under
+//!    `eventual`; the transaction may be held open for the next batches and committed with them (see
+//!    [`crate::store`]; the loop then wakes up in time to commit it). A store without a log (tests, tools)
+//!    commits each batch instead.
+//! 4. Only after the log write (or the commit): update the cache in commit order, then answer every writer. A
+//!    failed transaction answers every writer of the batch with the error, reopens the database, and changes no
+//!    cache entry.
 //! 5. Serve the batch's cache fills from the state the last answered batch left.
-//! 6. Checkpoint (a durable redb commit) when due: under `immediate` every `FLUSH_INTERVAL_MS` or
-//!    [`CHECKPOINT_BYTES`] of log, under `eventual` every `FLUSH_INTERVAL_MS`. Otherwise, under `immediate`,
-//!    commit the held transaction if the batch filled it ([`Store::end_full_hold`]).
+//! 6. Checkpoint (a durable redb commit) when due: every `FLUSH_INTERVAL_MS` or [`CHECKPOINT_BYTES`] of log.
+//!    Otherwise commit the held transaction if the batch filled it ([`Store::end_full_hold`]).
 //!
-//! Invariants: a write is acknowledged only after its commit returned (and, under `immediate`, was fsynced);
-//! a batch keeps arrival order; the worker exits only when every sender is gone and the queue is empty, so
-//! shutdown commits everything that was accepted.
+//! Invariants: a write is acknowledged only after its log frame was written (under `immediate`, fdatasynced; under
+//! `eventual`, the next checkpoint makes it safe from a power loss, at most `FLUSH_INTERVAL_MS` later); a batch
+//! keeps arrival order; the worker exits only when every sender is gone and the queue is empty, so shutdown
+//! commits everything that was accepted.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,9 +57,9 @@ pub enum ShardMsg {
 /// How a shard worker batches and commits.
 #[derive(Debug, Clone)]
 pub struct ShardOptions {
-    /// Fsync every commit, or only every `flush_interval`.
+    /// For a store without a log: fsync every commit, or only every `flush_interval`.
     pub durability: Durability,
-    /// Longest time between durable commits under `eventual`.
+    /// Longest time between durable commits (checkpoints).
     pub flush_interval: Duration,
     /// Most requests per write transaction.
     pub max_batch: usize,
@@ -277,7 +278,7 @@ impl Worker {
         let mut writes: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
         let mut fills: Vec<FillRequest> = Vec::new();
         let mut last_durable = Instant::now();
-        // Whether redb holds non-durable commits (made durable by the log, or not at all under `eventual`).
+        // Whether redb holds non-durable commits (their batches are in the log until the next checkpoint).
         let mut dirty = false;
         let logged = self.store.logged_bytes().is_some();
         loop {
@@ -306,7 +307,7 @@ impl Worker {
             };
             let snapshot = self.collect(first, &mut writes, &mut fills);
             if !writes.is_empty() {
-                // A logged batch is durable through the log; its redb commit is not.
+                // A logged batch is kept by the log; its redb commit is not durable (a store without a log: tests).
                 let durable = !logged
                     && (self.options.durability == Durability::Immediate
                         || last_durable.elapsed() >= self.options.flush_interval);
@@ -524,6 +525,7 @@ fn apply_cache_effect(cache: &Cache, effect: CacheEffect) {
 mod tests {
     use super::*;
     use crate::command::Precondition;
+    use crate::store::Log;
 
     fn put() -> Command {
         Command::Put {
@@ -538,7 +540,7 @@ mod tests {
 
     /// A handle on a queue of one that no worker drains, so the test decides when room appears.
     fn stalled(dir: &std::path::Path) -> (ShardHandle, Receiver<ShardMsg>) {
-        let store = Arc::new(Store::open(dir.join("s.redb"), ShardId(0), 1 << 20, false).unwrap());
+        let store = Arc::new(Store::open(dir.join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap());
         let (tx, rx) = crossbeam_channel::bounded(1);
         (ShardHandle { id: ShardId(0), tx, store }, rx)
     }
@@ -573,7 +575,7 @@ mod tests {
     #[test]
     fn a_fill_reads_what_the_held_transaction_left() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap();
         store.hold_for(Duration::from_secs(3600));
         let store = Arc::new(store);
         let cache = Cache::new(1 << 20);
@@ -609,7 +611,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_shard_commits_a_full_hold_after_answering_the_batch_that_filled_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap();
+        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap();
         store.hold_for(Duration::from_secs(3600)); // so only the batch count can end the hold
         let store = Arc::new(store);
         let mut options = ShardOptions::from_config(&Config::for_test(dir.path()));
@@ -625,7 +627,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_shard_commits_its_held_transaction_when_it_is_due() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, true).unwrap());
+        let store = Arc::new(Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap());
         let options = ShardOptions::from_config(&Config::for_test(dir.path()));
         let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
         handle.submit(put()).unwrap().await.unwrap().unwrap();

@@ -4,14 +4,15 @@
 //! [`Store::reopen`]), while HTTP handlers read it through short read transactions ([`Store::get`],
 //! [`Store::list`]) that never block the writer (redb MVCC).
 //!
-//! A logged store (`DURABILITY=immediate`) makes each batch durable in its [`wal`](crate::wal) before redb commits
-//! it without an fsync; [`Store::flush`] is then the checkpoint. Every open replays the log, logged or not.
+//! A logged store writes each batch to its [`wal`](crate::wal) before redb commits it without an fsync, and
+//! fdatasyncs the frame under `DURABILITY=immediate` ([`Log::Fsynced`]) or leaves it to the page cache under
+//! `eventual` ([`Log::Written`]); [`Store::flush`] is then the checkpoint. Every open replays the log, logged or not.
 //!
 //! # Held transaction (logged stores only)
-//! A logged batch is answered once its log frame is fdatasynced, so its redb commit can wait: the write
-//! transaction stays open ("held") across batches and is committed once it holds [`HOLD_BATCHES`] batches or
-//! [`HOLD_BYTES`] of payload, or is [`HOLD_TIME`] old, or when something reads the committed state on behalf of
-//! a client ([`Store::settle`]). A hold that a batch fills is committed after that batch is answered
+//! A logged batch is answered once its log frame is written (fdatasynced under `immediate`), so its redb commit
+//! can wait: the write transaction stays open ("held") across batches and is committed once it holds
+//! [`HOLD_BATCHES`] batches or [`HOLD_BYTES`] of payload, or is [`HOLD_TIME`] old, or when something reads the
+//! committed state on behalf of a client ([`Store::settle`]). A hold that a batch fills is committed after that batch is answered
 //! ([`Store::end_full_hold`], called by the shard thread). One redb commit then carries several batches, and a
 //! leaf page written by several of them is copied and checksummed once (BENCHMARKS.md, session 6). Invariants:
 //! - While a held transaction holds answered batches, [`Store::pending`] is true (set before the answers, cleared
@@ -127,6 +128,18 @@ impl CacheEffect {
 /// The outcome of one command inside a batch: its reply (or its own failure) and its cache effect.
 pub type Outcome = Result<(Reply, CacheEffect)>;
 
+/// Whether and how a store logs each batch before it is answered (see [`crate::wal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Log {
+    /// No log: each batch is one redb commit, fsynced or not as [`Store::apply_batch`] is asked.
+    Off,
+    /// `DURABILITY=eventual`: the batch's frame is written to the log, not fdatasynced. It survives a crash of the
+    /// process (the kernel holds it), and a checkpoint makes it survive a power loss.
+    Written,
+    /// `DURABILITY=immediate`: the batch's frame is written and fdatasynced.
+    Fsynced,
+}
+
 /// One shard's database.
 pub struct Store {
     path: PathBuf,
@@ -141,7 +154,7 @@ pub struct Store {
     pending: AtomicBool,
     /// [`HOLD_TIME`] (tests lengthen it, so that a slow fsync does not end a hold they check).
     hold_time: Duration,
-    logged: bool,
+    log: Log,
     /// Fault injection: how many of the next batch transactions fail as if the disk had failed.
     injected_failures: AtomicU32,
     /// Fault injection: how many of the next commits fail after the batch was logged.
@@ -155,6 +168,14 @@ pub struct Store {
     disk_full: AtomicBool,
 }
 
+impl Log {
+    /// The log a store keeps after [`wal::recover`] opened and replayed it (every open replays, logged or not).
+    fn keep(self, mut wal: Wal) -> Option<Wal> {
+        wal.set_fsync(self == Log::Fsynced);
+        (self != Log::Off).then_some(wal)
+    }
+}
+
 /// Bytes the space check asks for beyond twice the batch's payload (redb's copy-on-write pages, metadata).
 const SPACE_CHECK_MARGIN: usize = 1 << 20;
 
@@ -165,20 +186,20 @@ fn storage(shard: ShardId, what: &str) -> impl Fn(redb::Error) -> Error + '_ {
 impl Store {
     /// Opens (or creates) the shard file with ONE redb open: redb repairs it if the last close was unclean, else
     /// every page checksum is verified; then its log is replayed, it is compacted when more than half of it is
-    /// free space, and the tables are created. See [`open_checked`]. `logged`: make batches durable through the
-    /// write-ahead log (see [`Store::apply_batch`]).
-    pub fn open(path: PathBuf, shard: ShardId, cache_size: usize, logged: bool) -> Result<Store> {
+    /// free space, and the tables are created. See [`open_checked`]. `log`: whether and how batches are logged
+    /// (see [`Store::apply_batch`]).
+    pub fn open(path: PathBuf, shard: ShardId, cache_size: usize, log: Log) -> Result<Store> {
         let (db, wal) = open_checked(&path, shard, cache_size)?;
         Ok(Store {
             path,
             shard,
             cache_size,
             db: RwLock::new(Some(Arc::new(db))),
-            wal: Mutex::new(logged.then_some(wal)),
+            wal: Mutex::new(log.keep(wal)),
             held: Mutex::new(None),
             pending: AtomicBool::new(false),
             hold_time: HOLD_TIME,
-            logged,
+            log,
             injected_failures: AtomicU32::new(0),
             late_failures: AtomicU32::new(0),
             #[cfg(test)]
@@ -385,9 +406,9 @@ impl Store {
     /// overflow) and may fail alone. `Err` means the transaction itself failed: nothing of the batch is stored,
     /// and the caller must [`reopen`](Self::reopen) before writing again.
     ///
-    /// A logged store writes the batch's changes to its log and fdatasyncs it before the commit, which is then
-    /// non-durable: `Ok` means durable either way. Otherwise `durable` selects an fsynced commit or redb's
-    /// non-durable one.
+    /// A logged store writes the batch's changes to its log (and fdatasyncs them under [`Log::Fsynced`]) before
+    /// the commit, which is then non-durable and may wait (held transaction): `Ok` means the log holds the batch.
+    /// Without a log, `durable` selects an fsynced commit or redb's non-durable one.
     ///
     /// While the disk is full, the batch is first checked against the free space ([`Store::check_space`]); a
     /// refusal there (507) leaves the database untouched, so the shard keeps serving reads and needs no reopen.
@@ -403,7 +424,7 @@ impl Store {
         self.reopen()?;
         // Reads (a cache miss while batches are held, a RESP read) write nothing: a full disk never refuses them.
         let writes = cmds.iter().any(|c| !matches!(c, Command::Read { .. }));
-        if self.logged && writes {
+        if self.log != Log::Off && writes {
             self.check_free(weight)?;
         }
         if self.disk_full.load(Ordering::Acquire) && writes {
@@ -592,7 +613,7 @@ impl Store {
 
     /// Whether a batch whose `commit()` failed is in the file all the same.
     ///
-    /// A logged batch is: its frame was fdatasynced before the commit, and the reopen replays it.
+    /// A logged batch is: its frame was written to the log before the commit, and the reopen replays it.
     ///
     /// redb's commit can fail after the commit became durable: its post-commit step (freeing the pages the
     /// transaction replaced) allocates, so a full disk fails it (seen in `tests/disk_full.rs`). Answering such
@@ -605,7 +626,7 @@ impl Store {
             tracing::error!(shard = self.shard.0, error = %e, "cannot reopen the shard after a failed commit");
             return false;
         }
-        if self.logged {
+        if self.log != Log::Off {
             return true;
         }
         if end_rev > first_rev {
@@ -724,7 +745,7 @@ impl Store {
         let mut wal = self.wal.lock().expect("wal lock is never held across a panic");
         let spent = wal.as_ref().and_then(Wal::spent);
         let (recovered, _) = wal::recover(&db, &self.path, self.shard, spent)?;
-        *wal = self.logged.then_some(recovered);
+        *wal = self.log.keep(recovered);
         drop(wal);
         *self.db.write().expect("db lock is never held across a panic") = Some(Arc::new(db));
         self.needs_reopen.store(false, Ordering::Release);
@@ -1074,7 +1095,7 @@ mod tests {
     #[test]
     fn batch_checks_each_command_against_the_ones_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         let mut rev = store.last_rev().unwrap() + 1;
         let cmds = [put("a", "1", absent()), put("a", "2", absent()), put("a", "3", exists())];
         let out = store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
@@ -1088,7 +1109,7 @@ mod tests {
     #[test]
     fn counter_overflow_fails_alone_and_keeps_the_value() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         let mut rev = 1;
         let add = |d| Command::CounterAdd { name: Bytes::from_static(b"c"), delta: d };
         let cmds = [add(i64::MAX), add(1), add(-1)];
@@ -1113,7 +1134,7 @@ mod tests {
     fn redis_set_incr_and_read_see_the_commands_before_them() {
         use crate::command::SetCond::*;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         let mut rev = 1;
         let read = |k: &str| Command::Read { space: Space::Kv, key: kv(k) };
         let incr = |k: &str, d| Command::KvIncr { key: kv(k), delta: d };
@@ -1150,7 +1171,7 @@ mod tests {
     #[test]
     fn a_batch_command_commits_together_and_keeps_each_outcome() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         let mut rev = 1;
         let multi = Command::Batch(vec![
             set("x", "1", crate::command::SetCond::Always, false),
@@ -1175,7 +1196,7 @@ mod tests {
     #[test]
     fn clear_removes_one_space_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         let mut rev = 1;
         let cmds = [put("a", "1", Precondition::NONE), put("b", "1", Precondition::NONE)];
         store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
@@ -1189,7 +1210,7 @@ mod tests {
     #[test]
     fn list_respects_prefix_after_and_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         let mut rev = 1;
         let cmds: Vec<_> = ["a/1", "a/2", "a/3", "b/1", "a"].iter().map(|k| put(k, "v", Precondition::NONE)).collect();
         store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
@@ -1204,7 +1225,7 @@ mod tests {
     #[test]
     fn an_injected_failure_rejects_the_batch_and_the_store_recovers() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         let mut rev = 1;
         store.inject_commit_failures(1);
         let cmds = [put("a", "1", Precondition::NONE)];
@@ -1218,7 +1239,7 @@ mod tests {
     #[test]
     fn an_unchanged_document_is_not_rewritten() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         let mut rev = 1;
         let doc = |v: &'static str| Command::Put {
             space: Space::Doc,
@@ -1263,7 +1284,7 @@ mod tests {
     /// A logged store on the shard file `path` (the crash tests' subject, and its reopened crash images). Its
     /// held transaction is committed only by size or a settle, never by age: a slow test fsync changes nothing.
     fn open_logged(path: PathBuf) -> Store {
-        let mut store = Store::open(path, ShardId(0), 1 << 20, true).unwrap();
+        let mut store = Store::open(path, ShardId(0), 1 << 20, Log::Fsynced).unwrap();
         store.hold_for(Duration::from_secs(3600));
         store
     }
@@ -1320,6 +1341,63 @@ mod tests {
         assert_eq!(counter_value(&again.get(Space::Counter, b"c").unwrap().unwrap()), Some(3));
     }
 
+    /// An `eventual` store: its frames are written, not fdatasynced, and marked so.
+    fn open_written(path: PathBuf) -> Store {
+        let mut store = Store::open(path, ShardId(0), 1 << 20, Log::Written).unwrap();
+        store.hold_for(Duration::from_secs(3600));
+        store
+    }
+
+    #[test]
+    fn an_eventual_batch_is_answered_from_its_unsynced_log_frame_and_survives_a_process_crash() {
+        let (dir, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = open_written(dir.path().join("s.redb"));
+        let mut rev = store.last_rev().unwrap() + 1;
+        for key in ["a", "b"] {
+            put_alone(&store, key, &mut rev).unwrap();
+        }
+        assert!(store.logged_bytes().unwrap() > 0, "the batches went to the log");
+        assert!(committed(&store, "a").is_none(), "and are held, not committed");
+        assert_eq!(value(&store, Space::Kv, "b").as_deref(), Some(&b"1"[..]));
+        let crashed = open_written(crash_image(dir.path(), image.path(), true));
+        for key in ["a", "b"] {
+            assert_eq!(value(&crashed, Space::Kv, key).as_deref(), Some(&b"1"[..]), "{key} replayed");
+        }
+        assert_eq!(crashed.last_rev().unwrap(), rev - 1);
+    }
+
+    #[test]
+    fn a_power_loss_gap_in_an_eventual_log_drops_the_frames_after_it_for_good() {
+        let (dir, image, again) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = open_written(dir.path().join("s.redb"));
+        let mut rev = store.last_rev().unwrap() + 1;
+        for key in ["a", "b", "c", "d"] {
+            put_alone(&store, key, &mut rev).unwrap();
+        }
+        let path = crash_image(dir.path(), image.path(), true);
+        // The page cache reached the disk out of order: the first frame ("a") never did, the next three did.
+        let wal = image.path().join("s.wal");
+        let mut log = std::fs::read(&wal).unwrap();
+        let first_end = frame_end(&log, 0);
+        log[..first_end].fill(0);
+        std::fs::write(&wal, &log).unwrap();
+        let crashed = open_written(path);
+        for key in ["a", "b", "c", "d"] {
+            assert!(value(&crashed, Space::Kv, key).is_none(), "{key}: nothing after the gap is replayed");
+        }
+        // The next write takes a seq above the dropped frames, so that after another crash they cannot follow it
+        // as if they were its successors: its frame overwrites the gap, and frames 2 to 4 still lie behind it.
+        let mut rev = crashed.last_rev().unwrap() + 1;
+        put_alone(&crashed, "e", &mut rev).unwrap();
+        let reopened = open_written(crash_image(image.path(), again.path(), true));
+        assert_eq!(value(&reopened, Space::Kv, "e").as_deref(), Some(&b"1"[..]));
+        for key in ["b", "c", "d"] {
+            assert!(value(&reopened, Space::Kv, key).is_none(), "{key} came back from the dropped frames");
+        }
+        // A synced log with the same gap is damage, not a power loss: it is refused (see the damage tests).
+    }
+
     #[test]
     fn a_logged_batch_whose_commit_failed_is_stored_by_the_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1355,7 +1433,7 @@ mod tests {
         }
         // Without a log the same failure is a failed batch: nothing of it is stored.
         let plain = tempfile::tempdir().unwrap();
-        let store = Store::open(plain.path().join("s.redb"), ShardId(0), 1 << 20, false).unwrap();
+        let store = Store::open(plain.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
         store.inject_late_commit_failures(1);
         assert!(put_alone(&store, "b", &mut rev).is_err());
         assert!(value(&store, Space::Kv, "b").is_none());
@@ -1404,7 +1482,9 @@ mod tests {
         // Drop the first frame: the log now starts at seq 2.
         let log = std::fs::read(image.path().join("s.wal")).unwrap();
         std::fs::write(image.path().join("s.wal"), &log[frame_end(&log, 0)..]).unwrap();
-        let Err(e) = Store::open(path, ShardId(0), 1 << 20, true) else { panic!("a log with a gap was replayed") };
+        let Err(e) = Store::open(path, ShardId(0), 1 << 20, Log::Fsynced) else {
+            panic!("a log with a gap was replayed")
+        };
         assert!(e.to_string().contains("is damaged"), "{e}");
     }
 
@@ -1424,7 +1504,7 @@ mod tests {
         let second_end = frame_end(&log, frame_end(&log, 0));
         log[second_end - 1] ^= 0x01;
         std::fs::write(&wal, &log).unwrap();
-        let Err(e) = Store::open(path.clone(), ShardId(0), 1 << 20, true) else {
+        let Err(e) = Store::open(path.clone(), ShardId(0), 1 << 20, Log::Fsynced) else {
             panic!("a log damaged in the middle was replayed up to the damage, silently dropping the frames after it")
         };
         assert!(e.to_string().contains("is damaged") && e.to_string().contains("move the log away"), "{e}");

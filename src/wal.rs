@@ -1,10 +1,16 @@
-//! The write-ahead log of one shard file, used under `DURABILITY=immediate`.
+//! The write-ahead log of one shard file.
 //!
 //! Why: a durable redb commit copies on write every B-tree page its batch touched and fsyncs them all, about
 //! 70 µs more per extra random key on this disk (BENCHMARKS.md). With the log, acknowledging a batch costs one
 //! sequential write of its changes and one `fdatasync`, whatever keys it touched; redb then commits the batch
 //! without an fsync (`Durability::None`), and a *checkpoint* (a durable redb commit, at least every
 //! `FLUSH_INTERVAL_MS` or [`CHECKPOINT_BYTES`] of log) makes the file itself durable and lets the log start over.
+//!
+//! Under `DURABILITY=eventual` the frame is written but not fdatasynced (the first payload byte says so:
+//! [`OP_UNSYNCED`]). The kernel keeps it through a crash of the process; a power loss may lose it, at most
+//! `FLUSH_INTERVAL_MS` of frames, since the checkpoint makes the file durable that often. Why a log at all under
+//! `eventual`: it lets redb commit once per many batches (the held transaction of [`crate::store`]) instead of
+//! once per batch, 0.87x the CPU per PUT and 1.10x the PUT/s at -c256 (BENCHMARKS.md, session 12).
 //!
 //! # File
 //! `shard-<i>.wal` next to `shard-<i>.redb`: frames from offset 0, each
@@ -13,8 +19,8 @@
 //! `2 space klen key` (removed), `3 space` (every record of the space removed), `4 rev` (meta `rev`).
 //!
 //! # Invariants
-//! - A batch is answered only after its frame is fdatasynced; redb commits it after that, so a reader never sees
-//!   a change the log does not hold.
+//! - A batch is answered only after its frame is written (and, under `immediate`, fdatasynced); redb commits it
+//!   after that, so a reader never sees a change the log does not hold.
 //! - Only a checkpoint (or a replay) records meta `wal_seq` (every frame up to it is in the file) and meta `rev`;
 //!   a batch's non-durable commit leaves the meta table alone, which spares each commit the copy-on-write of one
 //!   more B-tree (16 % of the instructions of a one-put batch, 8 % of an eight-put one: BENCHMARKS.md). So a
@@ -26,8 +32,12 @@
 //!   new ones with smaller seqs (or are cut in half), so replay stops at them.
 //! - `epoch` is random per redb file (meta `wal_epoch`): a log left next to another file (a restore, a
 //!   resharding) never applies to it.
-//! - Only the last frame written can be torn by a crash. So an intact frame of the current round after the frame
-//!   replay stopped at means damage in the middle; the open is refused rather than dropping those writes.
+//! - Only the last frame written can be torn by a crash, or, for unsynced frames, the frames a power loss kept
+//!   from the disk, in any order. So an intact fdatasynced frame of the current round after the frame replay
+//!   stopped at means damage in the middle: the open is refused rather than dropping those writes. When only
+//!   unsynced frames follow, they are dropped (with a warning) and their seqs are spent: the file records the
+//!   highest as held, so the next frames take higher seqs and the dropped ones can never be read as their
+//!   successors.
 //! - A frame whose write failed may still be on disk, and its batch was answered with an error. The log is cut
 //!   back to where the frame began (truncating needs no free space, so this works on a full disk) and its seq is
 //!   reused. If even that fails, the seq is spent: the store checkpoints at once (the file's `wal_seq` moves to
@@ -60,6 +70,9 @@ const OP_PUT: u8 = 1;
 const OP_REMOVE: u8 = 2;
 const OP_CLEAR: u8 = 3;
 const OP_REV: u8 = 4;
+/// The first payload byte of a frame that was not fdatasynced before its batch was answered (`DURABILITY=eventual`):
+/// a power loss may lose it, or leave it on disk after a frame before it that was lost (see [`recover`]).
+const OP_UNSYNCED: u8 = 5;
 
 /// The log file of the shard file at `redb_path`.
 pub fn path_for(redb_path: &Path) -> PathBuf {
@@ -79,6 +92,9 @@ pub struct Wal {
     must_checkpoint: bool,
     /// The highest revision an appended frame carried (`OP_REV`): meta `rev` lags behind it until a checkpoint.
     logged_rev: Option<u64>,
+    /// Whether [`Wal::append`] fdatasyncs each frame (`immediate`) or leaves it to the page cache and the next
+    /// checkpoint (`eventual`; such frames are marked [`OP_UNSYNCED`]).
+    fsync: bool,
     /// Fault injection for tests: how many of the next appends write their frame, then report a failure.
     pub(crate) injected_failures: u32,
     /// Fault injection for tests: cutting a failed frame off the log fails too.
@@ -112,12 +128,22 @@ impl Wal {
         self.logged_rev
     }
 
+    /// Whether appended frames are fdatasynced (see [`Wal::append`]). A store sets it after each [`recover`].
+    pub fn set_fsync(&mut self, fsync: bool) {
+        self.fsync = fsync;
+    }
+
     /// Writes one frame holding the changes of a batch's `outcomes` (and the new meta `rev`, when the batch took
-    /// revisions) and fdatasyncs it. On error, the seq is spent and the log must be checkpointed first.
+    /// revisions) and fdatasyncs it, unless this log was told not to ([`Wal::set_fsync`]): the frame is then in
+    /// the page cache only, safe from a process crash but not from a power loss. On error, the seq is spent and
+    /// the log must be checkpointed first.
     pub fn append(&mut self, outcomes: &[Outcome], rev: Option<u64>) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         buf.resize(HEADER, 0);
+        if !self.fsync {
+            buf.push(OP_UNSYNCED);
+        }
         for (_, effect) in outcomes.iter().flatten() {
             encode_effect(&mut buf, effect)?;
         }
@@ -129,7 +155,9 @@ impl Wal {
         self.next_seq += 1;
         let written = seal(&mut buf, self.epoch, seq).and_then(|()| {
             self.file.write_all_at(&buf, self.pos)?;
-            self.file.sync_data()?;
+            if self.fsync {
+                self.file.sync_data()?;
+            }
             if self.injected_failures > 0 {
                 // The worst case of a failed write: the frame is on disk all the same.
                 self.injected_failures -= 1;
@@ -252,16 +280,40 @@ fn frame_at(data: &[u8], at: usize, epoch: u64) -> Option<(u64, &[u8], usize)> {
     (word(0) == xxh3_64(&data[at + 8..end])).then(|| (word(20), &data[at + HEADER..end], end))
 }
 
-/// An intact frame of `epoch` with a seq above `above` anywhere after offset `from`: proof that the log was
-/// damaged in the middle (a crash can tear only the last frame written, and frames left from an earlier round all
-/// have lower seqs), so the writes of the frames in between are lost. Every offset is a candidate, since a damaged
-/// length field hides where the next frame starts; the epoch's 8 bytes are searched for with `memmem` (a scan
-/// frame by frame candidate took 100 ms for a 16 MiB log, this about 4 ms).
-fn intact_frame_after(data: &[u8], from: usize, epoch: u64, above: u64) -> Option<u64> {
+/// What the log holds after the offset where replay stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterStop {
+    /// No frame of the current round: the log ended there (a torn last frame, frames of an earlier round).
+    End,
+    /// An intact fdatasynced frame of the current round, with this seq: the log was damaged in the middle (a
+    /// crash can tear only the last frame written, and frames left from an earlier round all have lower seqs),
+    /// so acknowledged durable writes in between are lost.
+    Damaged(u64),
+    /// Only frames of the current round that were never fdatasynced ([`OP_UNSYNCED`], `eventual`), the highest
+    /// with this seq: a power loss wrote the page cache out to the disk in another order than it was filled. The
+    /// frames after the gap are lost with it, within the window `eventual` may lose.
+    Unsynced(u64),
+}
+
+/// Looks for intact frames of `epoch` with a seq above `above` anywhere after offset `from`. Every offset is a
+/// candidate, since a damaged length field hides where the next frame starts; the epoch's 8 bytes are searched
+/// for with `memmem` (a scan frame by frame candidate took 100 ms for a 16 MiB log, this about 4 ms).
+fn after_stop(data: &[u8], from: usize, epoch: u64, above: u64) -> AfterStop {
     let first = from + 1;
-    let tail = data.get(first + 12..)?;
-    memchr::memmem::find_iter(tail, &epoch.to_le_bytes())
-        .find_map(|i| frame_at(data, first + i, epoch).map(|(seq, ..)| seq).filter(|&seq| seq > above))
+    let Some(tail) = data.get(first + 12..) else { return AfterStop::End };
+    let mut unsynced = None;
+    for i in memchr::memmem::find_iter(tail, &epoch.to_le_bytes()) {
+        match frame_at(data, first + i, epoch) {
+            Some((seq, payload, _)) if seq > above => {
+                if payload.first() != Some(&OP_UNSYNCED) {
+                    return AfterStop::Damaged(seq);
+                }
+                unsynced = unsynced.max(Some(seq));
+            }
+            _ => {}
+        }
+    }
+    unsynced.map_or(AfterStop::End, AfterStop::Unsynced)
 }
 
 /// Reads a length-prefixed byte string from `p`.
@@ -283,6 +335,9 @@ fn take_bytes<'a>(p: &mut &'a [u8]) -> Option<&'a [u8]> {
 /// checksum did not catch).
 fn apply_frame(txn: &WriteTransaction, mut p: &[u8]) -> std::result::Result<Option<()>, redb::Error> {
     while let Some(op) = take(&mut p, 1) {
+        if op[0] == OP_UNSYNCED {
+            continue;
+        }
         if op[0] == OP_REV {
             let Some(rev) = take(&mut p, 8) else { return Ok(None) };
             let rev = u64::from_le_bytes(rev.try_into().expect("8 bytes"));
@@ -343,12 +398,18 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
     };
     let (found, stop) = if new_epoch { (Vec::new(), 0) } else { frames(&data, epoch) };
     let last_found = found.last().map_or(held, |&(seq, _)| seq.max(held));
+    // The highest seq of the unsynced frames dropped after a gap: spent, like a frame whose write failed.
+    let mut dropped = None;
     if !new_epoch && spent.is_none() {
-        if let Some(later) = intact_frame_after(&data, stop, epoch, last_found) {
-            return Err(damaged(&format!(
-                "the frame after seq {last_found} at byte {stop} is damaged, but frame {later} after it is intact, \
-                 so writes in between are lost; to start from the last checkpoint instead, move the log away"
-            )));
+        match after_stop(&data, stop, epoch, last_found) {
+            AfterStop::End => {}
+            AfterStop::Damaged(later) => {
+                return Err(damaged(&format!(
+                    "the frame after seq {last_found} at byte {stop} is damaged, but frame {later} after it is \
+                     intact, so writes in between are lost; to start from the last checkpoint instead, move the log away"
+                )))
+            }
+            AfterStop::Unsynced(highest) => dropped = Some(highest),
         }
     }
     let todo: Vec<(u64, &[u8])> =
@@ -363,7 +424,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
             return Err(damaged(&format!("frame {seq} does not parse")));
         }
     }
-    let last = todo.last().map_or(held, |&(seq, _)| seq).max(spent.unwrap_or(0));
+    let last = todo.last().map_or(held, |&(seq, _)| seq).max(spent.unwrap_or(0)).max(dropped.unwrap_or(0));
     // With nothing to replay nothing is written, so a reopen works on a full disk. The state this open sees is
     // durable: redb shows an open only what its last durable commit (or a clean close) left (NOTES.md §1: no
     // non-durable commit survived a SIGKILL), so the log may be overwritten from offset 0.
@@ -379,6 +440,15 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
     if !todo.is_empty() {
         tracing::warn!(shard = shard.0, frames = todo.len(), last, "replayed the log after an unclean stop");
     }
+    if let Some(highest) = dropped {
+        tracing::warn!(
+            shard = shard.0,
+            replayed_up_to = last_found,
+            lost_up_to = highest,
+            "the log has a gap after a crash that lost the page cache (a power loss?): the unsynced frames after it \
+             were dropped (DURABILITY=eventual loses at most FLUSH_INTERVAL_MS of writes)"
+        );
+    }
     let mut wal = Wal {
         file,
         path,
@@ -387,6 +457,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         pos: 0,
         must_checkpoint: false,
         logged_rev: None,
+        fsync: true,
         injected_failures: 0,
         injected_cut_failure: false,
         buf: Vec::new(),
@@ -432,18 +503,39 @@ mod tests {
         let check = |d: &[u8]| {
             let (found, stop) = frames(d, 7);
             let last = found.last().map_or(0, |&(seq, _)| seq);
-            intact_frame_after(d, stop, 7, last)
+            after_stop(d, stop, 7, last)
         };
-        assert_eq!(check(&log), None, "an intact log");
-        assert_eq!(check(&log[..log.len() - 1]), None, "a torn last frame");
+        assert_eq!(check(&log), AfterStop::End, "an intact log");
+        assert_eq!(check(&log[..log.len() - 1]), AfterStop::End, "a torn last frame");
         let stale = [log.clone(), frame(7, 2, b"old"), frame(7, 3, b"old")].concat();
-        assert_eq!(check(&stale), None, "frames of an earlier round after the end");
+        assert_eq!(check(&stale), AfterStop::End, "frames of an earlier round after the end");
         let mut payload_flip = log.clone();
         payload_flip[first.len() + HEADER + 3] ^= 0x10;
-        assert_eq!(check(&payload_flip), Some(7), "a flipped payload byte of frame 6, frame 7 intact");
+        assert_eq!(check(&payload_flip), AfterStop::Damaged(7), "a flipped payload byte of frame 6, frame 7 intact");
         let mut length_flip = log.clone();
         length_flip[first.len() + 9] ^= 0x40;
-        assert_eq!(check(&length_flip), Some(7), "a damaged length field hides frame 7's offset; the scan finds it");
-        assert_eq!(check(&frame(8, 7, b"x")), None, "another epoch");
+        assert_eq!(check(&length_flip), AfterStop::Damaged(7), "a damaged length field hides frame 7's offset");
+        assert_eq!(check(&frame(8, 7, b"x")), AfterStop::End, "another epoch");
+    }
+
+    #[test]
+    fn a_gap_before_unsynced_frames_is_a_power_loss_and_before_a_synced_one_damage() {
+        let unsynced = |seq: u64, rest: &[u8]| frame(7, seq, &[&[OP_UNSYNCED], rest].concat());
+        let check = |d: &[u8]| {
+            let (found, stop) = frames(d, 7);
+            after_stop(d, stop, 7, found.last().map_or(0, |&(seq, _)| seq))
+        };
+        // Frame 6 never reached the disk (zeros where it was), frames 7 and 8 did.
+        let gap = |f6: &[u8], f7: Vec<u8>, f8: Vec<u8>| [unsynced(5, b"a"), vec![0; f6.len()], f7, f8].concat();
+        let f6 = unsynced(6, b"bb");
+        assert_eq!(check(&gap(&f6, unsynced(7, b"c"), unsynced(8, b"d"))), AfterStop::Unsynced(8));
+        assert_eq!(check(&gap(&f6, unsynced(7, b"c"), frame(7, 8, b"d"))), AfterStop::Damaged(8), "8 was fdatasynced");
+        let stale = [unsynced(5, b"a"), unsynced(6, b"b"), vec![0; 9], unsynced(3, b"old")].concat();
+        assert_eq!(check(&stale), AfterStop::End, "an earlier round's unsynced frame is no loss");
+        // The marker changes nothing when the frame is replayed.
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert_eq!(apply_frame(&txn, &[OP_UNSYNCED, OP_CLEAR, 0]).unwrap(), Some(()));
+        assert_eq!(apply_frame(&txn, &[OP_UNSYNCED, 9]).unwrap(), None, "an unknown op still fails");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{client, temp_dir, Shale, TestServer};
 use shale::command::Space;
 use shale::placement::{shard_for, ShardId};
-use shale::store::{shard_file, Store};
+use shale::store::{shard_file, Log, Store};
 use shale::Config;
 
 /// (space, key) -> (content type as stored, value bytes).
@@ -68,7 +68,7 @@ fn read_all(dir: &Path, shards: u32) -> Contents {
     assert!(m.reshard.is_none(), "no resharding left pending: {:?}", m.reshard);
     let mut all = Contents::new();
     for i in 0..shards {
-        let store = Store::open(shard_file(dir, ShardId(i)), ShardId(i), 8 << 20, false).unwrap();
+        let store = Store::open(shard_file(dir, ShardId(i)), ShardId(i), 8 << 20, Log::Off).unwrap();
         for space in Space::ALL {
             store
                 .scan(space, |k, rec| {
@@ -190,7 +190,7 @@ fn a_placement_1_data_dir_is_re_placed_at_start() {
     let v1 =
         |k: &[u8]| ShardId((shale::placement::key_hash(k) >> (64 - shale::placement::PARTITION_BITS)) as u32 % shards);
     let stores: Vec<Store> = (0..shards)
-        .map(|i| Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), 8 << 20, false).unwrap())
+        .map(|i| Store::open(shard_file(dir.path(), ShardId(i)), ShardId(i), 8 << 20, Log::Off).unwrap())
         .collect();
     let mut moved = 0;
     for (i, store) in stores.iter().enumerate() {
