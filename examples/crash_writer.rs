@@ -8,8 +8,8 @@
 //! ```
 //! `--durability eventual` (60 s flush interval) must lose nothing to a kill either: its log frames are written
 //! before the answer, and the kernel keeps them. `--durability eventual --power-loss` is the negative control: it
-//! deletes the shard logs after each kill, as a power loss would lose frames never fdatasynced, and must report
-//! losses.
+//! deletes the shard logs after each kill (more than a power loss would lose: it keeps what the last fdatasync of a
+//! log covered), and must report losses.
 //! `scripts/crash-test.sh` builds and runs it; `tests/faults.rs` includes this file as a module and runs a few
 //! cycles in CI. It prints `cycles N, acknowledged M, lost L` and exits 1 when L > 0.
 //!
@@ -65,8 +65,9 @@ pub struct Options {
     pub verbose: bool,
     /// `--durability` of the server: `immediate` (the contract under test), or `eventual` (60 s flush interval).
     pub durability: String,
-    /// After each kill, delete the shard logs (`DIR/data/*.wal`): what a power loss does to frames that were never
-    /// fdatasynced (`eventual`). With `eventual` it shows that the checker does catch lost acknowledgements.
+    /// After each kill, delete the shard logs (`DIR/data/*.wal`), a harsher loss than a power loss under `eventual`
+    /// (which keeps what each log's last fdatasync covered). It shows that the checker does catch lost
+    /// acknowledgements.
     pub power_loss: bool,
 }
 

@@ -7,7 +7,7 @@
 #   SEED=123 scripts/crash-test.sh          # repeat a run (the seed is printed)
 #   DURABILITY=eventual scripts/crash-test.sh     # eventual loses nothing to kill -9 either (the kernel keeps its log)
 #   DURABILITY=eventual POWER_LOSS=1 scripts/crash-test.sh 2   # negative control: the logs are deleted after each
-#                                                   # kill (a power loss, for frames never fdatasynced): must report losses, exit 1
+#                                                   # kill (worse than a power loss): must report losses and exit 1
 #
 # The logic lives in examples/crash_writer.rs (tests/faults.rs runs 3 cycles of it under `cargo test`).
 # Prints `cycles N, acknowledged M, lost 0`; exits 1 on any loss, 2 when the test itself could not run.

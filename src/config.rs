@@ -42,8 +42,8 @@ pub const DEFAULT_RESP_MAX_CLIENTS: usize = 10_000;
 pub enum Durability {
     /// Acknowledged only after its shard's write-ahead log is fsynced.
     Immediate,
-    /// Acknowledged once written to the log (a crash of the process loses nothing); fsynced by a durable commit
-    /// at least every flush interval (a power loss loses at most that window).
+    /// Acknowledged once written to the log (a crash of the process loses nothing); the log is fsynced at least
+    /// every flush interval (a power loss loses at most that window).
     Eventual,
 }
 
@@ -78,8 +78,8 @@ pub struct Config {
     #[arg(long, env = "MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES,
           value_parser = parse_positive_usize)]
     pub max_key_bytes: usize,
-    /// The longest time between durable commits (checkpoints), in milliseconds: with `eventual`, what a power loss
-    /// may lose.
+    /// In milliseconds: with `immediate`, the longest time between checkpoints of the log into the shard file;
+    /// with `eventual`, between fsyncs of the log (what a power loss may lose).
     #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = DEFAULT_FLUSH_INTERVAL_MS,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub flush_interval_ms: u64,

@@ -662,6 +662,27 @@ impl Store {
         }
     }
 
+    /// Whether and how this store logs its batches.
+    pub fn log(&self) -> Log {
+        self.log
+    }
+
+    /// `eventual`'s durability point ([`Log::Written`]): fdatasyncs the log, so every batch answered so far
+    /// survives a power loss; `Ok(true)` when that took an fdatasync. A failed one is not retried (see
+    /// [`Wal::sync`]): the store checkpoints instead, which makes the same batches durable through redb.
+    pub fn sync_log(&self) -> Result<bool> {
+        let mut wal = self.wal.lock().expect("wal lock is never held across a panic");
+        let Some(w) = wal.as_mut() else { return Ok(false) };
+        match w.sync() {
+            Ok(synced) => Ok(synced),
+            Err(e) => {
+                tracing::error!(shard = self.shard.0, error = %e, "log fdatasync failed; checkpointing instead");
+                drop(wal);
+                self.flush().map(|()| true)
+            }
+        }
+    }
+
     /// A durable commit: makes every earlier non-durable commit survive a crash. For a logged store this is the
     /// checkpoint, after which the log starts over.
     pub fn flush(&self) -> Result<()> {
@@ -1284,7 +1305,12 @@ mod tests {
     /// A logged store on the shard file `path` (the crash tests' subject, and its reopened crash images). Its
     /// held transaction is committed only by size or a settle, never by age: a slow test fsync changes nothing.
     fn open_logged(path: PathBuf) -> Store {
-        let mut store = Store::open(path, ShardId(0), 1 << 20, Log::Fsynced).unwrap();
+        open_holding(path, Log::Fsynced)
+    }
+
+    /// A store whose held transaction is committed only by size or a settle, never by age.
+    fn open_holding(path: PathBuf, log: Log) -> Store {
+        let mut store = Store::open(path, ShardId(0), 1 << 20, log).unwrap();
         store.hold_for(Duration::from_secs(3600));
         store
     }
@@ -1343,9 +1369,7 @@ mod tests {
 
     /// An `eventual` store: its frames are written, not fdatasynced, and marked so.
     fn open_written(path: PathBuf) -> Store {
-        let mut store = Store::open(path, ShardId(0), 1 << 20, Log::Written).unwrap();
-        store.hold_for(Duration::from_secs(3600));
-        store
+        open_holding(path, Log::Written)
     }
 
     #[test]
@@ -1396,6 +1420,42 @@ mod tests {
             assert!(value(&reopened, Space::Kv, key).is_none(), "{key} came back from the dropped frames");
         }
         // A synced log with the same gap is damage, not a power loss: it is refused (see the damage tests).
+    }
+
+    #[test]
+    fn a_gap_in_what_the_eventual_log_fdatasynced_is_damage_and_after_it_a_power_loss() {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = open_written(store_dir.path().join("s.redb"));
+        let mut rev = store.last_rev().unwrap() + 1;
+        for key in ["a", "b"] {
+            put_alone(&store, key, &mut rev).unwrap();
+        }
+        assert!(store.sync_log().unwrap(), "frames 1 and 2 are fdatasynced");
+        assert!(!store.sync_log().unwrap(), "nothing new to fdatasync");
+        for key in ["c", "d"] {
+            put_alone(&store, key, &mut rev).unwrap();
+        }
+        // `zero`: which frame (0-based) a power loss kept from the disk.
+        let image_without = |zero: usize| {
+            let image = tempfile::tempdir().unwrap();
+            let path = crash_image(store_dir.path(), image.path(), true);
+            let mut log = std::fs::read(image.path().join("s.wal")).unwrap();
+            let start = (0..zero).fold(0, |at, _| frame_end(&log, at));
+            let end = frame_end(&log, start);
+            log[start..end].fill(0);
+            std::fs::write(image.path().join("s.wal"), &log).unwrap();
+            (image, path)
+        };
+        // Frame 2 was fdatasynced, and frame 3 says so: its loss is damage, whatever the durability.
+        let (_image, path) = image_without(1);
+        let Err(e) = Store::open(path, ShardId(0), 1 << 20, Log::Written) else { panic!("a synced frame was lost") };
+        assert!(e.to_string().contains("is damaged"), "{e}");
+        // Frame 3 was not: a power loss. What the fdatasync covered is replayed, frame 4 is dropped.
+        let (_image, path) = image_without(2);
+        let crashed = open_written(path);
+        for (key, kept) in [("a", true), ("b", true), ("c", false), ("d", false)] {
+            assert_eq!(value(&crashed, Space::Kv, key).is_some(), kept, "{key}");
+        }
     }
 
     #[test]

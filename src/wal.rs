@@ -6,17 +6,19 @@
 //! without an fsync (`Durability::None`), and a *checkpoint* (a durable redb commit, at least every
 //! `FLUSH_INTERVAL_MS` or [`CHECKPOINT_BYTES`] of log) makes the file itself durable and lets the log start over.
 //!
-//! Under `DURABILITY=eventual` the frame is written but not fdatasynced (the first payload byte says so:
-//! [`OP_UNSYNCED`]). The kernel keeps it through a crash of the process; a power loss may lose it, at most
-//! `FLUSH_INTERVAL_MS` of frames, since the checkpoint makes the file durable that often. Why a log at all under
-//! `eventual`: it lets redb commit once per many batches (the held transaction of [`crate::store`]) instead of
-//! once per batch, 0.87x the CPU per PUT and 1.10x the PUT/s at -c256 (BENCHMARKS.md, session 12).
+//! Under `DURABILITY=eventual` the frame is written but not fdatasynced (its first payload op says so:
+//! [`OP_UNSYNCED`]), and the shard fdatasyncs the whole log at least every `FLUSH_INTERVAL_MS` ([`Wal::sync`]);
+//! the checkpoint waits for [`CHECKPOINT_BYTES`] of log. The kernel keeps a frame through a crash of the
+//! process; a power loss may lose what followed the last fdatasync. Why a log at all under `eventual`: it lets
+//! redb commit once per many batches (the held transaction of [`crate::store`]) instead of once per batch, 0.89x
+//! the CPU per PUT and 1.10x the PUT/s at -c256 (BENCHMARKS.md, session 12).
 //!
 //! # File
 //! `shard-<i>.wal` next to `shard-<i>.redb`: frames from offset 0, each
 //! `[xxh3 of the rest: u64][payload length: u32][epoch: u64][seq: u64][payload]`, all little-endian. The payload
 //! is the batch's changes, in order: `1 space klen key vlen record` (the key now holds this record),
-//! `2 space klen key` (removed), `3 space` (every record of the space removed), `4 rev` (meta `rev`).
+//! `2 space klen key` (removed), `3 space` (every record of the space removed), `4 rev` (meta `rev`); a frame
+//! written under `eventual` starts with `5 synced_through` (not fdatasynced; the log was durable through that seq).
 //!
 //! # Invariants
 //! - A batch is answered only after its frame is written (and, under `immediate`, fdatasynced); redb commits it
@@ -32,12 +34,12 @@
 //!   new ones with smaller seqs (or are cut in half), so replay stops at them.
 //! - `epoch` is random per redb file (meta `wal_epoch`): a log left next to another file (a restore, a
 //!   resharding) never applies to it.
-//! - Only the last frame written can be torn by a crash, or, for unsynced frames, the frames a power loss kept
-//!   from the disk, in any order. So an intact fdatasynced frame of the current round after the frame replay
-//!   stopped at means damage in the middle: the open is refused rather than dropping those writes. When only
-//!   unsynced frames follow, they are dropped (with a warning) and their seqs are spent: the file records the
-//!   highest as held, so the next frames take higher seqs and the dropped ones can never be read as their
-//!   successors.
+//! - Only the last frame written can be torn by a crash, or, for frames after the last fdatasync, any of them
+//!   that a power loss kept from the disk. So an intact frame of the current round after the frame replay
+//!   stopped at, when it was fdatasynced or says the log was durable past that point, means damage in the
+//!   middle: the open is refused rather than dropping those writes. When only unsynced frames follow, they are
+//!   dropped (with a warning) and their seqs are spent: the file records the highest as held, so the next frames
+//!   take higher seqs and the dropped ones can never be read as their successors.
 //! - A frame whose write failed may still be on disk, and its batch was answered with an error. The log is cut
 //!   back to where the frame began (truncating needs no free space, so this works on a full disk) and its seq is
 //!   reused. If even that fails, the seq is spent: the store checkpoints at once (the file's `wal_seq` moves to
@@ -70,8 +72,9 @@ const OP_PUT: u8 = 1;
 const OP_REMOVE: u8 = 2;
 const OP_CLEAR: u8 = 3;
 const OP_REV: u8 = 4;
-/// The first payload byte of a frame that was not fdatasynced before its batch was answered (`DURABILITY=eventual`):
-/// a power loss may lose it, or leave it on disk after a frame before it that was lost (see [`recover`]).
+/// The first payload op of a frame that was not fdatasynced before its batch was answered (`DURABILITY=eventual`):
+/// a power loss may lose it, or leave it on disk after a frame before it that was lost (see [`recover`]). Its
+/// operand (u64) is the seq through which the log was durable when the frame was written ([`Wal::sync`]).
 const OP_UNSYNCED: u8 = 5;
 
 /// The log file of the shard file at `redb_path`.
@@ -93,8 +96,10 @@ pub struct Wal {
     /// The highest revision an appended frame carried (`OP_REV`): meta `rev` lags behind it until a checkpoint.
     logged_rev: Option<u64>,
     /// Whether [`Wal::append`] fdatasyncs each frame (`immediate`) or leaves it to the page cache and the next
-    /// checkpoint (`eventual`; such frames are marked [`OP_UNSYNCED`]).
+    /// [`Wal::sync`] (`eventual`; such frames are marked [`OP_UNSYNCED`]).
     fsync: bool,
+    /// Every frame up to this seq survives a power loss: fdatasynced, or in the file since a checkpoint.
+    synced_through: u64,
     /// Fault injection for tests: how many of the next appends write their frame, then report a failure.
     pub(crate) injected_failures: u32,
     /// Fault injection for tests: cutting a failed frame off the log fails too.
@@ -133,16 +138,31 @@ impl Wal {
         self.fsync = fsync;
     }
 
+    /// Makes every frame written so far survive a power loss (`eventual`'s durability point, at least every
+    /// `FLUSH_INTERVAL_MS`): one `fdatasync`, unless there is nothing new. A failed one must not be retried (the
+    /// kernel may have dropped the pages it could not write, and a retry would report success): checkpoint.
+    /// Returns whether it took an fdatasync.
+    pub fn sync(&mut self) -> std::io::Result<bool> {
+        let last = self.next_seq - 1;
+        if self.synced_through >= last {
+            return Ok(false);
+        }
+        self.file.sync_data()?;
+        self.synced_through = last;
+        Ok(true)
+    }
+
     /// Writes one frame holding the changes of a batch's `outcomes` (and the new meta `rev`, when the batch took
     /// revisions) and fdatasyncs it, unless this log was told not to ([`Wal::set_fsync`]): the frame is then in
-    /// the page cache only, safe from a process crash but not from a power loss. On error, the seq is spent and
-    /// the log must be checkpointed first.
+    /// the page cache only, safe from a process crash but not from a power loss until the next [`Wal::sync`] or
+    /// checkpoint. On error, the seq is spent and the log must be checkpointed first.
     pub fn append(&mut self, outcomes: &[Outcome], rev: Option<u64>) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         buf.resize(HEADER, 0);
         if !self.fsync {
             buf.push(OP_UNSYNCED);
+            buf.extend_from_slice(&self.synced_through.to_le_bytes());
         }
         for (_, effect) in outcomes.iter().flatten() {
             encode_effect(&mut buf, effect)?;
@@ -157,6 +177,7 @@ impl Wal {
             self.file.write_all_at(&buf, self.pos)?;
             if self.fsync {
                 self.file.sync_data()?;
+                self.synced_through = seq;
             }
             if self.injected_failures > 0 {
                 // The worst case of a failed write: the frame is on disk all the same.
@@ -203,6 +224,7 @@ impl Wal {
         }
         self.pos = 0;
         self.must_checkpoint = false;
+        self.synced_through = self.checkpoint_seq();
     }
 }
 
@@ -289,9 +311,10 @@ enum AfterStop {
     /// crash can tear only the last frame written, and frames left from an earlier round all have lower seqs),
     /// so acknowledged durable writes in between are lost.
     Damaged(u64),
-    /// Only frames of the current round that were never fdatasynced ([`OP_UNSYNCED`], `eventual`), the highest
-    /// with this seq: a power loss wrote the page cache out to the disk in another order than it was filled. The
-    /// frames after the gap are lost with it, within the window `eventual` may lose.
+    /// Only frames of the current round that were not fdatasynced ([`OP_UNSYNCED`], `eventual`) and none of
+    /// which says that the missing frame was, the highest with this seq: a power loss wrote the page cache out
+    /// to the disk in another order than it was filled. The frames after the gap are lost with it, within the
+    /// window `eventual` may lose. (A frame saying the log was durable past the gap makes it [`Self::Damaged`].)
     Unsynced(u64),
 }
 
@@ -305,7 +328,12 @@ fn after_stop(data: &[u8], from: usize, epoch: u64, above: u64) -> AfterStop {
     for i in memchr::memmem::find_iter(tail, &epoch.to_le_bytes()) {
         match frame_at(data, first + i, epoch) {
             Some((seq, payload, _)) if seq > above => {
-                if payload.first() != Some(&OP_UNSYNCED) {
+                // The first missing frame is `above + 1`: lost to a power loss only if it was never synced.
+                let synced_through = (payload.first() == Some(&OP_UNSYNCED))
+                    .then(|| payload.get(1..9))
+                    .flatten()
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+                if synced_through.is_none_or(|through| through > above) {
                     return AfterStop::Damaged(seq);
                 }
                 unsynced = unsynced.max(Some(seq));
@@ -336,6 +364,9 @@ fn take_bytes<'a>(p: &mut &'a [u8]) -> Option<&'a [u8]> {
 fn apply_frame(txn: &WriteTransaction, mut p: &[u8]) -> std::result::Result<Option<()>, redb::Error> {
     while let Some(op) = take(&mut p, 1) {
         if op[0] == OP_UNSYNCED {
+            if take(&mut p, 8).is_none() {
+                return Ok(None);
+            }
             continue;
         }
         if op[0] == OP_REV {
@@ -458,6 +489,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         must_checkpoint: false,
         logged_rev: None,
         fsync: true,
+        synced_through: last,
         injected_failures: 0,
         injected_cut_failure: false,
         buf: Vec::new(),
@@ -520,7 +552,7 @@ mod tests {
 
     #[test]
     fn a_gap_before_unsynced_frames_is_a_power_loss_and_before_a_synced_one_damage() {
-        let unsynced = |seq: u64, rest: &[u8]| frame(7, seq, &[&[OP_UNSYNCED], rest].concat());
+        let unsynced = |seq: u64, rest: &[u8]| frame(7, seq, &[&[OP_UNSYNCED][..], &4u64.to_le_bytes(), rest].concat());
         let check = |d: &[u8]| {
             let (found, stop) = frames(d, 7);
             after_stop(d, stop, 7, found.last().map_or(0, |&(seq, _)| seq))
@@ -530,12 +562,17 @@ mod tests {
         let f6 = unsynced(6, b"bb");
         assert_eq!(check(&gap(&f6, unsynced(7, b"c"), unsynced(8, b"d"))), AfterStop::Unsynced(8));
         assert_eq!(check(&gap(&f6, unsynced(7, b"c"), frame(7, 8, b"d"))), AfterStop::Damaged(8), "8 was fdatasynced");
+        // Frame 8 was written after a sync through 6: frame 6 was durable, so its loss is damage.
+        let after_sync = frame(7, 8, &[&[OP_UNSYNCED][..], &6u64.to_le_bytes(), b"d"].concat());
+        assert_eq!(check(&gap(&f6, unsynced(7, b"c"), after_sync)), AfterStop::Damaged(8), "synced through 6");
         let stale = [unsynced(5, b"a"), unsynced(6, b"b"), vec![0; 9], unsynced(3, b"old")].concat();
         assert_eq!(check(&stale), AfterStop::End, "an earlier round's unsynced frame is no loss");
         // The marker changes nothing when the frame is replayed.
         let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
         let txn = db.begin_write().unwrap();
-        assert_eq!(apply_frame(&txn, &[OP_UNSYNCED, OP_CLEAR, 0]).unwrap(), Some(()));
-        assert_eq!(apply_frame(&txn, &[OP_UNSYNCED, 9]).unwrap(), None, "an unknown op still fails");
+        let marked = |rest: &[u8]| [&[OP_UNSYNCED][..], &[0; 8], rest].concat();
+        assert_eq!(apply_frame(&txn, &marked(&[OP_CLEAR, 0])).unwrap(), Some(()));
+        assert_eq!(apply_frame(&txn, &marked(&[9])).unwrap(), None, "an unknown op still fails");
+        assert_eq!(apply_frame(&txn, &[OP_UNSYNCED, 0]).unwrap(), None, "a cut operand fails");
     }
 }

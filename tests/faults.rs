@@ -52,9 +52,9 @@ fn kill9_cycles(durability: &str, cycles: u32) {
     assert!(summary.acked_puts > 0 && summary.acked_deletes > 0 && summary.acked_increments > 0, "{summary:?}");
 }
 
-/// The negative control: with `DURABILITY=eventual` (and a 60 s flush interval) a power loss, played by deleting
-/// the logs after the kill, loses acknowledged writes, and the same checker must say so. Proves the crash test
-/// can fail.
+/// The negative control: with `DURABILITY=eventual` (and a 60 s flush interval), deleting the logs after the kill
+/// (worse than a power loss, which keeps what their last fdatasync covered) loses acknowledged writes, and the
+/// same checker must say so. Proves the crash test can fail.
 #[test]
 fn the_crash_checker_catches_lost_acknowledgements() {
     let dir = temp_dir();
