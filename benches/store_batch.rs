@@ -6,8 +6,9 @@
 //!   write-ahead-log frame, then a non-durable redb commit, plus a checkpoint every `CHECKPOINT_EVERY` batches
 //!   (about what the shard worker does at `FLUSH_INTERVAL_MS=1000`), so its cost is amortised in the figure.
 //! - `store/put_written/{1,16,256}`: the same in a store whose frames are written but not fdatasynced
-//!   (`DURABILITY=eventual`), against `store/put_nondurable/{1,16,256}`, one non-durable redb commit per batch
-//!   without a log (what `eventual` did before session 12).
+//!   (`DURABILITY=eventual`; the log fdatasynced every `CHECKPOINT_EVERY` batches, checkpointed every
+//!   `CHECKPOINT_BYTES`), against `store/put_nondurable/{1,16,256}`: one non-durable redb commit per batch without
+//!   a log and a durable commit every `CHECKPOINT_EVERY` batches (what `eventual` did before session 12).
 //! - `store/get/{cache,redb}`: a cached read (`shale::cache::Cache`) against a read from the file
 //!   (`Store::get`: one redb read transaction; the file is small, so its pages sit in redb's and the OS's cache),
 //!   on random keys of a preloaded set.
@@ -25,6 +26,7 @@ use shale::cache::Cache;
 use shale::command::{Command, Space};
 use shale::placement::ShardId;
 use shale::store::{Log, Store};
+use shale::wal::CHECKPOINT_BYTES;
 
 use common::{key_of, put, temp_dir, XorShift, SEED};
 
@@ -33,7 +35,8 @@ const KEY_SPACE: u64 = 100_000;
 /// Keys preloaded for the read benches.
 const PRELOAD: u64 = 10_000;
 
-/// Batches between two checkpoints of the logged store.
+/// Batches per flush interval: between two checkpoints of an `immediate` store, two log fdatasyncs of an
+/// `eventual` one, two durable commits of a store without a log whose batches commit non-durably.
 const CHECKPOINT_EVERY: u64 = 200;
 
 /// A store in a fresh dir, preloaded with `keys` in a few large non-durable transactions, then one durable commit.
@@ -74,7 +77,18 @@ fn bench_store(c: &mut Criterion) {
                         // As the shard thread does after the answers.
                         store.end_full_hold().expect("commit of a full hold");
                         batches += 1;
-                        if log != Log::Off && batches.is_multiple_of(CHECKPOINT_EVERY) {
+                        // What the shard thread does every `FLUSH_INTERVAL_MS`: under `eventual`, fdatasync the
+                        // log; otherwise (and without a log, non-durable: `eventual` before session 12) a durable
+                        // commit. A log is also checkpointed once it holds CHECKPOINT_BYTES.
+                        if batches.is_multiple_of(CHECKPOINT_EVERY) {
+                            match log {
+                                Log::Written => _ = store.sync_log().expect("log fdatasync"),
+                                Log::Fsynced => store.flush().expect("checkpoint"),
+                                Log::Off if !durable => store.flush().expect("durable commit"),
+                                Log::Off => {}
+                            }
+                        }
+                        if store.logged_bytes().is_some_and(|b| b >= CHECKPOINT_BYTES) {
                             store.flush().expect("checkpoint");
                         }
                     },
