@@ -657,7 +657,10 @@ fn drop_logs(data: &Path) {
 // ---- command line ----
 
 fn usage() -> ! {
-    eprintln!("usage: crash_writer [--shale PATH] [--cycles N] [--seed S] [--writers W] [--dir DIR] [--keep] [--durability immediate|eventual] [--power-loss]");
+    eprintln!(
+        "usage: crash_writer [--shale PATH] [--cycles N] [--seed S] [--writers W] [--dir DIR] [--keep] \
+         [--durability immediate|eventual] [--power-loss]"
+    );
     std::process::exit(2);
 }
 

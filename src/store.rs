@@ -12,9 +12,10 @@
 //! A logged batch is answered once its log frame is written (fdatasynced under `immediate`), so its redb commit
 //! can wait: the write transaction stays open ("held") across batches and is committed once it holds
 //! [`HOLD_BATCHES`] batches or [`HOLD_BYTES`] of payload, or is [`HOLD_TIME`] old, or when something reads the
-//! committed state on behalf of a client ([`Store::settle`]). A hold that a batch fills is committed after that batch is answered
-//! ([`Store::end_full_hold`], called by the shard thread). One redb commit then carries several batches, and a
-//! leaf page written by several of them is copied and checksummed once (BENCHMARKS.md, session 6). Invariants:
+//! committed state on behalf of a client ([`Store::settle`]). A hold that a batch fills is committed after that
+//! batch is answered ([`Store::end_full_hold`], called by the shard thread). One redb commit then carries several
+//! batches, and a leaf page written by several of them is copied and checksummed once (BENCHMARKS.md, session 6).
+//! Invariants:
 //! - While a held transaction holds answered batches, [`Store::pending`] is true (set before the answers, cleared
 //!   only after the commit returned). A reader of the committed state that sees it true must go through the
 //!   shard's queue ([`Command::Read`](crate::command::Command::Read), served inside the transaction) or settle

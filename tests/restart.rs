@@ -1,6 +1,7 @@
 //! Durability across restarts of the real binary: `kill -9` (immediate durability keeps every acknowledged
 //! write), SIGTERM (graceful: exit 0, nothing lost), and `--durability eventual` (a graceful stop flushes, a
-//! `kill -9` loses nothing, a power loss at most the flush window). After a restart, ETags are unchanged and new writes never reuse one.
+//! `kill -9` loses nothing, a power loss at most the flush window). After a restart, ETags are unchanged and new
+//! writes never reuse one.
 
 mod common;
 
