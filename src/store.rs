@@ -1283,6 +1283,11 @@ mod tests {
         assert_eq!(store.last_rev().unwrap(), 2);
     }
 
+    /// `N` fresh temp dirs (a store's, and those of its crash images).
+    fn temp_dirs<const N: usize>() -> [tempfile::TempDir; N] {
+        std::array::from_fn(|_| tempfile::tempdir().unwrap())
+    }
+
     /// What a `kill -9` at this instant would leave on disk: a copy of the store's files while it is open and idle
     /// (the copy reads what the process wrote, as the next start would; nothing more is flushed).
     fn crash_image(from: &Path, to: &Path, with_log: bool) -> PathBuf {
@@ -1335,8 +1340,7 @@ mod tests {
 
     #[test]
     fn a_logged_batch_survives_a_crash_through_its_log() {
-        let (dir, bare, image) =
-            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let [dir, bare, image] = temp_dirs();
         let store = open_logged(dir.path().join("s.redb"));
         let mut rev = store.last_rev().unwrap() + 1;
         let cmds = [put("a", "1", Precondition::NONE), put("b", "1", Precondition::NONE)];
@@ -1375,7 +1379,7 @@ mod tests {
 
     #[test]
     fn an_eventual_batch_is_answered_from_its_unsynced_log_frame_and_survives_a_process_crash() {
-        let (dir, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let [dir, image] = temp_dirs();
         let store = open_written(dir.path().join("s.redb"));
         let mut rev = store.last_rev().unwrap() + 1;
         for key in ["a", "b"] {
@@ -1393,8 +1397,7 @@ mod tests {
 
     #[test]
     fn a_power_loss_gap_in_an_eventual_log_drops_the_frames_after_it_for_good() {
-        let (dir, image, again) =
-            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let [dir, image, again] = temp_dirs();
         let store = open_written(dir.path().join("s.redb"));
         let mut rev = store.last_rev().unwrap() + 1;
         for key in ["a", "b", "c", "d"] {
@@ -1502,7 +1505,7 @@ mod tests {
 
     #[test]
     fn a_reopen_replays_frames_the_file_already_holds_and_a_checkpoint_records_the_revision() {
-        let (dir, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let [dir, image] = temp_dirs();
         let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
         let add = |delta| Command::CounterAdd { name: kv("c"), delta };
@@ -1614,7 +1617,7 @@ mod tests {
 
     #[test]
     fn a_logged_store_holds_answered_batches_until_a_settle_and_a_crash_keeps_them() {
-        let (dir, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let [dir, image] = temp_dirs();
         let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
         put_alone(&store, "a", &mut rev).unwrap();
@@ -1658,7 +1661,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_after_held_ones_keeps_them_through_the_reopen() {
-        let (dir, image) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let [dir, image] = temp_dirs();
         let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
         put_alone(&store, "a", &mut rev).unwrap();
