@@ -307,9 +307,9 @@ fn frame_at(data: &[u8], at: usize, epoch: u64) -> Option<(u64, &[u8], usize)> {
 enum AfterStop {
     /// No frame of the current round: the log ended there (a torn last frame, frames of an earlier round).
     End,
-    /// An intact fdatasynced frame of the current round, with this seq: the log was damaged in the middle (a
-    /// crash can tear only the last frame written, and frames left from an earlier round all have lower seqs),
-    /// so acknowledged durable writes in between are lost.
+    /// An intact frame of the current round that was fdatasynced, or says that the log was durable past the
+    /// gap, with this seq: the log was damaged in the middle (a crash can tear only the last frame written, and
+    /// frames left from an earlier round all have lower seqs), so durable writes in between are lost.
     Damaged(u64),
     /// Only frames of the current round that were not fdatasynced ([`OP_UNSYNCED`], `eventual`) and none of
     /// which says that the missing frame was, the highest with this seq: a power loss wrote the page cache out
