@@ -348,8 +348,10 @@ async fn eventual_durability_survives_kill9_and_a_power_loss_loses_at_most_the_f
     // The contract is about time: a flush interval after a write, an idle shard fdatasyncs its log. That, not a
     // checkpoint of the shard file (every 8 MiB of log), is the durability point.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    // An fdatasync of the log per shard and flush interval (this test took one or two of them), no checkpoint;
+    // a batch's frame is never fsynced by itself.
     let fsyncs = shard_counter(&http, &base, "shale_shard_fsyncs_total").await;
-    assert!(fsyncs.len() == SHARDS as usize && fsyncs.iter().all(|&n| n >= 1), "a log fdatasync per shard: {fsyncs:?}");
+    assert!(fsyncs.len() == SHARDS as usize && fsyncs.iter().all(|&n| (1..=3).contains(&n)), "fsyncs {fsyncs:?}");
     assert_eq!(shard_counter(&http, &base, "shale_shard_checkpoints_total").await, vec![0; SHARDS as usize]);
     let synced = log_lengths(dir.path());
     // Written within the next interval: only in the page cache.
