@@ -135,7 +135,8 @@ pub enum Log {
     /// No log: each batch is one redb commit, fsynced or not as [`Store::apply_batch`] is asked.
     Off,
     /// `DURABILITY=eventual`: the batch's frame is written to the log, not fdatasynced. It survives a crash of the
-    /// process (the kernel holds it), and a checkpoint makes it survive a power loss.
+    /// process (the kernel holds it), and the log's next fdatasync ([`Store::sync_log`]) or checkpoint makes it
+    /// survive a power loss.
     Written,
     /// `DURABILITY=immediate`: the batch's frame is written and fdatasynced.
     Fsynced,
@@ -1377,14 +1378,20 @@ mod tests {
         open_holding(path, Log::Written)
     }
 
+    /// An `eventual` store in `dir` where each of `keys` was set to "1" in a batch of its own; and the next revision.
+    fn written_with(dir: &Path, keys: &[&str]) -> (Store, u64) {
+        let store = open_written(dir.join("s.redb"));
+        let mut rev = store.last_rev().unwrap() + 1;
+        for key in keys {
+            put_alone(&store, key, &mut rev).unwrap();
+        }
+        (store, rev)
+    }
+
     #[test]
     fn an_eventual_batch_is_answered_from_its_unsynced_log_frame_and_survives_a_process_crash() {
         let [dir, image] = temp_dirs();
-        let store = open_written(dir.path().join("s.redb"));
-        let mut rev = store.last_rev().unwrap() + 1;
-        for key in ["a", "b"] {
-            put_alone(&store, key, &mut rev).unwrap();
-        }
+        let (store, rev) = written_with(dir.path(), &["a", "b"]);
         assert!(store.logged_bytes().unwrap() > 0, "the batches went to the log");
         assert!(committed(&store, "a").is_none(), "and are held, not committed");
         assert_eq!(value(&store, Space::Kv, "b").as_deref(), Some(&b"1"[..]));
@@ -1398,11 +1405,7 @@ mod tests {
     #[test]
     fn a_power_loss_gap_in_an_eventual_log_drops_the_frames_after_it_for_good() {
         let [dir, image, again] = temp_dirs();
-        let store = open_written(dir.path().join("s.redb"));
-        let mut rev = store.last_rev().unwrap() + 1;
-        for key in ["a", "b", "c", "d"] {
-            put_alone(&store, key, &mut rev).unwrap();
-        }
+        let (_store, _) = written_with(dir.path(), &["a", "b", "c", "d"]);
         let path = crash_image(dir.path(), image.path(), true);
         // The page cache reached the disk out of order: the first frame ("a") never did, the next three did.
         let wal = image.path().join("s.wal");
@@ -1427,13 +1430,23 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_fdatasync_of_an_eventual_log_checkpoints_instead() {
+        let [dir, image] = temp_dirs();
+        let (store, _) = written_with(dir.path(), &["a", "b"]);
+        store.wal.lock().unwrap().as_mut().unwrap().injected_sync_failure = true;
+        assert!(store.sync_log().unwrap(), "the batches were made durable all the same");
+        assert_eq!(store.logged_bytes(), Some(0), "by a checkpoint: the log starts over");
+        // The shard file alone holds them now, without the log.
+        let crashed = open_written(crash_image(dir.path(), image.path(), false));
+        for key in ["a", "b"] {
+            assert_eq!(value(&crashed, Space::Kv, key).as_deref(), Some(&b"1"[..]), "{key}");
+        }
+    }
+
+    #[test]
     fn a_gap_in_what_the_eventual_log_fdatasynced_is_damage_and_after_it_a_power_loss() {
         let store_dir = tempfile::tempdir().unwrap();
-        let store = open_written(store_dir.path().join("s.redb"));
-        let mut rev = store.last_rev().unwrap() + 1;
-        for key in ["a", "b"] {
-            put_alone(&store, key, &mut rev).unwrap();
-        }
+        let (store, mut rev) = written_with(store_dir.path(), &["a", "b"]);
         assert!(store.sync_log().unwrap(), "frames 1 and 2 are fdatasynced");
         assert!(!store.sync_log().unwrap(), "nothing new to fdatasync");
         for key in ["c", "d"] {

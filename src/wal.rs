@@ -104,6 +104,8 @@ pub struct Wal {
     pub(crate) injected_failures: u32,
     /// Fault injection for tests: cutting a failed frame off the log fails too.
     pub(crate) injected_cut_failure: bool,
+    /// Fault injection for tests: the next [`Wal::sync`] fails.
+    pub(crate) injected_sync_failure: bool,
     buf: Vec<u8>,
 }
 
@@ -146,6 +148,9 @@ impl Wal {
         let last = self.next_seq - 1;
         if self.synced_through >= last {
             return Ok(false);
+        }
+        if std::mem::take(&mut self.injected_sync_failure) {
+            return Err(std::io::Error::other("injected log fdatasync failure"));
         }
         self.file.sync_data()?;
         self.synced_through = last;
@@ -492,6 +497,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         synced_through: last,
         injected_failures: 0,
         injected_cut_failure: false,
+        injected_sync_failure: false,
         buf: Vec::new(),
     };
     wal.rewind();
