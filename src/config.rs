@@ -78,8 +78,8 @@ pub struct Config {
     #[arg(long, env = "MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES,
           value_parser = parse_positive_usize)]
     pub max_key_bytes: usize,
-    /// In milliseconds: with `immediate`, the longest time between checkpoints of the log into the shard file;
-    /// with `eventual`, between fsyncs of the log (what a power loss may lose).
+    /// In milliseconds, with `eventual`: the longest time between fsyncs of the log (what a power loss may lose).
+    /// Unused with `immediate`, where each write's log frame is fsynced.
     #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = DEFAULT_FLUSH_INTERVAL_MS,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub flush_interval_ms: u64,

@@ -14,9 +14,11 @@
 //!    failed transaction answers every writer of the batch with the error, reopens the database, and changes no
 //!    cache entry.
 //! 5. Serve the batch's cache fills from the state the last answered batch left.
-//! 6. Checkpoint (a durable redb commit) when due: every [`CHECKPOINT_BYTES`] of log, and under `immediate` also
-//!    every `FLUSH_INTERVAL_MS`; under `eventual`, fdatasync the log every `FLUSH_INTERVAL_MS` instead. Commit
-//!    the held transaction if the batch filled it ([`Store::end_full_hold`]).
+//! 6. Checkpoint (a durable redb commit) every [`CHECKPOINT_BYTES`] of log; under `eventual`, also fdatasync the
+//!    log every `FLUSH_INTERVAL_MS`. Commit the held transaction if the batch filled it ([`Store::end_full_hold`]).
+//!    Under `immediate` nothing waits for a checkpoint (each frame was fdatasynced), so none comes on a timer: a
+//!    checkpoint writes out every B-tree page touched since the last one and stalls its shard for 10 to 25 ms
+//!    here, which set the p99 of durable PUTs when it came every `FLUSH_INTERVAL_MS` (BENCHMARKS.md, session 13).
 //!
 //! Invariants: a write is acknowledged only after its log frame was written (under `immediate`, fdatasynced; under
 //! `eventual`, the log's next fdatasync makes it safe from a power loss, at most `FLUSH_INTERVAL_MS` later); a batch
@@ -314,20 +316,23 @@ impl Worker {
                 let durable = !logged
                     && (self.options.durability == Durability::Immediate
                         || last_durable.elapsed() >= self.options.flush_interval);
-                self.commit_batch(&mut writes, &mut next_rev, durable, log);
+                let no_room = self.commit_batch(&mut writes, &mut next_rev, durable, log);
                 if durable {
                     dirty = false;
                     last_durable = Instant::now();
                 } else {
-                    dirty = true;
+                    // Under `immediate` the log's fdatasync already made the batch durable.
+                    dirty = log != Log::Fsynced;
                 }
-                // After the answers, so no writer waits for the checkpoint (or fdatasync) it did not need.
+                // After the answers, so no writer waits for the checkpoint (or fdatasync) it did not need. A batch
+                // refused for lack of space checkpoints too: the log then overwrites its own file from offset 0,
+                // and redb reuses the pages freed since the last durable commit, so the next writes need less.
                 let log_full = self.store.logged_bytes().is_some_and(|b| b >= CHECKPOINT_BYTES);
-                let due = last_durable.elapsed() >= self.options.flush_interval;
-                if logged && (log_full || (due && log == Log::Fsynced)) {
+                let log_idle = self.store.logged_bytes().is_none_or(|b| b == 0);
+                if logged && (log_full || (no_room && !log_idle)) {
                     self.flush(&mut dirty, &mut last_durable);
                 } else if logged {
-                    if due {
+                    if dirty && last_durable.elapsed() >= self.options.flush_interval {
                         self.durable_point(log, &mut dirty, &mut last_durable);
                     }
                     // Also after the answers: a batch that filled the hold is not kept waiting for its commit.
@@ -408,17 +413,19 @@ impl Worker {
         None
     }
 
-    /// Applies and commits one batch, then updates the cache, then answers; see the module doc.
+    /// Applies and commits one batch, then updates the cache, then answers; see the module doc. Returns whether
+    /// the batch was refused for lack of disk space.
     fn commit_batch(
         &self,
         writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
         next_rev: &mut u64,
         durable: bool,
         log: Log,
-    ) {
+    ) -> bool {
         let started = Instant::now();
         let result = self.store.apply_batch(writes.iter().map(|(c, _)| c), next_rev, durable);
         let len = writes.len();
+        let no_room = matches!(result, Err(Error::InsufficientStorage(_)));
         match result {
             Ok(outcomes) => {
                 // A batch that changed nothing (reads, failed preconditions, unchanged documents) is neither
@@ -462,6 +469,7 @@ impl Worker {
             commit_us = started.elapsed().as_micros() as u64,
             "batch committed"
         );
+        no_room
     }
 
     fn reopen(&self, next_rev: &mut u64) {
@@ -484,7 +492,7 @@ impl Worker {
     /// Makes the answered batches survive a power loss: under `eventual` ([`Log::Written`]) by the log's
     /// fdatasync (the checkpoint waits for [`CHECKPOINT_BYTES`] of log: it writes out every B-tree page the
     /// batches touched, a stall of several milliseconds that set the p99 of `eventual` PUTs when it came every
-    /// second), otherwise by a checkpoint.
+    /// second), without a log (tests, tools) by a durable commit. Under `immediate` nothing is left to do.
     fn durable_point(&self, log: Log, dirty: &mut bool, last_durable: &mut Instant) {
         if log != Log::Written {
             return self.flush(dirty, last_durable);
@@ -558,10 +566,14 @@ mod tests {
     use crate::command::Precondition;
 
     fn put() -> Command {
+        put_of(bytes::Bytes::from_static(b"k"), bytes::Bytes::from_static(b"v"))
+    }
+
+    fn put_of(key: bytes::Bytes, value: bytes::Bytes) -> Command {
         Command::Put {
             space: Space::Kv,
-            key: bytes::Bytes::from_static(b"k"),
-            value: bytes::Bytes::from_static(b"v"),
+            key,
+            value,
             content_type: bytes::Bytes::new(),
             precondition: Precondition::NONE,
             skip_if_unchanged: false,
@@ -661,8 +673,34 @@ mod tests {
         let options = ShardOptions::from_config(&Config::for_test(dir.path()));
         let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
         handle.submit(put()).unwrap().await.unwrap().unwrap();
-        // No batch follows: the worker wakes up for the hold's end (50 ms), well before the checkpoint (1 s).
-        committed_within(&store, handle, join, Duration::from_millis(900), "the hold was never committed").await;
+        // No batch follows: the worker wakes up for the hold's end (1 s; no checkpoint comes under `immediate`).
+        committed_within(&store, handle, join, Duration::from_secs(5), "the hold was never committed").await;
+    }
+
+    #[tokio::test]
+    async fn an_immediate_shard_checkpoints_by_log_size_not_on_a_timer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap();
+        store.hold_for(Duration::from_millis(20));
+        let store = Arc::new(store);
+        let mut options = ShardOptions::from_config(&Config::for_test(dir.path()));
+        options.flush_interval = Duration::from_millis(10);
+        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        handle.submit(put()).unwrap().await.unwrap().unwrap();
+        // Twenty flush intervals: the hold is committed, but the fdatasynced log is not checkpointed (and rewound).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!store.pending(), "the hold was never committed");
+        let logged = store.logged_bytes().unwrap();
+        assert!(logged > 0, "checkpointed on a timer");
+        // A checkpoint comes once the log holds CHECKPOINT_BYTES: the log then starts over.
+        let value = bytes::Bytes::from(vec![b'v'; 1 << 20]);
+        for i in 0..CHECKPOINT_BYTES >> 20 {
+            let cmd = put_of(bytes::Bytes::from(format!("big{i}")), value.clone());
+            handle.submit(cmd).unwrap().await.unwrap().unwrap();
+        }
+        assert!(store.logged_bytes().unwrap() < logged + (1 << 20), "no checkpoint after CHECKPOINT_BYTES of log");
+        drop(handle);
+        join.join().unwrap();
     }
 
     /// Waits up to `limit` for the worker to commit its held transaction (`what` otherwise), checks that the

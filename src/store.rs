@@ -70,11 +70,18 @@ fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]>
 }
 
 /// A held transaction is committed once it holds this many answered batches (see the module doc).
-pub const HOLD_BATCHES: u32 = 64;
-/// ... or this many bytes of commands.
-pub const HOLD_BYTES: usize = 1 << 20;
+///
+/// Why this long (with [`HOLD_BYTES`] and [`HOLD_TIME`]): a batch that writes to a leaf page the held transaction
+/// has not touched yet copies that page (redb's copy on write) and the commit writes it out; later batches change
+/// it in place. The longer the hold, the fewer copies per write: 64 batches / 1 MiB / 50 ms -> 256 / 4 MiB / 200 ms
+/// cost 0.94x the CPU per durable PUT at -c256 and 0.93x at -c64, -> 1024 / 8 MiB / 1 s 0.98x and 0.94x more
+/// (BENCHMARKS.md, session 13). What a hold keeps in memory is bounded by redb's write buffer (half its cache),
+/// not by these limits; beyond it, redb writes the transaction's pages out early.
+pub const HOLD_BATCHES: u32 = 1024;
+/// ... or this many bytes of commands (the log's checkpoint comes at [`crate::wal::CHECKPOINT_BYTES`] anyway).
+pub const HOLD_BYTES: usize = 8 << 20;
 /// ... or once it is this old (the shard thread wakes up for it when no batch comes).
-pub const HOLD_TIME: Duration = Duration::from_millis(50);
+pub const HOLD_TIME: Duration = Duration::from_secs(1);
 
 /// A logged store's write transaction, kept open across answered batches.
 struct Held {

@@ -3,8 +3,8 @@
 //! Why: a durable redb commit copies on write every B-tree page its batch touched and fsyncs them all, about
 //! 70 µs more per extra random key on this disk (BENCHMARKS.md). With the log, acknowledging a batch costs one
 //! sequential write of its changes and one `fdatasync`, whatever keys it touched; redb then commits the batch
-//! without an fsync (`Durability::None`), and a *checkpoint* (a durable redb commit, at least every
-//! `FLUSH_INTERVAL_MS` or [`CHECKPOINT_BYTES`] of log) makes the file itself durable and lets the log start over.
+//! without an fsync (`Durability::None`), and a *checkpoint* (a durable redb commit, every [`CHECKPOINT_BYTES`] of
+//! log and at a clean stop) makes the file itself durable and lets the log start over.
 //!
 //! Under `DURABILITY=eventual` the frame is written but not fdatasynced (its first payload op says so:
 //! [`OP_UNSYNCED`]), and the shard fdatasyncs the whole log at least every `FLUSH_INTERVAL_MS` ([`Wal::sync`]);
