@@ -4,7 +4,10 @@
 # Usage: scripts/bench-compare.sh > table.md        (progress on stderr, the table on stdout)
 #
 # Systems (each on loopback, its own temp data dir, all started first, stopped by PID at exit):
-#   ceiling          examples/ceiling.rs: actix-web doing nothing (GET: a moka lookup on /kvm; PUT: read body, 204)
+#   ceiling          examples/ceiling.rs: actix-web doing nothing (GET: a moka lookup on /kvm; PUT: read body, 204);
+#                    "PUT durable": /kvd, each PUT's key and body group-committed to one of 4 log files (one write
+#                    and one fdatasync per group, as shale's 4 shards do) before the 204, and nothing else: what
+#                    any durable store of this shape can do on this machine
 #   shale immediate  DURABILITY=immediate (a 2xx PUT is fsynced)
 #   shale eventual   DURABILITY=eventual (fsynced within FLUSH_INTERVAL_MS, default 1 s)
 #   shale uncached   DURABILITY=immediate with CACHE_BYTES a quarter of the data set's cache weight
@@ -331,7 +334,8 @@ EOF
 shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
     -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS RESP_PORT=off RUST_LOG=warn)
 declare -A URL
-start ceiling "$CEILING_BIN" --port 0 --keys "$KEYS"
+mkdir -p "$TMP/ceiling-logs"
+start ceiling "$CEILING_BIN" --port 0 --keys "$KEYS" --log-dir "$TMP/ceiling-logs" --log-writers 4
 URL[ceiling]=$ADDR
 start shale-imm "${shale_env[@]}" DURABILITY=immediate "$SHALE_BIN" serve --port 0 --data-dir "$TMP/shale-imm"
 URL[shale-imm]=$ADDR
@@ -428,6 +432,7 @@ measure() {
         GET) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kvm/k /kv/k 0 "$KEYS" "$VALUE") ;;
         GET-fixed) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kv/k /kv/k 0 "$KEYS" "$VALUE") ;;
         PUT) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kvm/k /kv/k 100 "$KEYS" "$VALUE") ;;
+        PUT-durable) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kvm/k /kvd/k 100 "$KEYS" "$VALUE") ;;
         esac
         ;;
     shale-*)
@@ -471,7 +476,7 @@ CASES=()
 for c in 256 64; do
     CASES+=("ceiling|GET|$c")
     [[ $c == 256 ]] && CASES+=("ceiling|GET-fixed|$c")
-    CASES+=("ceiling|PUT|$c" "shale-imm|GET|$c" "shale-imm|PUT|$c" "shale-ev|GET|$c" "shale-ev|PUT|$c")
+    CASES+=("ceiling|PUT|$c" "ceiling|PUT-durable|$c" "shale-imm|GET|$c" "shale-imm|PUT|$c" "shale-ev|GET|$c" "shale-ev|PUT|$c")
     [[ $c == 256 ]] && CASES+=("shale-unc|GET|$c")
     if ((HAVE_REDIS)); then CASES+=("redis-always|GET|$c" "redis-always|PUT|$c" "redis-everysec|GET|$c" "redis-everysec|PUT|$c"); fi
     if ((HAVE_ETCD)); then CASES+=("etcd|GET|$c" "etcd|PUT|$c"); fi
@@ -536,6 +541,7 @@ loadlabel() {
     case "$1|$2" in
     ceiling\|GET) echo "GET (moka)" ;;
     ceiling\|GET-fixed) echo "GET (fixed body)" ;;
+    ceiling\|PUT-durable) echo "PUT durable (group-commit log, 4 writers)" ;;
     shale-unc\|GET) echo "GET uncached" ;;
     redis-*\|PUT) echo "SET" ;;
     etcd\|PUT) echo "PUT (POST /v3/kv/put)" ;;
@@ -603,6 +609,11 @@ verdict "eventual PUT vs ceiling PUT" "${MED[shale-ev|PUT|256]}" "${MED[ceiling|
 verdict "uncached GET vs ceiling moka GET" "${MED[shale-unc|GET|256]}" "${MED[ceiling|GET|256]}" 0.4
 latency "p99 immediate PUT at -c64" "${MP99[shale-imm|PUT|64]}" 10
 latency "p99 cached GET at -c64" "${MP99[shale-imm|GET|64]}" 2
+echo
+echo "Context (no target): what a durable store of shale's shape can do here, and how close shale comes:"
+ratio_line() { echo "- $1: $(ratio "$2" "$3")x"; }
+ratio_line "the durable ceiling's PUT vs etcd put (shale's target is 8x)" "${MED[ceiling|PUT-durable|256]}" "${MED[etcd|PUT|256]:-}"
+ratio_line "immediate PUT vs the durable ceiling's PUT" "${MED[shale-imm|PUT|256]}" "${MED[ceiling|PUT-durable|256]}"
 
 # ==== RESP section (issue 9), defined above =======================================================================
 if [[ ${BENCH_RESP:-1} != 0 ]]; then resp_section; fi
