@@ -42,6 +42,9 @@ use crate::placement::ShardId;
 use crate::store::{CacheEffect, Log, Store};
 use crate::wal::CHECKPOINT_BYTES;
 
+/// After a checkpoint made to free room for writes refused for lack of space failed, the time before the next.
+const NO_ROOM_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
 /// A message to a shard worker.
 pub enum ShardMsg {
     /// Apply a write and answer on `reply` once it is committed.
@@ -281,6 +284,8 @@ impl Worker {
         let mut writes: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
         let mut fills: Vec<FillRequest> = Vec::new();
         let mut last_durable = Instant::now();
+        // When a checkpoint to free room for refused writes may be tried again, after one failed.
+        let mut no_room_retry: Option<Instant> = None;
         // Whether answered batches wait for the next durability point (a checkpoint, or under `eventual` the
         // log's fdatasync).
         let mut dirty = false;
@@ -325,12 +330,17 @@ impl Worker {
                     dirty = log != Log::Fsynced;
                 }
                 // After the answers, so no writer waits for the checkpoint (or fdatasync) it did not need. A batch
-                // refused for lack of space checkpoints too: the log then overwrites its own file from offset 0,
-                // and redb reuses the pages freed since the last durable commit, so the next writes need less.
+                // refused for lack of space checkpoints too: the log then overwrites its own file from offset 0
+                // instead of growing, and redb reuses the pages freed since the last durable commit, so the next
+                // writes need less room. After such a checkpoint failed (it may reopen the file), the next one
+                // waits NO_ROOM_CHECKPOINT_EVERY.
                 let log_full = self.store.logged_bytes().is_some_and(|b| b >= CHECKPOINT_BYTES);
                 let log_idle = self.store.logged_bytes().is_none_or(|b| b == 0);
-                if logged && (log_full || (no_room && !log_idle)) {
+                let make_room = no_room && !log_idle && no_room_retry.is_none_or(|at| Instant::now() >= at);
+                if logged && (log_full || make_room) {
                     self.flush(&mut dirty, &mut last_durable);
+                    let failed = self.store.logged_bytes().is_some_and(|b| b > 0);
+                    no_room_retry = failed.then(|| Instant::now() + NO_ROOM_CHECKPOINT_EVERY);
                 } else if logged {
                     if dirty && last_durable.elapsed() >= self.options.flush_interval {
                         self.durable_point(log, &mut dirty, &mut last_durable);
