@@ -244,8 +244,8 @@ fn tar_archives_online_and_offline_restore_into_fresh_dirs() {
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "the server's backup dir was cleaned up");
     // Written after the backup: must not be in what it restores.
     assert_eq!(http("PUT", &server.url("/kv/after-backup"), Some("late")).0, 201);
-    // A crash: the late write is in its shard's write-ahead log, and maybe nowhere else yet (a checkpoint is up to a
-    // second away). The offline archive must still hold it.
+    // A crash: the late write is in its shard's write-ahead log, and maybe nowhere else yet (the next checkpoint
+    // comes after 8 MiB of log). The offline archive must still hold it.
     drop(server); // SIGKILL
 
     // Offline: nothing answers, the files are closed, so they are copied.
