@@ -65,7 +65,8 @@ pub enum ShardMsg {
 pub struct ShardOptions {
     /// For a store without a log: fsync every commit, or only every `flush_interval`.
     pub durability: Durability,
-    /// Longest time between checkpoints (`immediate`) or fsyncs of the log (`eventual`).
+    /// Longest time between fsyncs of the log (`eventual`), or between durable commits for a store without a log;
+    /// unused under `immediate`, where every frame is fsynced.
     pub flush_interval: Duration,
     /// Most requests per write transaction.
     pub max_batch: usize,
@@ -334,13 +335,11 @@ impl Worker {
                 // instead of growing, and redb reuses the pages freed since the last durable commit, so the next
                 // writes need less room. After such a checkpoint failed (it may reopen the file), the next one
                 // waits NO_ROOM_CHECKPOINT_EVERY.
-                let log_full = self.store.logged_bytes().is_some_and(|b| b >= CHECKPOINT_BYTES);
-                let log_idle = self.store.logged_bytes().is_none_or(|b| b == 0);
-                let make_room = no_room && !log_idle && no_room_retry.is_none_or(|at| Instant::now() >= at);
-                if logged && (log_full || make_room) {
-                    self.flush(&mut dirty, &mut last_durable);
-                    let failed = self.store.logged_bytes().is_some_and(|b| b > 0);
-                    no_room_retry = failed.then(|| Instant::now() + NO_ROOM_CHECKPOINT_EVERY);
+                let log_bytes = self.store.logged_bytes().unwrap_or(0);
+                let make_room = no_room && log_bytes > 0 && no_room_retry.is_none_or(|at| Instant::now() >= at);
+                if logged && (log_bytes >= CHECKPOINT_BYTES || make_room) {
+                    let done = self.flush(&mut dirty, &mut last_durable);
+                    no_room_retry = (!done).then(|| Instant::now() + NO_ROOM_CHECKPOINT_EVERY);
                 } else if logged {
                     if dirty && last_durable.elapsed() >= self.options.flush_interval {
                         self.durable_point(log, &mut dirty, &mut last_durable);
@@ -502,10 +501,12 @@ impl Worker {
     /// Makes the answered batches survive a power loss: under `eventual` ([`Log::Written`]) by the log's
     /// fdatasync (the checkpoint waits for [`CHECKPOINT_BYTES`] of log: it writes out every B-tree page the
     /// batches touched, a stall of several milliseconds that set the p99 of `eventual` PUTs when it came every
-    /// second), without a log (tests, tools) by a durable commit. Under `immediate` nothing is left to do.
+    /// second), without a log (tests, tools) by a durable commit. Not called under `immediate`, where no batch
+    /// leaves the shard dirty.
     fn durable_point(&self, log: Log, dirty: &mut bool, last_durable: &mut Instant) {
         if log != Log::Written {
-            return self.flush(dirty, last_durable);
+            self.flush(dirty, last_durable);
+            return;
         }
         match self.store.sync_log() {
             Ok(synced) => {
@@ -519,15 +520,20 @@ impl Worker {
         }
     }
 
-    fn flush(&self, dirty: &mut bool, last_durable: &mut Instant) {
+    /// A checkpoint (a durable commit without a log); returns whether it succeeded.
+    fn flush(&self, dirty: &mut bool, last_durable: &mut Instant) -> bool {
         match self.store.flush() {
             Ok(()) => {
                 self.metrics.fsyncs.increment(1);
                 self.metrics.checkpoints.increment(1);
                 *dirty = false;
                 *last_durable = Instant::now();
+                true
             }
-            Err(e) => self.flush_failed(e, last_durable),
+            Err(e) => {
+                self.flush_failed(e, last_durable);
+                false
+            }
         }
     }
 
@@ -709,6 +715,28 @@ mod tests {
             handle.submit(cmd).unwrap().await.unwrap().unwrap();
         }
         assert!(store.logged_bytes().unwrap() < logged + (1 << 20), "no checkpoint after CHECKPOINT_BYTES of log");
+        drop(handle);
+        join.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_for_lack_of_space_checkpoints_so_the_log_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap());
+        let options = ShardOptions::from_config(&Config::for_test(dir.path()));
+        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        handle.submit(put()).unwrap().await.unwrap().unwrap();
+        assert!(store.logged_bytes().unwrap() > 0);
+        store.inject_free_bytes(0);
+        let refused = handle.submit(put()).unwrap().await.unwrap();
+        assert!(matches!(refused, Err(Error::InsufficientStorage(_))), "{refused:?}");
+        // The refusal's answer comes before the checkpoint: wait for it.
+        let started = Instant::now();
+        while store.logged_bytes().unwrap() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "a refused batch did not checkpoint the log");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!store.pending(), "the checkpoint committed the held batch");
         drop(handle);
         join.join().unwrap();
     }

@@ -671,6 +671,12 @@ impl Store {
         }
     }
 
+    /// Fault injection for tests: the free-space check before each logged batch sees `n` bytes free.
+    #[cfg(test)]
+    pub(crate) fn inject_free_bytes(&self, n: u64) {
+        self.injected_free.store(n, Ordering::Release);
+    }
+
     /// Whether and how this store logs its batches.
     pub fn log(&self) -> Log {
         self.log
@@ -1709,7 +1715,7 @@ mod tests {
         let store = open_logged(dir.path().join("s.redb"));
         let mut rev = 1;
         put_alone(&store, "a", &mut rev).unwrap();
-        store.injected_free.store(0, Ordering::Release);
+        store.inject_free_bytes(0);
         let err = put_alone(&store, "b", &mut rev).expect_err("no room for a write");
         assert!(matches!(err, Error::InsufficientStorage(_)), "{err:?}");
         // A cache miss while "a" is held is read by the shard: answered, not refused for lack of space.
