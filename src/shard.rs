@@ -666,15 +666,29 @@ mod tests {
         assert!(cache.contains(Space::Kv, b"k"), "a held write is filled");
     }
 
+    /// A running worker of a `DURABILITY=immediate` store in `dir`, with the given hold time and flush interval
+    /// instead of the defaults.
+    fn immediate_shard(
+        dir: &std::path::Path,
+        hold: Option<Duration>,
+        flush_interval: Option<Duration>,
+    ) -> (Arc<Store>, ShardHandle, JoinHandle<()>) {
+        let mut store = Store::open(dir.join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap();
+        if let Some(t) = hold {
+            store.hold_for(t);
+        }
+        let store = Arc::new(store);
+        let mut options = ShardOptions::from_config(&Config::for_test(dir));
+        options.flush_interval = flush_interval.unwrap_or(options.flush_interval);
+        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        (store, handle, join)
+    }
+
     #[tokio::test]
     async fn a_busy_shard_commits_a_full_hold_after_answering_the_batch_that_filled_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap();
-        store.hold_for(Duration::from_secs(3600)); // so only the batch count can end the hold
-        let store = Arc::new(store);
-        let mut options = ShardOptions::from_config(&Config::for_test(dir.path()));
-        options.flush_interval = Duration::from_secs(3600); // and no checkpoint
-        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        // So only the batch count can end the hold.
+        let (store, handle, join) = immediate_shard(dir.path(), Some(Duration::from_secs(3600)), None);
         for _ in 0..crate::store::HOLD_BATCHES {
             assert!(store.get(Space::Kv, b"k").unwrap().is_none(), "committed before the hold was full");
             handle.submit(put()).unwrap().await.unwrap().unwrap();
@@ -685,9 +699,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_shard_commits_its_held_transaction_when_it_is_due() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap());
-        let options = ShardOptions::from_config(&Config::for_test(dir.path()));
-        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        let (store, handle, join) = immediate_shard(dir.path(), None, None);
         handle.submit(put()).unwrap().await.unwrap().unwrap();
         // No batch follows: the worker wakes up for the hold's end (1 s; no checkpoint comes under `immediate`).
         committed_within(&store, handle, join, Duration::from_secs(5), "the hold was never committed").await;
@@ -696,12 +708,8 @@ mod tests {
     #[tokio::test]
     async fn an_immediate_shard_checkpoints_by_log_size_not_on_a_timer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap();
-        store.hold_for(Duration::from_millis(20));
-        let store = Arc::new(store);
-        let mut options = ShardOptions::from_config(&Config::for_test(dir.path()));
-        options.flush_interval = Duration::from_millis(10);
-        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        let hold = Some(Duration::from_millis(20));
+        let (store, handle, join) = immediate_shard(dir.path(), hold, Some(Duration::from_millis(10)));
         handle.submit(put()).unwrap().await.unwrap().unwrap();
         // Twenty flush intervals: the hold is committed, but the fdatasynced log is not checkpointed (and rewound).
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -722,9 +730,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_refused_for_lack_of_space_checkpoints_so_the_log_starts_over() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Fsynced).unwrap());
-        let options = ShardOptions::from_config(&Config::for_test(dir.path()));
-        let (handle, join) = spawn(store.clone(), Cache::new(1 << 20), options, Readiness::new(1)).unwrap();
+        let (store, handle, join) = immediate_shard(dir.path(), None, None);
         handle.submit(put()).unwrap().await.unwrap().unwrap();
         assert!(store.logged_bytes().unwrap() > 0);
         store.inject_free_bytes(0);
