@@ -291,17 +291,26 @@ async fn graceful_stop_under_eventual(flush_interval_ms: &str, idle_before_stop:
     assert!(!stderr.contains("replayed the log"), "a clean stop leaves nothing to replay:\n{stderr}");
 }
 
-/// The length of each shard log (`*.wal`) of a data dir.
-fn log_lengths(dir: &Path) -> Vec<(std::path::PathBuf, usize)> {
+/// Where the frames of each shard log (`*.wal`) of a data dir end: the log grows by zeros written ahead of its
+/// frames, and in its first round (no checkpoint yet) the first all-zero frame header is where they stop.
+fn log_ends(dir: &Path) -> Vec<(std::path::PathBuf, usize)> {
     let logs = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path());
+    let end = |data: &[u8]| {
+        let mut at = 0;
+        // A frame: [checksum u64][payload length u32][epoch u64][seq u64][payload].
+        while data.len() >= at + 28 && data[at..at + 28].iter().any(|&b| b != 0) {
+            at += 28 + u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        }
+        at
+    };
     logs.filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .map(|p| (p.clone(), std::fs::read(&p).unwrap().len()))
+        .map(|p| (p.clone(), end(&std::fs::read(&p).unwrap())))
         .collect()
 }
 
 /// What a power loss leaves of a data dir under `eventual`, copied to `to`: the shard files as they are (redb
 /// shows no non-durable commit after a crash), and each log with the bytes its last fdatasync covered (`synced`,
-/// its length then) intact, while of the frames written after it the first never reached the disk (zeros) and
+/// where its frames ended then) intact, while of the frames written after it the first never reached the disk (zeros) and
 /// the others did: the page cache is written out in any order.
 fn power_loss_image(from: &Path, synced: &[(std::path::PathBuf, usize)], to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
@@ -353,7 +362,7 @@ async fn eventual_durability_survives_kill9_and_a_power_loss_loses_at_most_the_f
     let fsyncs = shard_counter(&http, &base, "shale_shard_fsyncs_total").await;
     assert!(fsyncs.len() == SHARDS as usize && fsyncs.iter().all(|&n| (1..=3).contains(&n)), "fsyncs {fsyncs:?}");
     assert_eq!(shard_counter(&http, &base, "shale_shard_checkpoints_total").await, vec![0; SHARDS as usize]);
-    let synced = log_lengths(dir.path());
+    let synced = log_ends(dir.path());
     // Written within the next interval: only in the page cache.
     let late: Vec<String> = (0..40).map(|i| format!("x/{i:03}")).collect();
     write_round(&http, &base, &late, 0, &mut model).await;
