@@ -171,6 +171,9 @@ pub struct Store {
     /// Fault injection for tests: the free bytes `statvfs` reports (`u64::MAX`: ask it).
     #[cfg(test)]
     injected_free: std::sync::atomic::AtomicU64,
+    /// Fault injection for tests: how many of the next checkpoints fail at their commit, as on a full disk.
+    #[cfg(test)]
+    injected_checkpoint_failures: AtomicU32,
     /// A write failed inside redb: the handle refuses everything (reads too) until it is closed and reopened.
     needs_reopen: AtomicBool,
     /// The last write failed for lack of space: each write first checks that space came back ([`Store::check_space`]).
@@ -213,6 +216,8 @@ impl Store {
             late_failures: AtomicU32::new(0),
             #[cfg(test)]
             injected_free: std::sync::atomic::AtomicU64::new(u64::MAX),
+            #[cfg(test)]
+            injected_checkpoint_failures: AtomicU32::new(0),
             needs_reopen: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
         })
@@ -677,6 +682,13 @@ impl Store {
         self.injected_free.store(n, Ordering::Release);
     }
 
+    /// Fault injection for tests: the next `n` checkpoints fail at their commit for lack of space (the handle
+    /// must then be reopened, as after a real failed commit).
+    #[cfg(test)]
+    pub(crate) fn inject_checkpoint_failures(&self, n: u32) {
+        self.injected_checkpoint_failures.store(n, Ordering::Release);
+    }
+
     /// Whether and how this store logs its batches.
     pub fn log(&self) -> Log {
         self.log
@@ -725,6 +737,12 @@ impl Store {
             if let Some(rev) = w.logged_rev() {
                 meta.insert(META_REV, rev).map_err(|e| err(e.into()))?;
             }
+        }
+        #[cfg(test)]
+        if self.injected_checkpoint_failures.load(Ordering::Acquire) > 0 {
+            self.injected_checkpoint_failures.fetch_sub(1, Ordering::AcqRel);
+            drop(txn);
+            return Err(self.write_failed(Error::InsufficientStorage("injected checkpoint failure".into())));
         }
         txn.commit().map_err(|e| err(e.into()))?;
         self.pending.store(false, Ordering::Release);
