@@ -722,7 +722,12 @@ mod tests {
             let cmd = put_of(bytes::Bytes::from(format!("big{i}")), value.clone());
             handle.submit(cmd).unwrap().await.unwrap().unwrap();
         }
-        assert!(store.logged_bytes().unwrap() < logged + (1 << 20), "no checkpoint after CHECKPOINT_BYTES of log");
+        // The checkpoint comes after the last batch's answer: wait for it.
+        let started = Instant::now();
+        while store.logged_bytes().unwrap() >= logged + (1 << 20) {
+            assert!(started.elapsed() < Duration::from_secs(5), "no checkpoint after CHECKPOINT_BYTES of log");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         drop(handle);
         join.join().unwrap();
     }
