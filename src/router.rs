@@ -5,6 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -85,15 +86,22 @@ impl Router {
 
     /// Sends a write to its shard and waits until it is committed (or failed). Never blocks the caller's
     /// thread: a full shard queue is an immediate `Unavailable`.
-    pub async fn dispatch(&self, cmd: Command) -> Result<Reply> {
-        self.dispatch_to(self.shard_for(cmd.key()), cmd).await
+    ///
+    /// The command is queued when this is called, not when the future is first polled (callers await at once):
+    /// so the future holds only the answer's receiver, not the command, which keeps every write handler's future
+    /// (allocated per request by actix) small; see `http::kv`'s test of its size.
+    pub fn dispatch(&self, cmd: Command) -> impl Future<Output = Result<Reply>> + use<> {
+        self.dispatch_to(self.shard_for(cmd.key()), cmd)
     }
 
-    /// Sends a command to shard `shard` (a [`Command::Clear`], which has no key) and waits for its outcome.
-    pub async fn dispatch_to(&self, shard: ShardId, cmd: Command) -> Result<Reply> {
-        let handle = self.shards.get(shard.0 as usize).ok_or_else(|| Error::Internal(format!("no shard {shard}")))?;
-        let rx = handle.submit(cmd)?;
-        rx.await.map_err(|_| Error::Internal("the shard stopped before answering".into()))?
+    /// Sends a command to shard `shard` (a [`Command::Clear`], which has no key) and waits for its outcome. Queued
+    /// at the call, as [`Router::dispatch`].
+    pub fn dispatch_to(&self, shard: ShardId, cmd: Command) -> impl Future<Output = Result<Reply>> + use<> {
+        let submitted = match self.shards.get(shard.0 as usize) {
+            Some(handle) => handle.submit(cmd),
+            None => Err(Error::Internal(format!("no shard {shard}"))),
+        };
+        async move { submitted?.await.map_err(|_| Error::Internal("the shard stopped before answering".into()))? }
     }
 
     /// The number of records of `space` on every shard: each shard's B-tree length, read in constant time, after

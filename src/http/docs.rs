@@ -86,15 +86,19 @@ fn doc_response(id: u64, data: &[u8]) -> HttpResponse {
 /// `POST /api` `{"id": null | N | "N", "data": ...}`: create with a new id, or create/replace document N.
 pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
     let body = read_body(&req, body, state.config.max_value_bytes).await?;
-    let mut doc = parse_json(&body)?;
-    let Some(data) = doc.remove("data") else {
-        return Err(Error::BadRequest("missing \"data\"".into()));
+    // The parsed request is dropped before the next await: the future (allocated per request) stays small.
+    let (id, data) = {
+        let mut doc = parse_json(&body)?;
+        let Some(data) = doc.remove("data") else {
+            return Err(Error::BadRequest("missing \"data\"".into()));
+        };
+        let data = Bytes::from(serde_json::to_vec(&data).expect("a JSON value always serializes"));
+        (doc.get("id").filter(|v| !v.is_null()).map(parse_id).transpose()?, data)
     };
-    let data = Bytes::from(serde_json::to_vec(&data).expect("a JSON value always serializes"));
+    drop(body);
     let router = &state.router;
-    match doc.get("id").filter(|v| !v.is_null()) {
-        Some(v) => {
-            let id = parse_id(v)?;
+    match id {
+        Some(id) => {
             if id > MAX_WRITABLE_DOC_ID {
                 return Err(Error::BadRequest(format!(
                     "id {id} is too large: explicit ids go up to {MAX_WRITABLE_DOC_ID} (2^53-1)"

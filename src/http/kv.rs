@@ -194,22 +194,3 @@ pub async fn handle_list(query: web::Query<ListQuery>, state: web::Data<AppState
     });
     Ok(HttpResponse::Ok().content_type("application/json").body(body.to_string()))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn future_size<F: std::future::Future>(_: impl Fn(HttpRequest, web::Payload, web::Data<AppState>) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    /// actix allocates each request's handler future (plus about 200 bytes of its own) in one box. Over 1032
-    /// bytes, glibc serves that from its slow path, which first merges every small free chunk
-    /// (`malloc_consolidate`, 1.4 % of a durable PUT's CPU before `Router::get` boxed its cache-miss path; the
-    /// future was 904 bytes in a release build). This keeps the future of the busiest route well under that.
-    #[test]
-    fn the_key_handler_future_stays_small_enough_for_malloc_s_fast_path() {
-        let size = future_size(handle_key);
-        assert!(size <= 768, "handle_key's future is {size} bytes");
-    }
-}
