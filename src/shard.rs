@@ -723,11 +723,8 @@ mod tests {
             handle.submit(cmd).unwrap().await.unwrap().unwrap();
         }
         // The checkpoint comes after the last batch's answer: wait for it.
-        let started = Instant::now();
-        while store.logged_bytes().unwrap() >= logged + (1 << 20) {
-            assert!(started.elapsed() < Duration::from_secs(5), "no checkpoint after CHECKPOINT_BYTES of log");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let started_over = log_below(&store, logged + (1 << 20), Duration::from_secs(5)).await;
+        assert!(started_over, "no checkpoint after CHECKPOINT_BYTES of log");
         drop(handle);
         join.join().unwrap();
     }
@@ -742,11 +739,7 @@ mod tests {
         let refused = handle.submit(put()).unwrap().await.unwrap();
         assert!(matches!(refused, Err(Error::InsufficientStorage(_))), "{refused:?}");
         // The refusal's answer comes before the checkpoint: wait for it.
-        let started = Instant::now();
-        while store.logged_bytes().unwrap() > 0 {
-            assert!(started.elapsed() < Duration::from_secs(5), "a refused batch did not checkpoint the log");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(log_below(&store, 1, Duration::from_secs(5)).await, "a refused batch did not checkpoint the log");
         assert!(!store.pending(), "the checkpoint committed the held batch");
         drop(handle);
         join.join().unwrap();
@@ -756,44 +749,46 @@ mod tests {
     async fn after_a_failed_refusal_checkpoint_the_next_waits_a_second() {
         let dir = tempfile::tempdir().unwrap();
         let (store, handle, join) = immediate_shard(dir.path(), None, None);
-        let refused = |n: u64| {
-            store.inject_free_bytes(n);
+        // A put answered 507: the free-space check sees no room.
+        let refused = || {
+            store.inject_free_bytes(0);
             async {
                 let answer = handle.submit(put()).unwrap().await.unwrap();
                 assert!(matches!(answer, Err(Error::InsufficientStorage(_))), "{answer:?}");
             }
         };
-        let log_empties_within = |limit: Duration| {
-            let store = store.clone();
-            async move {
-                let started = Instant::now();
-                while store.logged_bytes().unwrap() > 0 && started.elapsed() < limit {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                store.logged_bytes().unwrap() == 0
-            }
-        };
+        let log_empties_within = |limit: Duration| log_below(&store, 1, limit);
         handle.submit(put()).unwrap().await.unwrap().unwrap();
         // The refusal's checkpoint fails; the reopen after it replays the log, which starts over.
         store.inject_checkpoint_failures(1);
-        refused(0).await;
+        refused().await;
         assert!(log_empties_within(Duration::from_secs(5)).await, "no reopen after the failed checkpoint");
         // The worker sets the next try's time as soon as the reopen is done, about now.
         let failed_at = Instant::now();
         // Space is back for one batch, then gone again: this refusal, within the second, does not checkpoint.
         store.inject_free_bytes(u64::MAX);
         handle.submit(put()).unwrap().await.unwrap().unwrap();
-        refused(0).await;
+        refused().await;
         assert!(failed_at.elapsed() < NO_ROOM_CHECKPOINT_EVERY / 2, "too slow to check the wait");
         assert!(!log_empties_within(Duration::from_millis(200)).await, "checkpointed again within the second");
         // After the second, a refusal checkpoints again (and this one succeeds).
         let margin = Duration::from_millis(100);
         tokio::time::sleep((NO_ROOM_CHECKPOINT_EVERY + margin).saturating_sub(failed_at.elapsed())).await;
-        refused(0).await;
+        refused().await;
         assert!(log_empties_within(Duration::from_secs(5)).await, "no checkpoint a second after the failed one");
         assert!(!store.pending(), "the checkpoint committed the held batch");
         drop(handle);
         join.join().unwrap();
+    }
+
+    /// Waits up to `limit` for the store's log to hold fewer than `bytes` (a checkpoint makes it start over, and
+    /// comes after the answers); whether it did.
+    async fn log_below(store: &Store, bytes: u64, limit: Duration) -> bool {
+        let started = Instant::now();
+        while store.logged_bytes().unwrap() >= bytes && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store.logged_bytes().unwrap() < bytes
     }
 
     /// Waits up to `limit` for the worker to commit its held transaction (`what` otherwise), checks that the
