@@ -89,7 +89,7 @@ impl Router {
     ///
     /// The command is queued when this is called, not when the future is first polled (callers await at once):
     /// so the future holds only the answer's receiver, not the command, which keeps every write handler's future
-    /// (allocated per request by actix) small; see `http::kv`'s test of its size.
+    /// (allocated per request by actix) small; see the size test in `http`.
     pub fn dispatch(&self, cmd: Command) -> impl Future<Output = Result<Reply>> + use<> {
         self.dispatch_to(self.shard_for(cmd.key()), cmd)
     }

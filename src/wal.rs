@@ -114,6 +114,9 @@ pub struct Wal {
     pub(crate) injected_cut_failure: bool,
     /// Fault injection for tests: the next [`Wal::sync`] fails.
     pub(crate) injected_sync_failure: bool,
+    /// Fault injection for tests: the next growth ([`Wal::grow`]) writes some zeros, then finds the disk full.
+    #[cfg(test)]
+    injected_grow_failure: bool,
     buf: Vec<u8>,
 }
 
@@ -246,9 +249,7 @@ impl Wal {
         self.must_checkpoint = false;
         self.synced_through = self.checkpoint_seq();
     }
-}
 
-impl Wal {
     /// Makes the file at least `end` bytes long before a frame is written up to there: when `end` is past the
     /// file's end, writes zeros from that end on, one growth step (the file's length, at least [`GROW_MIN`], at
     /// most [`GROW_MAX`]) past `end`. Why: a frame written past the end changes the file's size and makes the
@@ -268,6 +269,10 @@ impl Wal {
             let n = (target - self.len).min(ZEROS.len() as u64) as usize;
             self.file.write_all_at(&ZEROS[..n], self.len)?;
             self.len += n as u64;
+            #[cfg(test)]
+            if std::mem::take(&mut self.injected_grow_failure) {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
         }
         Ok(())
     }
@@ -539,6 +544,8 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         injected_failures: 0,
         injected_cut_failure: false,
         injected_sync_failure: false,
+        #[cfg(test)]
+        injected_grow_failure: false,
         buf: Vec::new(),
     };
     wal.rewind();
@@ -685,5 +692,42 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let kv = txn.open_table(TABLES_BYTES[Space::Kv as usize]).unwrap();
         assert!(kv.get(format!("k{seq}").as_bytes()).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_growth_that_finds_the_disk_full_fails_its_frame_and_cuts_the_log_back() {
+        use crate::command::{Reply, Space};
+        use crate::record::Record;
+        let dir = tempfile::tempdir().unwrap();
+        let redb_path = dir.path().join("s.redb");
+        let log = path_for(&redb_path);
+        let put = |i: u64| -> Outcome {
+            let rec = Record::encode(i, b"", &[b'v'; 1000]);
+            Ok((Reply::Stored { created: true, rev: i }, CacheEffect::Insert(Space::Kv, format!("k{i}").into(), rec)))
+        };
+        let db = Database::create(&redb_path).unwrap();
+        let (mut wal, _) = recover(&db, &redb_path, ShardId(0), None).unwrap();
+        wal.append(&[put(1)], Some(1)).unwrap();
+        // The frames fill the zeros; the first that needs more finds the disk full after some of them.
+        wal.injected_grow_failure = true;
+        let mut stored = 1;
+        let failed = loop {
+            let before = wal.live_bytes();
+            match wal.append(&[put(stored + 1)], Some(stored + 1)) {
+                Ok(()) => stored += 1,
+                Err(e) => break (e, before),
+            }
+        };
+        assert_eq!(failed.0.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(wal.live_bytes(), failed.1, "the failed frame took no room in the log");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), failed.1, "the zeros written were cut off");
+        assert!(!wal.must_checkpoint(), "the cut succeeded: no checkpoint is needed");
+        // Space is back: the next frame takes the failed frame's seq and grows the file again.
+        wal.append(&[put(stored + 1)], Some(stored + 1)).unwrap();
+        stored += 1;
+        assert!(std::fs::metadata(&log).unwrap().len() > wal.live_bytes());
+        drop(wal);
+        let (_, replayed) = recover(&db, &redb_path, ShardId(0), None).unwrap();
+        assert_eq!(replayed, stored, "every frame that was stored, and none that failed");
     }
 }
