@@ -735,9 +735,7 @@ mod tests {
         let (store, handle, join) = immediate_shard(dir.path(), None, None);
         handle.submit(put()).unwrap().await.unwrap().unwrap();
         assert!(store.logged_bytes().unwrap() > 0);
-        store.inject_free_bytes(0);
-        let refused = handle.submit(put()).unwrap().await.unwrap();
-        assert!(matches!(refused, Err(Error::InsufficientStorage(_))), "{refused:?}");
+        refused_put(&store, &handle).await;
         // The refusal's answer comes before the checkpoint: wait for it.
         assert!(log_below(&store, 1, Duration::from_secs(5)).await, "a refused batch did not checkpoint the log");
         assert!(!store.pending(), "the checkpoint committed the held batch");
@@ -749,14 +747,7 @@ mod tests {
     async fn after_a_failed_refusal_checkpoint_the_next_waits_a_second() {
         let dir = tempfile::tempdir().unwrap();
         let (store, handle, join) = immediate_shard(dir.path(), None, None);
-        // A put answered 507: the free-space check sees no room.
-        let refused = || {
-            store.inject_free_bytes(0);
-            async {
-                let answer = handle.submit(put()).unwrap().await.unwrap();
-                assert!(matches!(answer, Err(Error::InsufficientStorage(_))), "{answer:?}");
-            }
-        };
+        let refused = || refused_put(&store, &handle);
         let log_empties_within = |limit: Duration| log_below(&store, 1, limit);
         handle.submit(put()).unwrap().await.unwrap().unwrap();
         // The refusal's checkpoint fails; the reopen after it replays the log, which starts over.
@@ -779,6 +770,13 @@ mod tests {
         assert!(!store.pending(), "the checkpoint committed the held batch");
         drop(handle);
         join.join().unwrap();
+    }
+
+    /// A put answered 507: the free-space check sees no room (until told otherwise).
+    async fn refused_put(store: &Store, handle: &ShardHandle) {
+        store.inject_free_bytes(0);
+        let answer = handle.submit(put()).unwrap().await.unwrap();
+        assert!(matches!(answer, Err(Error::InsufficientStorage(_))), "{answer:?}");
     }
 
     /// Waits up to `limit` for the store's log to hold fewer than `bytes` (a checkpoint makes it start over, and

@@ -630,22 +630,31 @@ mod tests {
         assert_eq!(apply_frame(&txn, &[OP_UNSYNCED, 0]).unwrap(), None, "a cut operand fails");
     }
 
+    /// A new shard file in `dir` and its (empty) log.
+    fn new_log(dir: &Path) -> (Database, PathBuf, Wal) {
+        let redb_path = dir.join("s.redb");
+        let db = Database::create(&redb_path).unwrap();
+        let (wal, _) = recover(&db, &redb_path, ShardId(0), None).unwrap();
+        (db, redb_path, wal)
+    }
+
+    /// The outcome of a put of key `k<i>` with a value of `len` bytes.
+    fn stored(i: u64, len: usize) -> Outcome {
+        let rec = crate::record::Record::encode(i, b"", &vec![b'v'; len]);
+        let effect = CacheEffect::Insert(crate::command::Space::Kv, format!("k{i}").into(), rec);
+        Ok((crate::command::Reply::Stored { created: true, rev: i }, effect))
+    }
+
     #[test]
     fn the_log_grows_by_zeros_written_ahead_of_its_frames_and_replays_over_them() {
-        use crate::command::{Reply, Space};
-        use crate::record::Record;
+        use crate::command::Space;
         use redb::ReadableDatabase;
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let redb_path = dir.path().join("s.redb");
+        let (db, redb_path, mut wal) = new_log(dir.path());
         let log = path_for(&redb_path);
-        let put = |i: u64| -> Outcome {
-            let rec = Record::encode(i, b"", &[b'v'; 200]);
-            Ok((Reply::Stored { created: true, rev: i }, CacheEffect::Insert(Space::Kv, format!("k{i}").into(), rec)))
-        };
+        let put = |i: u64| stored(i, 200);
         let file = || std::fs::metadata(&log).unwrap();
-        let db = Database::create(&redb_path).unwrap();
-        let (mut wal, _) = recover(&db, &redb_path, ShardId(0), None).unwrap();
         assert_eq!(file().len(), 0, "an empty log takes no room");
 
         wal.append(&[put(1)], Some(1)).unwrap();
@@ -696,17 +705,10 @@ mod tests {
 
     #[test]
     fn a_growth_that_finds_the_disk_full_fails_its_frame_and_cuts_the_log_back() {
-        use crate::command::{Reply, Space};
-        use crate::record::Record;
         let dir = tempfile::tempdir().unwrap();
-        let redb_path = dir.path().join("s.redb");
+        let (db, redb_path, mut wal) = new_log(dir.path());
         let log = path_for(&redb_path);
-        let put = |i: u64| -> Outcome {
-            let rec = Record::encode(i, b"", &[b'v'; 1000]);
-            Ok((Reply::Stored { created: true, rev: i }, CacheEffect::Insert(Space::Kv, format!("k{i}").into(), rec)))
-        };
-        let db = Database::create(&redb_path).unwrap();
-        let (mut wal, _) = recover(&db, &redb_path, ShardId(0), None).unwrap();
+        let put = |i: u64| stored(i, 1000);
         wal.append(&[put(1)], Some(1)).unwrap();
         // The frames fill the zeros; the first that needs more finds the disk full after some of them.
         wal.injected_grow_failure = true;
