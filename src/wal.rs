@@ -712,11 +712,11 @@ mod tests {
         wal.append(&[put(1)], Some(1)).unwrap();
         // The frames fill the zeros; the first that needs more finds the disk full after some of them.
         wal.injected_grow_failure = true;
-        let mut stored = 1;
+        let mut count = 1;
         let failed = loop {
             let before = wal.live_bytes();
-            match wal.append(&[put(stored + 1)], Some(stored + 1)) {
-                Ok(()) => stored += 1,
+            match wal.append(&[put(count + 1)], Some(count + 1)) {
+                Ok(()) => count += 1,
                 Err(e) => break (e, before),
             }
         };
@@ -725,11 +725,11 @@ mod tests {
         assert_eq!(std::fs::metadata(&log).unwrap().len(), failed.1, "the zeros written were cut off");
         assert!(!wal.must_checkpoint(), "the cut succeeded: no checkpoint is needed");
         // Space is back: the next frame takes the failed frame's seq and grows the file again.
-        wal.append(&[put(stored + 1)], Some(stored + 1)).unwrap();
-        stored += 1;
+        wal.append(&[put(count + 1)], Some(count + 1)).unwrap();
+        count += 1;
         assert!(std::fs::metadata(&log).unwrap().len() > wal.live_bytes());
         drop(wal);
         let (_, replayed) = recover(&db, &redb_path, ShardId(0), None).unwrap();
-        assert_eq!(replayed, stored, "every frame that was stored, and none that failed");
+        assert_eq!(replayed, count, "every frame that was stored, and none that failed");
     }
 }
