@@ -8,9 +8,12 @@
 #                    "PUT durable": /kvd, each PUT's key and body group-committed to one of 4 log files (one write
 #                    and one fdatasync per group, as shale's 4 shards do) before the 204, and nothing else: what
 #                    any durable store of this shape can do on this machine
+#   ceiling, 1 writer  the same durable ceiling with ONE log file and writer (context for the 8x-etcd target: the
+#                    fewest fdatasyncs a group commit can do here)
 #   shale immediate  DURABILITY=immediate (a 2xx PUT is fsynced)
 #   shale eventual   DURABILITY=eventual (fsynced within FLUSH_INTERVAL_MS, default 1 s)
 #   shale uncached   DURABILITY=immediate with CACHE_BYTES a quarter of the data set's cache weight
+#   shale 1 shard    DURABILITY=immediate SHARD_LIMIT=1 (context: PUT -c256 only; API.md's default is 4 shards)
 #   redis always     redis-server --appendonly yes --appendfsync always --save ""   (measured with redis-benchmark)
 #   redis everysec   redis-server --appendonly yes --appendfsync everysec --save ""
 #   etcd             etcd-server from apt, one member, through its JSON gateway (POST /v3/kv/put, /v3/kv/range)
@@ -337,6 +340,9 @@ declare -A URL
 mkdir -p "$TMP/ceiling-logs"
 start ceiling "$CEILING_BIN" --port 0 --keys "$KEYS" --log-dir "$TMP/ceiling-logs" --log-writers 4
 URL[ceiling]=$ADDR
+mkdir -p "$TMP/ceiling1-logs"
+start ceiling1 "$CEILING_BIN" --port 0 --keys 0 --log-dir "$TMP/ceiling1-logs" --log-writers 1
+URL[ceiling1]=$ADDR
 start shale-imm "${shale_env[@]}" DURABILITY=immediate "$SHALE_BIN" serve --port 0 --data-dir "$TMP/shale-imm"
 URL[shale-imm]=$ADDR
 start shale-ev "${shale_env[@]}" DURABILITY=eventual "$SHALE_BIN" serve --port 0 --data-dir "$TMP/shale-ev"
@@ -344,7 +350,10 @@ URL[shale-ev]=$ADDR
 start shale-unc "${shale_env[@]}" DURABILITY=immediate CACHE_BYTES="$UNCACHED_CACHE_BYTES" "$SHALE_BIN" serve \
     --port 0 --data-dir "$TMP/shale-unc"
 URL[shale-unc]=$ADDR
-for s in shale-imm shale-ev shale-unc; do wait_http "http://${URL[$s]}/readyz"; done
+start shale-one "${shale_env[@]}" DURABILITY=immediate SHARD_LIMIT=1 "$SHALE_BIN" serve --port 0 \
+    --data-dir "$TMP/shale-one"
+URL[shale-one]=$ADDR
+for s in shale-imm shale-ev shale-unc shale-one; do wait_http "http://${URL[$s]}/readyz"; done
 
 declare -A RPORT
 if ((HAVE_REDIS)); then
@@ -376,7 +385,7 @@ log "ceiling ${URL[ceiling]}, shale immediate ${URL[shale-imm]}, eventual ${URL[
     "redis ${RPORT[always]:-none}/${RPORT[everysec]:-none}, etcd ${URL[etcd]:-none}"
 
 # ---- preload ----
-for s in shale-imm shale-ev shale-unc; do
+for s in shale-imm shale-ev shale-unc shale-one; do
     log "preloading $KEYS keys into $s"
     shale_load "${URL[$s]}" "$KEYS" "$VALUE"
 done
@@ -427,12 +436,12 @@ declare -A REDIS_N
 measure() {
     local sys=$1 load=$2 c=$3 s=$4 res test n csv
     case $sys in
-    ceiling)
+    ceiling | ceiling1)
         case $load in
-        GET) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kvm/k /kv/k 0 "$KEYS" "$VALUE") ;;
-        GET-fixed) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kv/k /kv/k 0 "$KEYS" "$VALUE") ;;
-        PUT) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kvm/k /kv/k 100 "$KEYS" "$VALUE") ;;
-        PUT-durable) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[ceiling]}" /kvm/k /kvd/k 100 "$KEYS" "$VALUE") ;;
+        GET) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kvm/k /kv/k 0 "$KEYS" "$VALUE") ;;
+        GET-fixed) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kv/k /kv/k 0 "$KEYS" "$VALUE") ;;
+        PUT) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kvm/k /kv/k 100 "$KEYS" "$VALUE") ;;
+        PUT-durable) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kvm/k /kvd/k 100 "$KEYS" "$VALUE") ;;
         esac
         ;;
     shale-*)
@@ -480,8 +489,9 @@ for c in 256 64; do
     [[ $c == 256 ]] && CASES+=("shale-unc|GET|$c")
     if ((HAVE_REDIS)); then CASES+=("redis-always|GET|$c" "redis-always|PUT|$c" "redis-everysec|GET|$c" "redis-everysec|PUT|$c"); fi
     if ((HAVE_ETCD)); then CASES+=("etcd|GET|$c" "etcd|PUT|$c"); fi
-    # Last of its group, so every other case follows the same case as before this row existed.
+    # Last of its group, so every other case follows the same case as before these rows existed.
     CASES+=("ceiling|PUT-durable|$c")
+    [[ $c == 256 ]] && CASES+=("ceiling1|PUT-durable|$c" "shale-one|PUT|$c")
 done
 
 log "warming up (${WARM_SECONDS} s per case, ${#CASES[@]} cases)"
@@ -531,9 +541,11 @@ done
 label() {
     case $1 in
     ceiling) echo "ceiling (actix + moka)" ;;
+    ceiling1) echo "ceiling (actix), one log writer" ;;
     shale-imm) echo "shale immediate" ;;
     shale-ev) echo "shale eventual" ;;
     shale-unc) echo "shale immediate, uncached" ;;
+    shale-one) echo "shale immediate, SHARD_LIMIT=1" ;;
     redis-always) echo "Redis appendfsync always" ;;
     redis-everysec) echo "Redis appendfsync everysec" ;;
     etcd) echo "etcd (JSON gateway)" ;;
@@ -544,6 +556,7 @@ loadlabel() {
     ceiling\|GET) echo "GET (moka)" ;;
     ceiling\|GET-fixed) echo "GET (fixed body)" ;;
     ceiling\|PUT-durable) echo "PUT durable (group-commit log, 4 writers)" ;;
+    ceiling1\|PUT-durable) echo "PUT durable (group-commit log, 1 writer)" ;;
     shale-unc\|GET) echo "GET uncached" ;;
     redis-*\|PUT) echo "SET" ;;
     etcd\|PUT) echo "PUT (POST /v3/kv/put)" ;;
@@ -570,7 +583,7 @@ for case in "${CASES[@]}"; do
     base="ceiling|GET|$c"
     [[ $load == PUT ]] && base="ceiling|PUT|$c"
     xc=$(ratio "${MED[$case]}" "${MED[$base]}")
-    [[ $sys == ceiling ]] && xc=""
+    [[ $sys == ceiling* ]] && xc=""
     xr=""
     peer=$(redis_peer "$sys")
     if [[ -n $peer && -n "${MED[$peer|$load|$c]:-}" ]]; then xr=$(ratio "${MED[$case]}" "${MED[$peer|$load|$c]}"); fi
@@ -616,6 +629,8 @@ echo "Context (no target): what a durable store of shale's shape can do here, an
 ratio_line() { echo "- $1: $(ratio "$2" "$3")x"; }
 ratio_line "the durable ceiling's PUT vs etcd put (shale's target is 8x)" "${MED[ceiling|PUT-durable|256]}" "${MED[etcd|PUT|256]:-}"
 ratio_line "immediate PUT vs the durable ceiling's PUT" "${MED[shale-imm|PUT|256]}" "${MED[ceiling|PUT-durable|256]}"
+ratio_line "the durable ceiling with one log writer vs etcd put" "${MED[ceiling1|PUT-durable|256]}" "${MED[etcd|PUT|256]:-}"
+ratio_line "immediate PUT with SHARD_LIMIT=1 vs etcd put" "${MED[shale-one|PUT|256]}" "${MED[etcd|PUT|256]:-}"
 
 # ==== RESP section (issue 9), defined above =======================================================================
 if [[ ${BENCH_RESP:-1} != 0 ]]; then resp_section; fi
