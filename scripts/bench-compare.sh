@@ -380,8 +380,8 @@ if ((HAVE_ETCD)); then
     URL[etcd]=127.0.0.1:$cport
     wait_http "http://${URL[etcd]}/health"
 fi
-log "ceiling ${URL[ceiling]}, shale immediate ${URL[shale-imm]}, eventual ${URL[shale-ev]}," \
-    "uncached ${URL[shale-unc]} (CACHE_BYTES=$UNCACHED_CACHE_BYTES, data weighs $DATA_WEIGHT)," \
+log "ceiling ${URL[ceiling]} (one log writer ${URL[ceiling1]}), shale immediate ${URL[shale-imm]}" \
+    "(one shard ${URL[shale-one]}), eventual ${URL[shale-ev]}, uncached ${URL[shale-unc]} (CACHE_BYTES=$UNCACHED_CACHE_BYTES, data weighs $DATA_WEIGHT)," \
     "redis ${RPORT[always]:-none}/${RPORT[everysec]:-none}, etcd ${URL[etcd]:-none}"
 
 # ---- preload ----

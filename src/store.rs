@@ -739,8 +739,11 @@ impl Store {
             }
         }
         #[cfg(test)]
-        if self.injected_checkpoint_failures.load(Ordering::Acquire) > 0 {
-            self.injected_checkpoint_failures.fetch_sub(1, Ordering::AcqRel);
+        if self
+            .injected_checkpoint_failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
             drop(txn);
             return Err(self.write_failed(Error::InsufficientStorage("injected checkpoint failure".into())));
         }
