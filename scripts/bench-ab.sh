@@ -19,8 +19,8 @@
 # log line then says how many misses read on the blocking pool (src/miss_reads.rs).
 set -euo pipefail
 
-# shellcheck source=scripts/bench-lib.sh
-. "$(dirname "$0")/bench-lib.sh"
+# shellcheck source=scripts/lib/bench.sh
+. "$(dirname "$0")/lib/bench.sh"
 bench_init ab
 
 KEYS=${BENCH_KEYS:-100000}

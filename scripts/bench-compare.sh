@@ -31,8 +31,8 @@
 # port; see resp_section below).
 set -euo pipefail
 
-# shellcheck source=scripts/bench-lib.sh
-. "$(dirname "$0")/bench-lib.sh"
+# shellcheck source=scripts/lib/bench.sh
+. "$(dirname "$0")/lib/bench.sh"
 bench_init compare
 
 KEYS=${BENCH_KEYS:-100000}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks shale's ExDaas-compatible /api with ExDaas's own load: ApacheBench, 50,000 POSTs, 500 connections,
 # keep-alive. Builds release, starts shale (DURABILITY=immediate) on a temp dir, and measures:
-#   1. POST /api with scripts/bench.data.json ("id": null): every request creates a new document (an id
+#   1. POST /api with scripts/lib/exdaas-doc.json ("id": null): every request creates a new document (an id
 #      allocation, a create-only write, an fsync shared by the batch);
 #   2. the same body with a fixed "id": 1, as ExDaas's own bench posts: the first request writes, every later one
 #      finds the same document in the cache and answers without touching the disk;
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 N=${N:-50000}
 C=${C:-500}
 EXDAAS_RPS=12900
-DATA=scripts/bench.data.json
+DATA=scripts/lib/exdaas-doc.json
 START_TIMEOUT_S=60
 
 if ! command -v ab >/dev/null; then

@@ -16,8 +16,8 @@
 # bench-ab.sh's BENCH_SECONDS, BENCH_RUNS, BENCH_KEYS.
 set -euo pipefail
 
-# shellcheck source=scripts/bench-lib.sh
-. "$(dirname "$0")/bench-lib.sh"
+# shellcheck source=scripts/lib/bench.sh
+. "$(dirname "$0")/lib/bench.sh"
 bench_init log-device
 
 [[ -d /dev/shm && $(stat -f -c %T /dev/shm) == tmpfs ]] || die "/dev/shm is not a tmpfs here"

@@ -15,8 +15,8 @@
 # Environment: MEMORY_KEYS, MEMORY_CACHE_BYTES (default 268435456), SHALE_BIN.
 set -euo pipefail
 
-# shellcheck source=scripts/bench-lib.sh
-. "$(dirname "$0")/bench-lib.sh"
+# shellcheck source=scripts/lib/bench.sh
+. "$(dirname "$0")/lib/bench.sh"
 bench_init memory
 
 KEYS=${MEMORY_KEYS:-1000000}

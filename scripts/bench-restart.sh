@@ -16,8 +16,8 @@
 # Target (issue 8): ready in <= 2 s. Environment: RESTART_KEYS, RESTART_RUNS, SHALE_BIN.
 set -euo pipefail
 
-# shellcheck source=scripts/bench-lib.sh
-. "$(dirname "$0")/bench-lib.sh"
+# shellcheck source=scripts/lib/bench.sh
+. "$(dirname "$0")/lib/bench.sh"
 bench_init restart
 
 KEYS=${RESTART_KEYS:-1000000}

@@ -11,8 +11,8 @@
 # Environment: SCALING_SHARDS, SCALING_CONNS (256), BENCH_SECONDS, BENCH_RUNS, BENCH_KEYS, SHALE_BIN.
 set -euo pipefail
 
-# shellcheck source=scripts/bench-lib.sh
-. "$(dirname "$0")/bench-lib.sh"
+# shellcheck source=scripts/lib/bench.sh
+. "$(dirname "$0")/lib/bench.sh"
 bench_init scaling
 
 KEYS=${BENCH_KEYS:-100000}

@@ -29,8 +29,8 @@ export DURABILITY=${DURABILITY:-immediate}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 # need, terminate
-# shellcheck source=scripts/common.sh
-. scripts/common.sh
+# shellcheck source=scripts/lib/common.sh
+. scripts/lib/common.sh
 
 PIDS=()
 TMP=""

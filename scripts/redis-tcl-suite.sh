@@ -8,7 +8,7 @@
 #   --host, --port  the server (default $RESP_HOST or 127.0.0.1, $RESP_PORT or 6380)
 #   --units         the units to run, one test_helper process each (default: unit/protocol unit/type/incr
 #                   unit/type/string unit/keyspace)
-#   --skiplist      the skiplist (default scripts/redis-tcl-skiplist.txt; /dev/null for none). One test per
+#   --skiplist      the skiplist (default scripts/lib/redis-tcl-skiplist.txt; /dev/null for none). One test per
 #                   line, `<exact test name> # <why>`; lines starting with `#` and blank lines are comments; a why
 #                   starting with `(conditional)` marks a test the unit defines only on some servers.
 #   --start redis   start the installed redis-server on a free loopback port (no persistence) and use it
@@ -33,8 +33,8 @@
 # SHALE_BIN.
 set -euo pipefail
 
-# shellcheck source=scripts/resp-lib.sh
-. "$(dirname "$0")/resp-lib.sh"
+# shellcheck source=scripts/lib/resp.sh
+. "$(dirname "$0")/lib/resp.sh"
 resp_init tcl-suite
 root=$PWD
 
@@ -54,7 +54,7 @@ tags="-needs:debug -needs:repl -needs:save -needs:config-maxmemory -needs:reset"
 host=${RESP_HOST:-127.0.0.1}
 port=${RESP_PORT:-6380}
 units=$default_units
-skiplist=$root/scripts/redis-tcl-skiplist.txt
+skiplist=$root/scripts/lib/redis-tcl-skiplist.txt
 start=""
 force=0
 limit=${REDIS_TCL_TIMEOUT:-900}

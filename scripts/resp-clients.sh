@@ -19,8 +19,8 @@
 # the whole pytest run, default 600).
 set -euo pipefail
 
-# shellcheck source=scripts/resp-lib.sh
-. "$(dirname "$0")/resp-lib.sh"
+# shellcheck source=scripts/lib/resp.sh
+. "$(dirname "$0")/lib/resp.sh"
 resp_init resp-clients
 root=$PWD
 venv=$root/.venv-resp

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by the bench and RESP scripts (sourced by bench-lib.sh and resp-lib.sh).
+# Helpers shared by the bench and RESP scripts (sourced by lib/bench.sh and lib/resp.sh). Source it, do not run it.
 
 # need CMD PACKAGE: installs the Debian PACKAGE with apt-get (through sudo when not root) when CMD is missing;
 # fails when it still is.

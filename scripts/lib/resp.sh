@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shell functions shared by the RESP test scripts (redis-tcl-suite.sh, resp-clients.sh). Source it, do not run it:
 #
-#   . "$(dirname "$0")/resp-lib.sh"
+#   . "$(dirname "$0")/lib/resp.sh"
 #   resp_init NAME         cd to the repo root, make $RESP_TMP, install the EXIT trap that stops what was started
 #
 # Servers started here (resp_start_redis, resp_start_shale) listen on loopback only, live in $RESP_TMP, and are
@@ -31,14 +31,14 @@ resp_cleanup() {
 # resp_init NAME: common start of every script.
 resp_init() {
     RESP_NAME=$1
-    cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+    cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
     RESP_TMP=$(mktemp -d "${TMPDIR:-/tmp}/shale-$RESP_NAME.XXXXXX")
     trap resp_cleanup EXIT
     trap 'exit 130' INT TERM
 }
 
-# need, terminate: see common.sh.
-# shellcheck source=scripts/common.sh
+# need, terminate: see lib/common.sh.
+# shellcheck source=scripts/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # resp_free_port: a TCP port free on 127.0.0.1 right now.

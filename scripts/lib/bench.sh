@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shell functions shared by the benchmark scripts (scripts/bench-*.sh). Source it, do not run it:
 #
-#   . "$(dirname "$0")/bench-lib.sh"
+#   . "$(dirname "$0")/lib/bench.sh"
 #   bench_init NAME        # cd to the repo root, make $TMP, install the EXIT trap that stops every server
 #
 # Servers started with `start`/`start_plain` are stopped by PID (SIGTERM, then SIGKILL after 30 s) when the
@@ -38,7 +38,7 @@ bench_cleanup() {
 # bench_init NAME: common start of every script.
 bench_init() {
     BENCH_NAME=$1
-    cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+    cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
     TMP=$(mktemp -d "${SHALE_BENCH_DIR:-${TMPDIR:-/tmp}}/shale-$BENCH_NAME.XXXXXX")
     trap bench_cleanup EXIT
     trap 'exit 130' INT TERM
@@ -46,8 +46,8 @@ bench_init() {
     ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 }
 
-# need, terminate: see common.sh.
-# shellcheck source=scripts/common.sh
+# need, terminate: see lib/common.sh.
+# shellcheck source=scripts/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # build_bins shale|ceiling: sets SHALE_BIN (and CEILING_BIN with "ceiling"), building release from this tree
