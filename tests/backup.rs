@@ -1,6 +1,6 @@
-//! Consistent online backup and restore (issue 5): under a concurrent write load, a backup holds every write
-//! acknowledged before it began, none sent after it answered, and no shard is ahead of another (each writer's
-//! numbered stream is restored as a prefix). A damaged backup is refused.
+//! Consistent online backup and restore: under a concurrent write load, a backup holds every write acknowledged
+//! before it began, none sent after it answered, and no shard is ahead of another (each writer's numbered stream
+//! is restored as a prefix). A damaged backup is refused.
 
 mod common;
 

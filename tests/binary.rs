@@ -104,10 +104,10 @@ async fn assert_serves(server: &BinaryServer, keys: &[String]) {
     assert_eq!(listed, keys.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
-/// A data dir created with 4 shards, started with 8 (flag), then 4 (env), then the default. Issue 2 asked for a
-/// refusal here; the project has since made a changed count reshard the data dir at start-up (`reshard.rs`,
-/// covered in depth by `tests/reshard.rs`). What this test pins from the binary's side: each start serves every
-/// key, the files on disk follow the asked count, and the manifest records it.
+/// A data dir created with 4 shards, started with 8 (flag), then 4 (env), then the default. A changed count is not
+/// refused: the data dir is resharded at start-up (covered in depth by `tests/reshard.rs`). What this test pins
+/// from the binary's side: each start serves every key, the files on disk follow the asked count, and the
+/// manifest records it.
 #[tokio::test]
 async fn changed_shard_count_reshards_without_loss() {
     let dir = temp_dir();

@@ -1,6 +1,6 @@
-//! Disk full (issue 6): the real binary on a 16 MiB tmpfs. Writes that do not fit answer 507
-//! `insufficient_storage`, nothing acknowledged is lost, reads keep working, and once space is freed writes
-//! succeed again without a restart.
+//! Disk full: the real binary on a 16 MiB tmpfs. Writes that do not fit answer 507 `insufficient_storage`,
+//! nothing acknowledged is lost, reads keep working, and once space is freed writes succeed again without a
+//! restart. A full disk is an answer to the client, never a crash or a lost write.
 //!
 //! Needs `mount -t tmpfs` (root, or CAP_SYS_ADMIN); without it the test prints why and passes as skipped.
 
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::{client, temp_dir, wait_ready, BinaryServer};
 
-/// Size of the filesystem under test. (12 MiB until the write-ahead log, which keeps a second copy of the values
-/// written since the last checkpoint: at least ten 256 KiB values must fit before the disk is full.)
+/// Size of the filesystem under test: the write-ahead log keeps a second copy of the values written since the
+/// last checkpoint, and at least ten 256 KiB values must fit before the disk is full.
 const FS_SIZE: &str = "16m";
 /// A file placed on it before the server starts, deleted to free space (redb files never shrink by themselves).
 const RESERVE_BYTES: usize = 3 << 20;

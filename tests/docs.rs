@@ -74,7 +74,7 @@ async fn read(http: &Client, s: &BinaryServer, id: u64) -> Value {
     v["data"].clone()
 }
 
-/// Asserts a 400 with API.md's JSON error body.
+/// Asserts a 400 with the JSON error body of `docs/api.md`.
 fn assert_bad_request(status: StatusCode, body: &str, what: &str) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{what}: error body is not JSON: {body}"));
@@ -602,8 +602,9 @@ async fn ids_acknowledged_before_a_kill_9_mid_load_are_never_reused() {
 
 #[tokio::test]
 async fn explicit_ids_stop_at_2_pow_53_so_allocation_is_never_exhausted() {
-    // Regression: an explicit id of u64::MAX once made the next null-id create answer id 0; then, capped, it
-    // made every later create fail. Explicit ids now stop at 2^53-1, far below the end of the allocator's range.
+    // An explicit id at the end of the u64 range would push the allocator past it: the next null-id create would
+    // wrap to id 0, or, capped, every later create would fail. Explicit ids stop at 2^53-1, far below the end of
+    // the allocator's range, so allocation always has room.
     let max = shale::http::docs::MAX_WRITABLE_DOC_ID;
     let dir = temp_dir();
     let http = client();

@@ -1,5 +1,7 @@
-//! Fault tests of issue 6: crashes (kill -9 under load), a failed commit inside one shard, and torn data in a
-//! closed shard file. The disk-full test is `tests/disk_full.rs`, hostile clients are `tests/hostile.rs`.
+//! Faults: crashes (kill -9 under load), a failed commit inside one shard, and torn data in a closed shard file.
+//! Every acknowledged write survives a crash, a failed commit stores nothing and stays inside its shard, and a
+//! damaged file is refused at start-up, never served as garbage. The disk-full test is `tests/disk_full.rs`,
+//! hostile clients are `tests/hostile.rs`.
 
 mod common;
 

@@ -1,7 +1,8 @@
-//! Slow and hostile clients (issue 6), against the real binary over raw TCP: idle connections and slowloris
-//! requests do not slow down other clients and are shed after the client request timeout; a huge header gets
-//! 431; a body longer than its Content-Length is cut there and the rest is answered as a (bad) next request; a
-//! Content-Length over MAX_VALUE_BYTES gets 413 before any body byte is sent.
+//! Slow and hostile clients, against the real binary over raw TCP: a few bad clients must not starve the others
+//! or exhaust the server. Idle connections and slowloris requests do not slow down other clients and are shed
+//! after the client request timeout; a huge header gets 431; a body longer than its Content-Length is cut there
+//! and the rest is answered as a (bad) next request; a Content-Length over MAX_VALUE_BYTES gets 413 before any
+//! body byte is sent.
 
 mod common;
 
@@ -12,11 +13,11 @@ use std::time::{Duration, Instant};
 use common::{temp_dir, BinaryServer};
 use shale::server::{CLIENT_REQUEST_TIMEOUT, MAX_HEADER_BYTES};
 
-/// Idle connections the test opens (the issue asks for 1000).
+/// Idle connections the test opens: a thousand idle clients must not hold the server up.
 const IDLE: usize = 1000;
 /// Slowloris connections: they send a request head one header at a time and never finish it.
 const SLOWLORIS: usize = 20;
-/// The slowest answer a well-behaved client may get meanwhile (debug build, shared 2-core machine).
+/// The slowest answer a well-behaved client may get meanwhile (generous: a debug build on a busy machine).
 const QUICK: Duration = Duration::from_secs(2);
 
 /// One HTTP/1.1 response read from a raw connection.

@@ -1,5 +1,5 @@
-//! `/kv` and health routes of API.md, black-box over HTTP against an in-process server: every status code, the
-//! JSON error bodies, ETags and preconditions, key and value limits, and listings across shards.
+//! The `/kv` and health routes of `docs/api.md`, black-box over HTTP against an in-process server: every status
+//! code, the JSON error bodies, ETags and preconditions, key and value limits, and listings across shards.
 
 mod common;
 
@@ -110,7 +110,7 @@ fn etag(res: &Response) -> String {
     tag
 }
 
-/// Asserts an API.md error answer: the status, a JSON body with the code and a non-empty message.
+/// Asserts a `docs/api.md` error answer: the status, a JSON body with the code and a non-empty message.
 async fn assert_error(res: Response, status: u16, code: &str) {
     assert_eq!(res.status().as_u16(), status, "status of {}", res.url());
     let ct = header(&res, CONTENT_TYPE.as_str());

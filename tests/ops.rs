@@ -1,5 +1,6 @@
-//! Operations from the command line (issue 5): `shale backup` against a running server, `shale restore` and
-//! `shale compact` on stopped data dirs, and compaction of a mostly-free shard file at start-up.
+//! Operations from the command line: `shale backup` against a running server, `shale restore` and `shale compact`
+//! on stopped data dirs, and compaction of a mostly-free shard file at start-up. An operator's tools must refuse
+//! rather than overwrite or restore damaged data.
 
 mod common;
 

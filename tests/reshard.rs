@@ -1,6 +1,6 @@
-//! Resharding (issue 6): starting on a data dir with a new SHARD_LIMIT moves every key, document and counter
-//! to its new shard before the server is ready, and a kill at any step of it loses and duplicates nothing,
-//! whichever count the next start asks for.
+//! Resharding: starting on a data dir with a new SHARD_LIMIT moves every key, document and counter to its new
+//! shard before the server is ready, and a kill at any step of it loses and duplicates nothing, whichever count
+//! the next start asks for. A changed shard count must never cost data or serve a key from the wrong shard.
 
 mod common;
 
@@ -168,8 +168,8 @@ fn a_kill_at_any_step_of_a_reshard_loses_nothing() {
     }
 }
 
-/// A data dir written by a shale before hash tags (placement 1: the whole key hashed) is re-placed at start-up:
-/// every key, tagged or not, is found afterwards and sits where placement 2 puts it.
+/// A data dir laid out by placement 1 (the whole key hashed, no hash tags) is re-placed at start-up: every key,
+/// tagged or not, is found afterwards and sits where placement 2 puts it.
 #[test]
 fn a_placement_1_data_dir_is_re_placed_at_start() {
     let dir = temp_dir();

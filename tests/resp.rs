@@ -1,9 +1,9 @@
-//! End-to-end tests of the Redis-protocol listener (issue 9), over real sockets with a minimal blocking RESP client
+//! End-to-end tests of the Redis-protocol listener, over real sockets with a minimal blocking RESP client
 //! (`tests/common/resp.rs`): pipelining and read-your-writes, exact replies and error texts, protocol errors and
 //! the HTTP guard, MULTI/EXEC atomicity (also across a failed commit), no uncommitted read ever leaking, HTTP and
 //! RESP seeing the same data, D-Boutique's inline verbs, SCAN, the KEYS cap, AUTH, FLUSHDB, a graceful stop
 //! mid-pipeline and durability across `kill -9` of the real binary, RESP over TLS, and shale's counters and
-//! documents over RESP.
+//! documents over RESP. Redis clients must get Redis's replies, and RESP must keep the same guarantees as HTTP.
 //!
 //! Every server is in-process ([`TestServer`] with `RespPort::Any`) except the two stop tests, which stop the
 //! real binary. Every read has a timeout (a hang fails), every loop is bounded.

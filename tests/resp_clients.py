@@ -1,5 +1,5 @@
-"""End-to-end tests of a RESP server with redis-py: shale's RESP listener (issue 9), or redis-server 7.0.15 to
-prove the tests themselves.
+"""End-to-end tests of a RESP server with redis-py: shale's RESP listener, or redis-server 7.0.15 to prove the
+tests themselves.
 
 Run by ``scripts/resp-clients.sh`` (which makes the venv with pinned redis-py and pytest). Environment:
 
@@ -369,7 +369,7 @@ def test_keys_pattern(r, ns):
 
 def test_scan_iter_returns_each_key_once(r, ns):
     """SCAN with a literal-prefix MATCH: every key under the prefix comes back, none from elsewhere. On shale each
-    exactly once (RESP.md C); Redis only promises at least once."""
+    exactly once (its cursor names the last key returned); Redis only promises at least once."""
     mine = {f"{ns}{i:04d}".encode() for i in range(300)}
     with r.pipeline(transaction=False) as p:
         for k in mine:
@@ -406,7 +406,7 @@ def test_scan_cursor_is_decimal(raw, ns):
 
 
 def test_pipeline_read_your_writes(r, ns):
-    """A pipeline without MULTI: SET k v; GET k in one write returns v (RESP.md section 3), every round."""
+    """A pipeline without MULTI: SET k v; GET k in one write returns v (read-your-writes), every round."""
     for i in range(50):
         k, c = f"{ns}k{i}", f"{ns}c{i}"
         with r.pipeline(transaction=False) as p:

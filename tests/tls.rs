@@ -1,6 +1,6 @@
-//! HTTPS (issue 7): with `--tls-cert`/`--tls-key` the server speaks TLS (rustls); the CLI talks to it over
-//! `https://` trusting a self-signed certificate given with `--ca`; bad or missing files are clear start-up
-//! errors that change nothing.
+//! HTTPS: with `--tls-cert`/`--tls-key` the server speaks TLS (rustls); the CLI talks to it over `https://`
+//! trusting a self-signed certificate given with `--ca`; bad or missing files are clear start-up errors that
+//! change nothing. A TLS server never falls back to plain text, and a bad certificate stops it before it serves.
 
 mod common;
 
