@@ -1,4 +1,4 @@
-//! The read cache (`shale::cache::Cache`) per entry, and one shard's start-up with its cache warm-up.
+//! The read cache (`shale::shard::cache::Cache`) per entry, and one shard's start-up with its cache warm-up.
 //!
 //! - `cache/insert/{100,1000}B`: inserting new keys (records of 110 / 1010 bytes: the 100-byte value plus the
 //!   record header) into a cache with room for all of them; throughput in entries.
@@ -12,8 +12,8 @@
 //!   with its integrity check and compaction check, then `shard::spawn`, whose worker scans the file into a
 //!   fresh cache and reports ready; timed until ready.
 //!
-//! Issue 8 targets this guards: a restart of 1M keys ready in <= 2 s (the warm-up was 80 % of it) and the
-//! cache's memory per entry (`scripts/bench-memory.sh`).
+//! The targets this guards: a restart of 1M keys ready in <= 2 s (the cache warm-up is a large share of a
+//! start) and the cache's memory per entry (`scripts/bench-memory.sh`).
 
 mod common;
 

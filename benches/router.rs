@@ -1,7 +1,7 @@
 //! Router plus shard workers, without HTTP: what a handler costs below actix.
 //!
 //! The rig is built the way `src/server.rs` builds it (`Store::open` per shard, `shard::spawn`, `Router::new`),
-//! with durable (`immediate`) commits, and driven from a 2-thread tokio runtime (like actix's 2 workers here).
+//! with durable (`immediate`) commits, and driven from a 2-thread tokio runtime (standing in for 2 actix workers).
 //!
 //! - `router/put_durable/shards{1,2,4}/inflight{1,64}`: tasks that each `dispatch` puts of 32-byte values to
 //!   random keys back to back, so `inflight` puts are always waiting. With 64 in flight the shard workers batch

@@ -8,8 +8,9 @@
 //! - `store/put_written/{1,16,256}`: the same in a store whose frames are written but not fdatasynced
 //!   (`DURABILITY=eventual`; the log fdatasynced every `CHECKPOINT_EVERY` batches, checkpointed every
 //!   `CHECKPOINT_BYTES`), against `store/put_nondurable/{1,16,256}`: one non-durable redb commit per batch without
-//!   a log and a durable commit every `CHECKPOINT_EVERY` batches (what `eventual` did before session 12).
-//! - `store/get/{cache,redb}`: a cached read (`shale::cache::Cache`) against a read from the file
+//!   a log and a durable commit every `CHECKPOINT_EVERY` batches (the alternative to a log: redb's own
+//!   non-durable commits).
+//! - `store/get/{cache,redb}`: a cached read (`shale::shard::cache::Cache`) against a read from the file
 //!   (`Store::get`: one redb read transaction; the file is small, so its pages sit in redb's and the OS's cache),
 //!   on random keys of a preloaded set.
 //!
@@ -78,8 +79,8 @@ fn bench_store(c: &mut Criterion) {
                         store.end_full_hold().expect("commit of a full hold");
                         batches += 1;
                         // What the shard thread does every `FLUSH_INTERVAL_MS`: under `eventual`, fdatasync the
-                        // log; otherwise (and without a log, non-durable: `eventual` before session 12) a durable
-                        // commit. A log is also checkpointed once it holds CHECKPOINT_BYTES.
+                        // log; otherwise (and for the non-durable store without a log) a durable commit. A log is
+                        // also checkpointed once it holds CHECKPOINT_BYTES.
                         if batches.is_multiple_of(CHECKPOINT_EVERY) {
                             match log {
                                 Log::Written => _ = store.sync_log().expect("log fdatasync"),

@@ -1,6 +1,6 @@
-//! Crash-test driver (issue 6): runs the real `shale` binary on one data dir, writes to it from concurrent client
-//! threads while logging every acknowledgement, SIGKILLs it at a random moment, restarts it on the same dir and
-//! checks that every acknowledged operation survived.
+//! Crash-test driver: runs the real `shale` binary on one data dir, writes to it from concurrent client threads
+//! while logging every acknowledgement, SIGKILLs it at a random moment, restarts it on the same dir and checks
+//! that every acknowledged operation survived.
 //!
 //! ```text
 //! crash_writer [--shale PATH] [--cycles N] [--seed S] [--writers W] [--dir DIR] [--keep] [--durability D]
