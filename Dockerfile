@@ -27,7 +27,7 @@ RUN groupadd --system --gid 10001 shale \
     && mkdir -p /data /backups /usr/local/share/shale \
     && chown shale:shale /data /backups
 COPY --from=builder /usr/local/bin/shale /usr/local/bin/shale
-COPY scripts/archive.tar.sh scripts/archive.zip.sh scripts/restore.sh /usr/local/share/shale/
+COPY scripts/archive.sh scripts/restore.sh /usr/local/share/shale/
 COPY LICENSE README.md /usr/local/share/shale/
 ENV HOST=0.0.0.0 \
     PORT=4000 \

@@ -180,8 +180,8 @@ done
 [[ "$health" == healthy ]] || die "HEALTHCHECK status is '$health' after 40 s"
 say "HEALTHCHECK: healthy"
 
-archive=$(d exec -e ARCHIVE_DIR=/backups "$name" /usr/local/share/shale/archive.tar.sh 2>"$logs/archive.log") ||
-    die "archive.tar.sh inside the container (see $logs/archive.log)"
+archive=$(d exec -e ARCHIVE_DIR=/backups "$name" /usr/local/share/shale/archive.sh 2>"$logs/archive.log") ||
+    die "archive.sh inside the container (see $logs/archive.log)"
 d exec "$name" tar -tzf "$archive" | grep -q SHA256SUMS || die "$archive has no SHA256SUMS"
 say "online archive inside the container: $archive"
 

@@ -6,7 +6,7 @@
 # The tarball holds one directory, shale-<version>-<target>/, with:
 #   bin/shale                     the release binary (debug info stripped when `strip` is installed)
 #   README.md, LICENSE
-#   scripts/archive.tar.sh, scripts/archive.zip.sh, scripts/restore.sh
+#   scripts/archive.sh, scripts/restore.sh
 #   packaging/shale.service       the systemd unit
 # The version comes from Cargo.toml, the target triple from `rustc -vV`. Entries are sorted, owned by root
 # and dated from the last commit (or SOURCE_DATE_EPOCH), and gzip stores no name or time: the tarball
@@ -40,7 +40,7 @@ if command -v strip >/dev/null 2>&1; then
     strip --strip-debug "$top/bin/shale"
 fi
 install -m 0644 README.md LICENSE "$top/"
-install -m 0755 scripts/archive.tar.sh scripts/archive.zip.sh scripts/restore.sh "$top/scripts/"
+install -m 0755 scripts/archive.sh scripts/restore.sh "$top/scripts/"
 install -m 0644 packaging/shale.service "$top/packaging/"
 
 epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Restore a shale store from an archive made by scripts/archive.tar.sh or scripts/archive.zip.sh.
+# Restore a shale store from an archive made by scripts/archive.sh (.tar.gz, or .zip with --zip).
 #
 #   scripts/restore.sh ARCHIVE [DATA_DIR] [--force]
 #

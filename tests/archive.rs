@@ -1,6 +1,6 @@
-//! The archive scripts end to end with the real binary (issue 5): `scripts/archive.tar.sh` and
-//! `scripts/archive.zip.sh` take an online backup through a running server, or copy the closed files of a
-//! stopped one (and refuse files a process holds open), and `scripts/restore.sh` restores the archive into a
+//! The archive scripts end to end with the real binary: `scripts/archive.sh` (tar.gz, or zip with `--zip` or
+//! `SHALE_ARCHIVE_FORMAT=zip`) takes an online backup through a running server, or copies the closed files of a
+//! stopped one (and refuses files a process holds open), and `scripts/restore.sh` restores the archive into a
 //! fresh data dir that a new server then serves; a damaged archive is refused and the data dir left alone.
 
 mod common;
@@ -233,7 +233,7 @@ fn tar_archives_online_and_offline_restore_into_fresh_dirs() {
     // Online: the server answers, so the archive is a backup taken through it.
     let base = PathBuf::from(&server.base);
     let online = script(
-        "archive.tar.sh",
+        "archive.sh",
         &[],
         &[("SHALE_URL", &base), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives), ("BACKUP_STAGING", &staging)],
     );
@@ -250,8 +250,7 @@ fn tar_archives_online_and_offline_restore_into_fresh_dirs() {
 
     // Offline: nothing answers, the files are closed, so they are copied.
     let dead = PathBuf::from(dead_url());
-    let offline =
-        script("archive.tar.sh", &[], &[("SHALE_URL", &dead), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives)]);
+    let offline = script("archive.sh", &[], &[("SHALE_URL", &dead), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives)]);
     let offline_archive = offline.archive();
     assert!(offline.stderr.contains("copying the closed files"), "{}", offline.stderr);
     assert_ne!(offline_archive, online_archive);
@@ -296,7 +295,7 @@ fn offline_copy_refuses_files_a_process_holds_open() {
     fill(&server, 3);
     // A SHALE_URL where nothing answers, while a server holds DATA_DIR: copying would not be safe.
     let dead = PathBuf::from(dead_url());
-    let run = script("archive.tar.sh", &[], &[("SHALE_URL", &dead), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives)]);
+    let run = script("archive.sh", &[], &[("SHALE_URL", &dead), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives)]);
     assert!(!run.status.success(), "copying files held open must be refused:\n{}", run.stderr);
     assert!(run.stderr.contains("holds these files open"), "{}", run.stderr);
     let left: Vec<_> =
@@ -314,8 +313,7 @@ fn restore_refuses_a_damaged_archive_and_leaves_the_data_dir_alone() {
     server.stop();
     let dead = PathBuf::from(dead_url());
     let archive =
-        script("archive.tar.sh", &[], &[("SHALE_URL", &dead), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives)])
-            .archive();
+        script("archive.sh", &[], &[("SHALE_URL", &dead), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives)]).archive();
 
     // Unpack, flip one byte of a shard file, pack again.
     let unpacked = tmp.path().join("unpacked");
@@ -360,8 +358,8 @@ fn zip_archive_round_trip() {
     fill(&server, 20);
     let base = PathBuf::from(&server.base);
     let run = script(
-        "archive.zip.sh",
-        &[],
+        "archive.sh",
+        &[Path::new("--zip")],
         &[("SHALE_URL", &base), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives), ("BACKUP_STAGING", &staging)],
     );
     let online = run.archive();
@@ -370,9 +368,18 @@ fn zip_archive_round_trip() {
     server.stop();
 
     let dead = PathBuf::from(dead_url());
-    let offline =
-        script("archive.zip.sh", &[], &[("SHALE_URL", &dead), ("DATA_DIR", &data), ("ARCHIVE_DIR", &archives)])
-            .archive();
+    // The format can also come from the environment.
+    let offline = script(
+        "archive.sh",
+        &[],
+        &[
+            ("SHALE_URL", &dead),
+            ("DATA_DIR", &data),
+            ("ARCHIVE_DIR", &archives),
+            ("SHALE_ARCHIVE_FORMAT", Path::new("zip")),
+        ],
+    )
+    .archive();
     assert_backup_layout(&offline, ".zip");
 
     for archive in [&online, &offline] {

@@ -1,4 +1,4 @@
-//! The release tarball (issue 5): `scripts/release.sh` builds `--release` and packs
+//! The release tarball: `scripts/release.sh` builds `--release` and packs
 //! `shale-<version>-<target>.tar.gz` with exactly the binary, README, LICENSE, the archive/restore scripts and
 //! the systemd unit; unpacked into a temp dir, its `bin/shale` serves, stores and stops gracefully.
 //!
@@ -106,8 +106,7 @@ fn release_tarball_holds_the_files_and_its_binary_serves() {
         ("README.md", false),
         ("bin/shale", true),
         ("packaging/shale.service", false),
-        ("scripts/archive.tar.sh", true),
-        ("scripts/archive.zip.sh", true),
+        ("scripts/archive.sh", true),
         ("scripts/restore.sh", true),
     ];
     let expected: Vec<(String, bool)> = expected.iter().map(|(p, x)| (p.to_string(), *x)).collect();

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Archive a shale store into archive-<UTC timestamp>.tar.gz (scripts/archive.zip.sh: the same as a .zip).
+# Archive a shale store into archive-<UTC timestamp>.tar.gz, or .zip with --zip.
 #
-#   scripts/archive.tar.sh            # prints the path of the archive it wrote
+#   scripts/archive.sh            # prints the path of the archive it wrote (.tar.gz)
+#   scripts/archive.sh --zip      # the same as a .zip (needs `zip`; when it is missing and this runs as root on
+#                                 # Debian/Ubuntu, it is installed with apt-get)
 #
 # - When a server answers at SHALE_URL, the archive is a consistent online backup taken through it
 #   (`shale backup`): the server keeps serving; every shard is captured at one instant.
@@ -21,9 +23,24 @@
 #                   (default ${TMPDIR:-/tmp}); under the systemd unit, whose /tmp is private, use
 #                   /var/lib/shale-backups
 #   READY_TIMEOUT   seconds to wait for a server that answers but is still warming up (default 60)
+#   SHALE_ARCHIVE_FORMAT  tar (default) or zip; --zip or --tar on the command line overrides it
 set -euo pipefail
 
-format=${SHALE_ARCHIVE_FORMAT:-tar} # set to zip by archive.zip.sh
+format=${SHALE_ARCHIVE_FORMAT:-tar}
+for arg in "$@"; do
+    case "$arg" in
+    --zip) format=zip ;;
+    --tar) format=tar ;;
+    -h | --help)
+        sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
+        exit 2
+        ;;
+    *)
+        echo "archive: unknown argument '$arg' (usage: $0 [--zip | --tar])" >&2
+        exit 2
+        ;;
+    esac
+done
 case "$format" in
 tar) ext=tar.gz ;;
 zip) ext=zip ;;
