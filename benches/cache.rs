@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use shale::cache::Cache;
 use shale::command::{Command, Space};
 use shale::config::Durability;
+use shale::engine::store::{Log, Store};
 use shale::placement::ShardId;
 use shale::record::Record;
+use shale::shard::cache::Cache;
 use shale::shard::{self, Readiness, ShardOptions};
-use shale::store::{Log, Store};
 
 use common::{key_of, put_value, temp_dir, XorShift, SEED};
 

@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use shale::cache::Cache;
 use shale::command::{Command, Space};
+use shale::engine::store::{Log, Store};
+use shale::engine::wal::CHECKPOINT_BYTES;
 use shale::placement::ShardId;
-use shale::store::{Log, Store};
-use shale::wal::CHECKPOINT_BYTES;
+use shale::shard::cache::Cache;
 
 use common::{key_of, put, temp_dir, XorShift, SEED};
 

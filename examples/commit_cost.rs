@@ -14,8 +14,8 @@
 
 use bytes::Bytes;
 use shale::command::{Command, Precondition, Space};
+use shale::engine::store::{Log, Store};
 use shale::placement::ShardId;
-use shale::store::{Log, Store};
 
 const KEYS: u64 = 10_000;
 const CHECKPOINT_EVERY: usize = 200;

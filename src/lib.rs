@@ -3,7 +3,7 @@
 //! # Layout
 //! The modules follow one write from the socket to the disk:
 //! - [`http`]: actix-web routes; each handler turns a request into a [`command::Command`] or a read.
-//! - [`router`]: key -> shard ([`placement`]), write dispatch, cached reads (a miss reads where [`miss_reads`]
+//! - [`node`]: key -> shard ([`placement`]), write dispatch, cached reads (a miss reads where [`miss_reads`]
 //!   says), merged listings.
 //! - [`shard`]: one OS thread per shard; batches writes, commits once per batch, updates the [`cache`], answers.
 //! - [`store`]: one redb file per shard; tables, reads and the batch transaction; values are [`record`]s.
@@ -17,32 +17,25 @@
 //! - [`backup`]: consistent online backup (a rendezvous of all shard workers), restore, compaction.
 //! - [`metrics`] (Prometheus `/metrics`), [`tls`] (HTTPS with rustls), [`fault`] (named crash points for tests).
 //! - [`cli`]: `shale cli` and the one-shot client commands, over HTTP.
-//! - [`resp`]: the Redis-protocol listener (RESP2/RESP3/inline) on the same router.
+//! - [`resp`]: the Redis-protocol listener (RESP2/RESP3/inline) on the same node.
 //!
 //! `docs/design.md` describes the data path, the on-disk layout and the durability and cache rules.
 
-pub mod backup;
-pub mod cache;
+pub mod api;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod fault;
-pub mod http;
-pub mod manifest;
 pub mod metrics;
-pub mod miss_reads;
+pub mod node;
+pub mod ops;
 pub mod placement;
 pub mod record;
-pub mod reshard;
-pub mod resp;
-pub mod router;
 pub mod sched;
 pub mod server;
 pub mod shard;
-pub mod store;
-pub mod tls;
-pub mod wal;
 
 pub use config::Config;
 pub use error::Error;

@@ -79,15 +79,15 @@ fn run_operation(cmd: Cmd) -> std::process::ExitCode {
                 Err(e) => fail(shale::cli::exit_code(&e), e.to_string()),
             }
         }
-        Cmd::Restore { from, data_dir, force } => match shale::backup::restore(&from, &data_dir, force) {
+        Cmd::Restore { from, data_dir, force } => match shale::ops::backup::restore(&from, &data_dir, force) {
             Ok(m) => {
                 println!("restored {} shards from {} into {}", m.shards, from.display(), data_dir.display());
                 ExitCode::SUCCESS
             }
-            Err(e @ shale::backup::RestoreError::NotEmpty(_)) => fail(2, e.to_string()),
+            Err(e @ shale::ops::backup::RestoreError::NotEmpty(_)) => fail(2, e.to_string()),
             Err(e) => fail(1, e.to_string()),
         },
-        Cmd::Compact { data_dir } => match shale::backup::compact_dir(&data_dir) {
+        Cmd::Compact { data_dir } => match shale::ops::backup::compact_dir(&data_dir) {
             Ok(reclaimed) => {
                 println!("compacted {}: {reclaimed} bytes reclaimed", data_dir.display());
                 ExitCode::SUCCESS

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::command::Space;
-use crate::router::Router;
+use crate::node::Node;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static STARTED: OnceLock<Instant> = OnceLock::new();
@@ -52,16 +52,16 @@ pub fn init() -> &'static PrometheusHandle {
     })
 }
 
-/// The Prometheus text exposition, with the scrape-time gauges refreshed from `router`.
-pub fn render(router: &Router) -> String {
+/// The Prometheus text exposition, with the scrape-time gauges refreshed from `node`.
+pub fn render(node: &Node) -> String {
     let handle = init();
     let uptime = STARTED.get().map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
     metrics::gauge!("shale_uptime_seconds").set(uptime);
-    let cache = router.cache();
+    let cache = node.cache();
     metrics::gauge!("shale_cache_bytes").set(cache.weighted_size() as f64);
     metrics::gauge!("shale_cache_entries").set(cache.entry_count() as f64);
     metrics::gauge!("shale_cache_capacity_bytes").set(cache.capacity() as f64);
-    for shard in router.shards() {
+    for shard in node.shards() {
         let id = shard.id().to_string();
         metrics::gauge!("shale_shard_queue_depth", "shard" => id.clone()).set(shard.queue_len() as f64);
         // Answered writes the shard still holds uncommitted are counted too (render runs on the blocking pool).

@@ -5,7 +5,7 @@
 //! (each warms its part of the cache, then reports ready) -> bind HTTP, then serve RESP (`resp`). `/healthz`
 //! answers at once; `/readyz` answers 200 once every shard is warm.
 //!
-//! Stop: stop accepting and finish in-flight requests -> drop the router (the last shard senders) -> each
+//! Stop: stop accepting and finish in-flight requests -> drop the node (the last shard senders) -> each
 //! worker drains and commits its queue and closes its file -> join every worker.
 
 use std::net::SocketAddr;
@@ -16,15 +16,16 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpServer};
 
-use crate::cache::Cache;
+use crate::api::auth::Tokens;
+use crate::api::http::{self, AppState};
 use crate::command::Space;
 use crate::config::Config;
-use crate::http::{self, auth::Tokens, AppState};
-use crate::manifest;
+use crate::engine::store::{shard_file, Log, Store};
+use crate::node::Node;
+use crate::ops::manifest;
 use crate::placement::ShardId;
-use crate::router::Router;
+use crate::shard::cache::Cache;
 use crate::shard::{self, Readiness, ShardOptions};
-use crate::store::{shard_file, Log, Store};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,7 @@ pub enum StartError {
     Manifest(#[from] manifest::ManifestError),
     /// A resharding failed (the data dir still holds one complete layout).
     #[error(transparent)]
-    Reshard(#[from] crate::reshard::ReshardError),
+    Reshard(#[from] crate::ops::reshard::ReshardError),
     /// A shard file cannot be opened.
     #[error("{0}")]
     Store(crate::error::Error),
@@ -59,16 +60,16 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
 pub const MAX_CONNECTIONS_PER_WORKER: usize = 10_000;
 /// Connections the kernel queues before they are accepted.
 pub const BACKLOG: u32 = 2048;
-pub use crate::http::MAX_HEADER_BYTES;
+pub use crate::api::http::MAX_HEADER_BYTES;
 
 /// A started server.
 pub struct RunningServer {
     addr: SocketAddr,
     handle: ServerHandle,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
-    router: Arc<Router>,
+    node: Arc<Node>,
     workers: Vec<JoinHandle<()>>,
-    resp: Option<crate::resp::RespServer>,
+    resp: Option<crate::api::resp::RespServer>,
 }
 
 /// Starts shale with `config`. Must be called inside an actix system (`actix_web::rt::System`).
@@ -78,14 +79,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     crate::sched::apply(config.thread_scheduling);
     // Load the certificate before touching the data dir, so a bad file fails fast and changes nothing.
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        crate::tls::server_config(cert, key)?;
+        crate::api::tls::server_config(cert, key)?;
     }
     // Likewise the RESP port: a taken port fails here, before the data dir is opened.
-    let resp_listener = crate::resp::RespServer::bind(&config)?;
+    let resp_listener = crate::api::resp::RespServer::bind(&config)?;
     crate::metrics::init();
     let started = Instant::now();
     let m = manifest::open_or_create(&config.data_dir, config.shards)?;
-    let m = crate::reshard::reconcile(&config.data_dir, m, config.shards)?;
+    let m = crate::ops::reshard::reconcile(&config.data_dir, m, config.shards)?;
     tracing::info!(data_dir = %config.data_dir.display(), shards = m.shards, node_id = %m.node_id, "data dir opened");
 
     // redb's own page cache: a share of the budget per file (its default is 1 GiB per database).
@@ -115,10 +116,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         handles.push(handle);
         workers.push(join);
     }
-    let router = Arc::new(Router::new(handles, cache, readiness, next_doc_id));
+    let node = Arc::new(Node::new(handles, cache, readiness, next_doc_id));
 
     let state = web::Data::new(AppState {
-        router: router.clone(),
+        node: node.clone(),
         auth: Tokens::new(&config.auth_token, &config.auth_read_token),
         config: config.clone(),
     });
@@ -143,14 +144,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let server = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
-            let tls = crate::tls::server_config(cert, key)?;
+            let tls = crate::api::tls::server_config(cert, key)?;
             server.bind_rustls_0_23((config.host.as_str(), config.port), tls)?
         }
         _ => server.bind((config.host.as_str(), config.port))?,
     };
     let addr = server.addrs()[0];
     let resp = match resp_listener {
-        Some(listener) => Some(crate::resp::RespServer::start(listener, &config, router.clone())?),
+        Some(listener) => Some(crate::api::resp::RespServer::start(listener, &config, node.clone())?),
         None => None,
     };
     let server = server.run();
@@ -158,7 +159,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let serving = actix_web::rt::spawn(server);
     let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, ms = started.elapsed().as_millis() as u64, "listening");
-    Ok(RunningServer { addr, handle, serving, router, workers, resp })
+    Ok(RunningServer { addr, handle, serving, node, workers, resp })
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -196,15 +197,15 @@ impl RunningServer {
         self.resp.as_ref().map(|r| r.addr())
     }
 
-    /// The router, for in-process inspection.
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
+    /// The node, for in-process inspection.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 
     /// Waits until every shard is warm (or `timeout` passes).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while !self.router.readiness().is_ready() {
+        while !self.node.readiness().is_ready() {
             if Instant::now() > deadline {
                 return false;
             }
@@ -215,28 +216,28 @@ impl RunningServer {
 
     /// Graceful stop: finish in-flight requests, commit every queued write, close every file.
     pub async fn stop(self) {
-        let RunningServer { handle, serving, router, workers, resp, .. } = self;
-        router.readiness().set_stopping();
+        let RunningServer { handle, serving, node, workers, resp, .. } = self;
+        node.readiness().set_stopping();
         handle.stop(true).await;
         let _ = serving.await;
         if let Some(resp) = resp {
             let _ = tokio::task::spawn_blocking(move || resp.stop()).await;
         }
-        // The App instances are gone; our clone of the router holds the last shard senders.
-        let mut router = router;
+        // The App instances are gone; our clone of the node holds the last shard senders.
+        let mut node = node;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match Arc::try_unwrap(router) {
+            match Arc::try_unwrap(node) {
                 Ok(r) => {
                     drop(r);
                     break;
                 }
                 Err(still) if Instant::now() < deadline => {
-                    router = still;
+                    node = still;
                     actix_web::rt::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err(_) => {
-                    tracing::error!("router still referenced after shutdown; shards may not close cleanly");
+                    tracing::error!("node still referenced after shutdown; shards may not close cleanly");
                     break;
                 }
             }

@@ -88,9 +88,9 @@ async fn backup_under_load_is_a_consistent_prefix_and_restores() {
     // Restore into a fresh dir and serve it.
     let restored = temp_dir();
     let target = restored.path().join("data");
-    let m = shale::backup::restore(&out, &target, false).expect("restore");
+    let m = shale::ops::backup::restore(&out, &target, false).expect("restore");
     assert_eq!(m.shards, 4);
-    let original = shale::manifest::read(dir.path()).unwrap().unwrap();
+    let original = shale::ops::manifest::read(dir.path()).unwrap().unwrap();
     assert_ne!(m.node_id, original.node_id, "a restored data dir gets a new node id");
     let second = TestServer::start(Config::for_test(&target));
     let keys = all_keys(&second.base()).await;
@@ -108,9 +108,9 @@ async fn backup_under_load_is_a_consistent_prefix_and_restores() {
     second.stop();
 
     // A non-empty target is refused without --force, accepted with it.
-    let err = shale::backup::restore(&out, &target, false).unwrap_err().to_string();
+    let err = shale::ops::backup::restore(&out, &target, false).unwrap_err().to_string();
     assert!(err.contains("not empty") && err.contains("--force"), "{err}");
-    shale::backup::restore(&out, &target, true).expect("forced restore");
+    shale::ops::backup::restore(&out, &target, true).expect("forced restore");
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn a_damaged_backup_is_refused() {
     bytes[at] ^= 0x40;
     std::fs::write(&file, bytes).unwrap();
     let target = temp_dir();
-    let err = shale::backup::restore(&out, target.path(), false).unwrap_err().to_string();
+    let err = shale::ops::backup::restore(&out, target.path(), false).unwrap_err().to_string();
     assert!(err.contains("shard-1.redb is damaged"), "{err}");
     assert!(std::fs::read_dir(target.path()).unwrap().next().is_none(), "nothing restored from a damaged backup");
 }
@@ -194,7 +194,7 @@ async fn a_restored_backup_never_hands_out_a_revision_again() {
     server.stop();
 
     let target = restored.path().join("data");
-    shale::backup::restore(&out, &target, false).expect("restore");
+    shale::ops::backup::restore(&out, &target, false).expect("restore");
     let second = TestServer::start(Config::for_test(&target));
     let res = c.get(second.url("/kv/same")).send().await.unwrap();
     assert_eq!((etag(&res), res.text().await.unwrap()), (last, "v2".to_string()));

@@ -605,7 +605,7 @@ async fn explicit_ids_stop_at_2_pow_53_so_allocation_is_never_exhausted() {
     // An explicit id at the end of the u64 range would push the allocator past it: the next null-id create would
     // wrap to id 0, or, capped, every later create would fail. Explicit ids stop at 2^53-1, far below the end of
     // the allocator's range, so allocation always has room.
-    let max = shale::http::docs::MAX_WRITABLE_DOC_ID;
+    let max = shale::api::http::docs::MAX_WRITABLE_DOC_ID;
     let dir = temp_dir();
     let http = client();
     let s = start(dir.path()).await;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{client, temp_dir, Shale, TestServer};
 use shale::command::{Command, Precondition, Space};
+use shale::engine::store::{shard_file, Log, Store};
 use shale::placement::{shard_for, ShardId};
-use shale::store::{shard_file, Log, Store};
 use shale::Config;
 
 // ---- crashes ----
@@ -119,9 +119,9 @@ async fn a_failed_commit_fails_its_whole_batch_and_the_shard_recovers() {
     fill_shard0(dir.path(), 100_000, kv_put(victim.as_bytes(), b"still here"));
 
     let server = TestServer::start_unready(config(dir.path()));
-    let router = server.router();
+    let node = server.node();
     // Shard 0 is still warming up: it takes no message yet, so everything sent to it now forms its first batch.
-    router.shards()[0].store().inject_commit_failures(1);
+    node.shards()[0].store().inject_commit_failures(1);
     let http = client();
     let doomed = keys_of_shard("doomed-", 0, 4, 16);
     let mut pending = Vec::new();
@@ -139,12 +139,12 @@ async fn a_failed_commit_fails_its_whole_batch_and_the_shard_recovers() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while router.shards()[0].queue_len() < pending.len() {
+    while node.shards()[0].queue_len() < pending.len() {
         assert!(Instant::now() < deadline, "the writes never reached shard 0's queue");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(
-        !router.readiness().is_ready(),
+        !node.readiness().is_ready(),
         "shard 0 finished warming up before all {} writes were queued: make the filler larger",
         pending.len()
     );

@@ -1,6 +1,6 @@
-//! The OpenAPI document (`src/http/openapi.json`, served at `GET /openapi.json`) cannot drift from the code.
+//! The OpenAPI document (`src/api/http/openapi.json`, served at `GET /openapi.json`) cannot drift from the code.
 //!
-//! - Its path set equals the `resource(..)` patterns registered in `src/http/mod.rs`, read from the source
+//! - Its path set equals the `resource(..)` patterns registered in `src/api/http/mod.rs`, read from the source
 //!   file itself (so a new resource without a spec entry, or a spec path without a resource, fails here; no
 //!   hand-kept route list can go stale).
 //! - A real server routes every (path, method) of the spec (no "no route" 404, no 405), and the status it gives
@@ -18,11 +18,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{client, temp_dir, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use shale::http::openapi::SPEC;
+use shale::api::http::openapi::SPEC;
 use shale::Config;
 
 /// The source of the route table.
-const ROUTES_SOURCE: &str = include_str!("../src/http/mod.rs");
+const ROUTES_SOURCE: &str = include_str!("../src/api/http/mod.rs");
 /// The source of the error codes.
 const ERRORS_SOURCE: &str = include_str!("../src/error.rs");
 
@@ -30,7 +30,7 @@ const ERRORS_SOURCE: &str = include_str!("../src/error.rs");
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
 fn spec() -> Value {
-    serde_json::from_str(SPEC).expect("src/http/openapi.json is valid JSON")
+    serde_json::from_str(SPEC).expect("src/api/http/openapi.json is valid JSON")
 }
 
 /// `{key:.*}` -> `{key}`: actix's regex suffix is not part of an OpenAPI template.
@@ -57,7 +57,7 @@ fn normalize(pattern: &str) -> String {
     out
 }
 
-/// Every pattern passed to `resource(..)` (the named-resource helper of `src/http/mod.rs`) or `web::resource(..)`
+/// Every pattern passed to `resource(..)` (the named-resource helper of `src/api/http/mod.rs`) or `web::resource(..)`
 /// in the source: a string literal, or an array of them. Calls with a non-literal argument (the helper's own body)
 /// are not registrations and are skipped.
 fn registered_routes(source: &str) -> BTreeSet<String> {
@@ -134,14 +134,14 @@ fn collect_refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
 #[test]
 fn the_spec_paths_are_exactly_the_registered_routes() {
     let routes = registered_routes(ROUTES_SOURCE);
-    assert!(routes.len() >= 10, "parsed too few routes from src/http/mod.rs: {routes:?}");
+    assert!(routes.len() >= 10, "parsed too few routes from src/api/http/mod.rs: {routes:?}");
     assert!(routes.contains("/kv/{key}"), "the regex suffix of /kv/{{key:.*}} is normalised: {routes:?}");
     let spec = spec();
     let documented: BTreeSet<String> = spec_paths(&spec).into_keys().collect();
     let missing: Vec<_> = routes.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&routes).collect();
-    assert!(missing.is_empty(), "routes in src/http/mod.rs missing from openapi.json: {missing:?}");
-    assert!(extra.is_empty(), "paths in openapi.json with no route in src/http/mod.rs: {extra:?}");
+    assert!(missing.is_empty(), "routes in src/api/http/mod.rs missing from openapi.json: {missing:?}");
+    assert!(extra.is_empty(), "paths in openapi.json with no route in src/api/http/mod.rs: {extra:?}");
 }
 
 #[test]

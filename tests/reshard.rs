@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{client, temp_dir, Shale, TestServer};
 use shale::command::Space;
+use shale::engine::store::{shard_file, Log, Store};
 use shale::placement::{shard_for, ShardId};
-use shale::store::{shard_file, Log, Store};
 use shale::Config;
 
 /// (space, key) -> (content type as stored, value bytes).
@@ -63,7 +63,7 @@ fn populate(dir: &Path, shards: u32) -> Contents {
 
 /// Reads every record of a closed data dir, checking that each sits in the shard placement says.
 fn read_all(dir: &Path, shards: u32) -> Contents {
-    let m = shale::manifest::read(dir).unwrap().expect("manifest");
+    let m = shale::ops::manifest::read(dir).unwrap().expect("manifest");
     assert_eq!(m.shards, shards, "manifest shard count");
     assert!(m.reshard.is_none(), "no resharding left pending: {:?}", m.reshard);
     let mut all = Contents::new();
@@ -154,7 +154,7 @@ fn reshard_4_to_7_to_2_keeps_every_value_in_its_place() {
 fn a_kill_at_any_step_of_a_reshard_loses_nothing() {
     let seed = temp_dir();
     let expected = populate(seed.path(), 4);
-    for (n, point) in shale::reshard::FAULT_POINTS.iter().enumerate() {
+    for (n, point) in shale::ops::reshard::FAULT_POINTS.iter().enumerate() {
         let dir = temp_dir();
         copy_dir(seed.path(), dir.path());
         let crashed =
@@ -223,7 +223,7 @@ fn a_placement_1_data_dir_is_re_placed_at_start() {
     }
     stores.into_iter().for_each(|s| s.close());
     assert!(moved > 0, "some tagged key must sit elsewhere under placement 1, or this test proves nothing");
-    let manifest = shale::manifest::path(dir.path());
+    let manifest = shale::ops::manifest::path(dir.path());
     let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     m.as_object_mut().unwrap().remove("placement");
     std::fs::write(&manifest, m.to_string()).unwrap();
@@ -242,5 +242,5 @@ fn a_placement_1_data_dir_is_re_placed_at_start() {
     server.stop();
     let all = read_all(dir.path(), shards);
     assert_eq!(all.len(), keys.len());
-    assert_eq!(shale::manifest::read(dir.path()).unwrap().unwrap().placement, shale::placement::PLACEMENT_VERSION);
+    assert_eq!(shale::ops::manifest::read(dir.path()).unwrap().unwrap().placement, shale::placement::PLACEMENT_VERSION);
 }

@@ -150,11 +150,11 @@ fn expect_all(c: &mut RespClient, cases: &[(&[&str], Resp)]) {
 
 /// A key with hash tag `{tag}` whose shard differs from `other`'s.
 fn key_on_other_shard(server: &TestServer, other: &str) -> String {
-    let router = server.router();
-    let shard = router.shard_for(other.as_bytes());
+    let node = server.node();
+    let shard = node.shard_for(other.as_bytes());
     (0..1000)
         .map(|i| format!("{{far{i}}}k"))
-        .find(|k| router.shard_for(k.as_bytes()) != shard)
+        .find(|k| node.shard_for(k.as_bytes()) != shard)
         .expect("some tag lands on another of the four shards")
 }
 
@@ -222,7 +222,7 @@ fn a_pipeline_past_the_in_flight_limit_is_answered_whole() {
     let dir = temp_dir();
     let server = TestServer::start(resp_config(dir.path()));
     let mut c = connect(&server);
-    let pings = shale::resp::conn::MAX_IN_FLIGHT + 100;
+    let pings = shale::api::resp::conn::MAX_IN_FLIGHT + 100;
     for round in 0..3 {
         let mut p = command(&["SET", "front", &format!("round{round}")]);
         (0..pings).for_each(|_| p.extend(command(&["PING"])));
@@ -535,8 +535,8 @@ fn multi_exec_is_atomic_on_one_shard() {
             (&["INCR", "{atom}n"], queued()),
         ],
     );
-    let shard = server.router().shard_for(b"{atom}a");
-    server.router().shards()[shard.0 as usize].store().inject_commit_failures(1);
+    let shard = server.node().shard_for(b"{atom}a");
+    server.node().shards()[shard.0 as usize].store().inject_commit_failures(1);
     let exec = c.cmd(&["EXEC"]);
     assert!(exec.error_text().is_some(), "EXEC over a failed commit must be an error, got {exec:?}");
     for conn in [&mut c, &mut other, &mut connect(&server)] {
@@ -575,8 +575,8 @@ fn a_failed_write_is_never_read() {
     let mut b = connect(&server);
     assert_eq!(b.cmd(&["GET", "leak"]), Resp::Nil);
 
-    let shard = server.router().shard_for(b"leak");
-    server.router().shards()[shard.0 as usize].store().inject_commit_failures(1);
+    let shard = server.node().shard_for(b"leak");
+    server.node().shards()[shard.0 as usize].store().inject_commit_failures(1);
     let mut p = command(&["SET", "leak", "uncommitted"]);
     p.extend(command(&["GET", "leak"]));
     a.send(&p);

@@ -54,9 +54,9 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The RESP listener's address (when the config turned it on, e.g. `RespPort::Any`).
     pub resp_addr: Option<SocketAddr>,
-    /// The server's router (in-process inspection and fault injection); dropped before the server stops,
-    /// because `stop` waits for the last router reference: keep no clone of it.
-    router: Option<Arc<shale::router::Router>>,
+    /// The server's node (in-process inspection and fault injection); dropped before the server stops,
+    /// because `stop` waits for the last node reference: keep no clone of it.
+    node: Option<Arc<shale::node::Node>>,
     stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -74,7 +74,7 @@ impl TestServer {
 
     /// Starts a server; `Err` carries the start-up error's message.
     pub fn try_start(config: Config, wait_ready: bool) -> Result<TestServer, String> {
-        type Started = (SocketAddr, Option<SocketAddr>, Arc<shale::router::Router>);
+        type Started = (SocketAddr, Option<SocketAddr>, Arc<shale::node::Node>);
         let (addr_tx, addr_rx) = mpsc::channel::<Result<Started, String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -93,14 +93,14 @@ impl TestServer {
                         server.stop().await;
                         return;
                     }
-                    let _ = addr_tx.send(Ok((server.addr(), server.resp_addr(), server.router().clone())));
+                    let _ = addr_tx.send(Ok((server.addr(), server.resp_addr(), server.node().clone())));
                     // Resolves on `stop()` or when the TestServer is dropped (the sender goes away).
                     let _ = stop_rx.await;
                     server.stop().await;
                 })
             })
             .expect("spawning the server thread");
-        let (addr, resp_addr, router) = match addr_rx.recv_timeout(START_TIMEOUT) {
+        let (addr, resp_addr, node) = match addr_rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(started)) => started,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -108,7 +108,7 @@ impl TestServer {
             }
             Err(e) => return Err(format!("no address from the server thread: {e}")),
         };
-        Ok(TestServer { addr, resp_addr, router: Some(router), stop_tx: Some(stop_tx), thread: Some(thread) })
+        Ok(TestServer { addr, resp_addr, node: Some(node), stop_tx: Some(stop_tx), thread: Some(thread) })
     }
 
     /// `http://addr` followed by `path` (which starts with `/`).
@@ -121,9 +121,9 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
-    /// The running server's router: its shards, their stores (fault injection) and the cache.
-    pub fn router(&self) -> &Arc<shale::router::Router> {
-        self.router.as_ref().expect("the router is kept until the server stops")
+    /// The running server's node: its shards, their stores (fault injection) and the cache.
+    pub fn node(&self) -> &Arc<shale::node::Node> {
+        self.node.as_ref().expect("the node is kept until the server stops")
     }
 
     /// Graceful stop: finish in-flight requests, commit, close every shard; returns once the thread has ended.
@@ -132,7 +132,7 @@ impl TestServer {
     }
 
     fn shutdown(&mut self) {
-        self.router = None;
+        self.node = None;
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }

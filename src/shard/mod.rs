@@ -6,9 +6,9 @@
 //! 2. Block for the first message, then take everything already queued without waiting, up to `max_batch`
 //!    requests or `max_batch_bytes` (group commit).
 //! 3. Apply the batch's writes in arrival order in ONE write transaction. The batch's changes go to the shard's
-//!    write-ahead log as one frame (see [`crate::wal`]), fdatasynced under `immediate`, only written under
+//!    write-ahead log as one frame (see [`crate::engine::wal`]), fdatasynced under `immediate`, only written under
 //!    `eventual`; the transaction may be held open for the next batches and committed with them (see
-//!    [`crate::store`]; the loop then wakes up in time to commit it). A store without a log (tests, tools)
+//!    [`crate::engine::store`]; the loop then wakes up in time to commit it). A store without a log (tests, tools)
 //!    commits each batch instead.
 //! 4. Only after the log write (or the commit): update the cache in commit order, then answer every writer. A
 //!    failed transaction answers every writer of the batch with the error, reopens the database, and changes no
@@ -25,6 +25,8 @@
 //! keeps arrival order; the worker exits only when every sender is gone and the queue is empty, so shutdown
 //! commits everything that was accepted.
 
+pub mod cache;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,14 +35,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
-use crate::backup::SnapshotRequest;
-use crate::cache::{Cache, FillRequest};
 use crate::command::{Command, Reply, Space};
 use crate::config::{Config, Durability, DEFAULT_MAX_BATCH_BYTES};
+use crate::engine::store::{CacheEffect, Log, Store};
+use crate::engine::wal::CHECKPOINT_BYTES;
 use crate::error::{Error, Result};
+use crate::ops::backup::SnapshotRequest;
 use crate::placement::ShardId;
-use crate::store::{CacheEffect, Log, Store};
-use crate::wal::CHECKPOINT_BYTES;
+use crate::shard::cache::{Cache, FillRequest};
 
 /// After a checkpoint made to free room for writes refused for lack of space failed, the time before the next.
 const NO_ROOM_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -136,7 +138,7 @@ impl Readiness {
     }
 }
 
-/// The sending side of a shard: cloneable, used by the router.
+/// The sending side of a shard: cloneable, used by the node.
 #[derive(Clone)]
 pub struct ShardHandle {
     id: ShardId,
@@ -615,7 +617,9 @@ mod tests {
         let err = handle.submit_patiently(put(), Duration::from_millis(150)).await.expect_err("queue stays full");
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(150), "gave up after {:?}", started.elapsed());
-        let crate::resp::frame::Frame::Error(text) = crate::resp::commands::error_frame(&err) else { panic!() };
+        let crate::api::resp::frame::Frame::Error(text) = crate::api::resp::commands::error_frame(&err) else {
+            panic!()
+        };
         assert!(text.starts_with("BUSY "), "{text}");
 
         // Room appears while it waits: the command is queued.
@@ -689,7 +693,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // So only the batch count can end the hold.
         let (store, handle, join) = immediate_shard(dir.path(), Some(Duration::from_secs(3600)), None);
-        for _ in 0..crate::store::HOLD_BATCHES {
+        for _ in 0..crate::engine::store::HOLD_BATCHES {
             assert!(store.get(Space::Kv, b"k").unwrap().is_none(), "committed before the hold was full");
             handle.submit(put()).unwrap().await.unwrap().unwrap();
         }

@@ -240,7 +240,7 @@ macro_rules! try_frame {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(frame) => return $crate::resp::commands::Plan::Now(frame),
+            Err(frame) => return $crate::api::resp::commands::Plan::Now(frame),
         }
     };
 }

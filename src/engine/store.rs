@@ -4,7 +4,7 @@
 //! [`Store::reopen`]), while HTTP handlers read it through short read transactions ([`Store::get`],
 //! [`Store::list`]) that never block the writer (redb MVCC).
 //!
-//! A logged store writes each batch to its [`wal`](crate::wal) before redb commits it without an fsync, and
+//! A logged store writes each batch to its [`wal`](crate::engine::wal) before redb commits it without an fsync, and
 //! fdatasyncs the frame under `DURABILITY=immediate` ([`Log::Fsynced`]) or leaves it to the page cache under
 //! `eventual` ([`Log::Written`]); [`Store::flush`] is then the checkpoint. Every open replays the log, logged or not.
 //!
@@ -26,7 +26,7 @@
 //!
 //! # Tables
 //! - `kv`, `docs`, `counters`, `buckets`: key bytes -> encoded [`Record`] (one table per [`Space`]).
-//! - `meta`: `"rev"` -> the last revision handed out in this file; `"wal_seq"`, `"wal_epoch"`: see [`crate::wal`].
+//! - `meta`: `"rev"` -> the last revision handed out in this file; `"wal_seq"`, `"wal_epoch"`: see [`crate::engine::wal`].
 //!
 //! Invariant: the database sits behind a lock only so that a failed commit can close and reopen it (redb refuses
 //! writes after a failed commit); readers hold the lock just long enough to clone the `Arc`.
@@ -43,10 +43,10 @@ use redb::{
 };
 
 use crate::command::{parse_i64_strict, Command, EtagMatch, Precondition, Reply, SetCond, Space};
+use crate::engine::wal::{self, Wal, META_WAL_SEQ};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::record::{Record, RecordView};
-use crate::wal::{self, Wal, META_WAL_SEQ};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
@@ -78,7 +78,7 @@ fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]>
 /// (BENCHMARKS.md, session 13). What a hold keeps in memory is bounded by redb's write buffer (half its cache),
 /// not by these limits; beyond it, redb writes the transaction's pages out early.
 pub const HOLD_BATCHES: u32 = 1024;
-/// ... or this many bytes of commands (the log's checkpoint comes at [`crate::wal::CHECKPOINT_BYTES`] anyway).
+/// ... or this many bytes of commands (the log's checkpoint comes at [`crate::engine::wal::CHECKPOINT_BYTES`] anyway).
 pub const HOLD_BYTES: usize = 8 << 20;
 /// ... or once it is this old (the shard thread wakes up for it when no batch comes).
 pub const HOLD_TIME: Duration = Duration::from_secs(1);
@@ -136,7 +136,7 @@ impl CacheEffect {
 /// The outcome of one command inside a batch: its reply (or its own failure) and its cache effect.
 pub type Outcome = Result<(Reply, CacheEffect)>;
 
-/// Whether and how a store logs each batch before it is answered (see [`crate::wal`]).
+/// Whether and how a store logs each batch before it is answered (see [`crate::engine::wal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Log {
     /// No log: each batch is one redb commit, fsynced or not as [`Store::apply_batch`] is asked.
@@ -721,7 +721,7 @@ impl Store {
     }
 
     /// The durable commit of [`Store::flush`] (of the held transaction, when there is one); it records that the
-    /// file holds every logged frame (even one whose write failed: see [`crate::wal`]), so the log can start over.
+    /// file holds every logged frame (even one whose write failed: see [`crate::engine::wal`]), so the log can start over.
     fn checkpoint(&self, wal: &mut Option<Wal>, held: &mut Option<Held>) -> Result<()> {
         let storage_err = storage(self.shard, "flush");
         let err = |e: redb::Error| self.write_failed(storage_err(e));
@@ -882,7 +882,7 @@ fn open_file(
 ///    as a wrong value or make a read panic (`tests/faults.rs`). The check walks the file (about 2 ms per MiB with
 ///    a warm OS cache);
 /// 3. the log is replayed into it ([`wal::recover`]);
-/// 4. the file is compacted when more than half of it is free ([`crate::backup::compact_db`]);
+/// 4. the file is compacted when more than half of it is free ([`crate::ops::backup::compact_db`]);
 /// 5. the tables are created.
 ///
 /// A file that cannot be read (a checksum failure, or a panic inside redb on a damaged page) is refused with an
@@ -921,7 +921,7 @@ fn open_checked(path: &Path, shard: ShardId, cache_size: usize) -> Result<(Datab
     tracing::info!(shard = shard.0, outcome, ms = started.elapsed().as_millis() as u64, "shard file checked");
     let (wal, _) = wal::recover(&db, path, shard, None)?;
     if existed {
-        crate::backup::compact_db(&mut db, path, shard, 0.5)?;
+        crate::ops::backup::compact_db(&mut db, path, shard, 0.5)?;
     }
     create_tables(&db, shard)?;
     tracing::debug!(shard = shard.0, path = %path.display(), ms = started.elapsed().as_millis() as u64, "shard opened");

@@ -1,6 +1,6 @@
 //! Keyspace commands: DEL, EXISTS, TYPE, DBSIZE, KEYS, SCAN, FLUSHDB, FLUSHALL.
 //!
-//! Listings use the router's k-way merge of sorted per-shard ranges, so `SCAN` returns keys in byte order, each
+//! Listings use the node's k-way merge of sorted per-shard ranges, so `SCAN` returns keys in byte order, each
 //! key present for the whole iteration exactly once. A cursor is a decimal number below 2^53 naming the last key
 //! returned (kept in [`Shared::cursors`](super::session::Shared)); a glob whose start is literal (`user:*`) scans
 //! only that prefix's range, other globs filter pages (an empty page with a non-zero cursor is legal, as in Redis).
@@ -83,9 +83,9 @@ pub fn type_of(session: &mut Session, args: &[Bytes]) -> Plan {
 
 /// `DBSIZE`: the number of `/kv` keys, from each shard's B-tree length (constant time, never a scan).
 pub fn dbsize(session: &mut Session, _args: &[Bytes]) -> Plan {
-    let router = session.shared.router.clone();
+    let node = session.shared.node.clone();
     Plan::Task(Box::pin(async move {
-        match router.count(Space::Kv).await {
+        match node.count(Space::Kv).await {
             Ok(n) => Frame::Integer(n as i64),
             Err(e) => error_frame(&e),
         }
@@ -94,14 +94,14 @@ pub fn dbsize(session: &mut Session, _args: &[Bytes]) -> Plan {
 
 /// `KEYS pattern`: every matching key, up to [`KEYS_CAP`].
 pub fn keys(session: &mut Session, args: &[Bytes]) -> Plan {
-    let router = session.shared.router.clone();
+    let node = session.shared.node.clone();
     let pattern = args[1].clone();
     Plan::Task(Box::pin(async move {
         let prefix = Bytes::copy_from_slice(literal_prefix(&pattern));
         let mut after = None;
         let mut found = Vec::new();
         loop {
-            let (page, next) = match router.list(Space::Kv, prefix.clone(), after, SCAN_MAX).await {
+            let (page, next) = match node.list(Space::Kv, prefix.clone(), after, SCAN_MAX).await {
                 Ok(p) => p,
                 Err(e) => return error_frame(&e),
             };
@@ -152,7 +152,7 @@ pub fn scan(session: &mut Session, args: &[Bytes]) -> Plan {
     let shared = session.shared.clone();
     Plan::Task(Box::pin(async move {
         let prefix = pattern.as_deref().map_or(&[][..], literal_prefix);
-        let (page, next) = match shared.router.list(Space::Kv, Bytes::copy_from_slice(prefix), after, count).await {
+        let (page, next) = match shared.node.list(Space::Kv, Bytes::copy_from_slice(prefix), after, count).await {
             Ok(p) => p,
             Err(e) => return error_frame(&e),
         };
@@ -188,11 +188,11 @@ fn flush(session: &Session, args: &[Bytes], name: &'static str, spaces: &'static
             name.to_ascii_uppercase()
         )));
     }
-    let router = session.shared.router.clone();
+    let node = session.shared.node.clone();
     Plan::Task(Box::pin(async move {
-        for shard in 0..router.shard_count() {
+        for shard in 0..node.shard_count() {
             for &space in spaces {
-                if let Err(e) = router.dispatch_to(ShardId(shard), Command::Clear { space }).await {
+                if let Err(e) = node.dispatch_to(ShardId(shard), Command::Clear { space }).await {
                     return error_frame(&e);
                 }
             }

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::command::{parse_i64_strict, Command, Reply, Space};
-use crate::store::counter_value;
+use crate::engine::store::counter_value;
 use crate::try_frame;
 
 use super::commands::{check_key, check_value, error_frame, unexpected, Plan};
@@ -41,9 +41,9 @@ pub fn doc_add(session: &mut Session, args: &[Bytes]) -> Plan {
         Ok(v) => Bytes::from(serde_json::to_vec(&v).expect("a JSON value always serializes")),
         Err(e) => return Plan::Now(Frame::error(format!("ERR the document is not JSON: {e}"))),
     };
-    let router = session.shared.router.clone();
+    let node = session.shared.node.clone();
     Plan::Task(Box::pin(async move {
-        match router.create_doc(data).await {
+        match node.create_doc(data).await {
             Ok(id) => Frame::Integer(id as i64),
             Err(e) => error_frame(&e),
         }
@@ -56,9 +56,9 @@ pub fn doc_get(session: &mut Session, args: &[Bytes]) -> Plan {
     let Some(id) = id else {
         return Plan::Now(Frame::error("ERR a document id is a positive integer"));
     };
-    let router = session.shared.router.clone();
+    let node = session.shared.node.clone();
     Plan::Task(Box::pin(async move {
-        match router.get(Space::Doc, Bytes::copy_from_slice(&id.to_be_bytes())).await {
+        match node.get(Space::Doc, Bytes::copy_from_slice(&id.to_be_bytes())).await {
             Ok(rec) => super::commands::value_frame(rec),
             Err(e) => error_frame(&e),
         }

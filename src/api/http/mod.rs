@@ -1,11 +1,11 @@
 //! The HTTP layer: routes, shared state, access control, and the JSON error body for every error, including
 //! actix's own (unknown route, wrong method, bad query).
 //!
-//! Handlers turn a request into a [`crate::command::Command`] (or a read), call the [`Router`], and turn the
+//! Handlers turn a request into a [`crate::command::Command`] (or a read), call the [`Node`], and turn the
 //! reply into a response; they hold no state of their own.
 
 pub mod admin;
-pub mod auth;
+
 pub mod counter;
 pub mod docs;
 pub mod health;
@@ -21,14 +21,15 @@ use actix_web::http::header;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::api::auth;
 use crate::config::Config;
 use crate::error::{json_body, Error};
-use crate::router::Router;
+use crate::node::Node;
 
 /// What every handler shares: built once outside the server factory, cloned into each worker's App.
 pub struct AppState {
-    /// The router to the shard workers.
-    pub router: Arc<Router>,
+    /// The node to the shard workers.
+    pub node: Arc<Node>,
     /// The server configuration (limits).
     pub config: Config,
     /// Bearer tokens.
@@ -194,7 +195,7 @@ mod tests {
     /// actix allocates each request's handler future (plus about 200 bytes of its own) in one box. Over 1032
     /// bytes, glibc serves that from its slow path, which first merges every small free chunk
     /// (`malloc_consolidate`, 1.4 % of a durable PUT's CPU when `/kv`'s future was 904 bytes, before
-    /// `Router::get` boxed its miss path and `Router::dispatch` stopped holding the command). The futures of the
+    /// `Node::get` boxed its miss path and `Node::dispatch` stopped holding the command). The futures of the
     /// busiest routes must stay well under that.
     #[test]
     fn the_busiest_handlers_futures_stay_small_enough_for_malloc_s_fast_path() {

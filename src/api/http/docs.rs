@@ -2,7 +2,7 @@
 //!
 //! A document is stored in the `docs` table of the shard that owns its id (key = the id as 8 big-endian
 //! bytes, so ids sort numerically and the highest id of a file is its last key), as compact JSON.
-//! New ids come from the router's allocator, which starts above the highest id stored anywhere (see
+//! New ids come from the node's allocator, which starts above the highest id stored anywhere (see
 //! `docs/design.md`); an allocated id is written create-only, so it can never overwrite a document.
 //!
 //! Commands (`GET /api/cmd` with Phoenix/Rails nested query parameters, or `POST /api/cmd` with JSON):
@@ -96,7 +96,7 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
         (doc.get("id").filter(|v| !v.is_null()).map(parse_id).transpose()?, data)
     };
     drop(body);
-    let router = &state.router;
+    let node = &state.node;
     match id {
         Some(id) => {
             if id > MAX_WRITABLE_DOC_ID {
@@ -104,9 +104,9 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
                     "id {id} is too large: explicit ids go up to {MAX_WRITABLE_DOC_ID} (2^53-1)"
                 )));
             }
-            router.observe_doc_id(id);
+            node.observe_doc_id(id);
             // Rewriting the same document changes nothing: answer from the committed state without a commit.
-            if router.cache().get(Space::Doc, &id.to_be_bytes()).is_some_and(|r| r.value_ref() == &data[..]) {
+            if node.cache().get(Space::Doc, &id.to_be_bytes()).is_some_and(|r| r.value_ref() == &data[..]) {
                 return Ok(doc_response(id, &data));
             }
             let cmd = Command::Put {
@@ -117,11 +117,11 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
                 precondition: Precondition::NONE,
                 skip_if_unchanged: true,
             };
-            router.dispatch(cmd).await?;
+            node.dispatch(cmd).await?;
             Ok(doc_response(id, &data))
         }
         None => {
-            let id = router.create_doc(data.clone()).await?;
+            let id = node.create_doc(data.clone()).await?;
             Ok(doc_response(id, &data))
         }
     }
@@ -134,7 +134,7 @@ pub struct IdQuery {
 }
 
 async fn load(state: &AppState, id: u64) -> Result<Option<crate::record::Record>> {
-    state.router.get(Space::Doc, doc_key(id)).await
+    state.node.get(Space::Doc, doc_key(id)).await
 }
 
 /// `GET /api?id=N` -> `{"id": N, "data": <document or null>}`.

@@ -36,9 +36,9 @@ pub async fn handle_backup(req: HttpRequest, body: web::Payload, state: web::Dat
             dir.join(format!("backup-{}", utc_stamp(std::time::SystemTime::now())))
         }
     };
-    let router = state.router.clone();
+    let node = state.node.clone();
     let data_dir = state.config.data_dir.clone();
-    let report = web::block(move || crate::backup::take(&router, &data_dir, &out))
+    let report = web::block(move || crate::ops::backup::take(&node, &data_dir, &out))
         .await
         .map_err(|e| Error::Internal(format!("backup task failed: {e}")))??;
     tracing::info!(path = %report.path, entries = report.entries, pause_ms = report.pause_ms, ms = report.ms, "backup written");

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadTransaction, ReadableTable};
 use sha2::{Digest, Sha256};
 
+use crate::engine::store::{shard_file, Store, META_REV, TABLES_BYTES, TABLE_META};
 use crate::error::{Error, Result};
-use crate::manifest::{self, Manifest};
+use crate::node::Node;
+use crate::ops::manifest::{self, Manifest};
 use crate::placement::ShardId;
-use crate::router::Router;
-use crate::store::{shard_file, Store, META_REV, TABLES_BYTES, TABLE_META};
 
 /// Name of the checksum file of a backup.
 pub const CHECKSUMS: &str = "SHA256SUMS";
@@ -160,14 +160,14 @@ pub fn check_target(out: &Path, data_dir: &Path) -> Result<()> {
 }
 
 /// Takes a consistent backup of every shard into `out` (blocking: run it off the async workers).
-pub fn take(router: &Router, data_dir: &Path, out: &Path) -> Result<BackupReport> {
+pub fn take(node: &Node, data_dir: &Path, out: &Path) -> Result<BackupReport> {
     let started = Instant::now();
     check_target(out, data_dir)?;
     let manifest = manifest::read(data_dir)
         .map_err(|e| Error::Internal(e.to_string()))?
         .ok_or_else(|| Error::Internal("the data dir has no manifest".into()))?;
 
-    let shards = router.shards();
+    let shards = node.shards();
     let rendezvous = Rendezvous::new(shards.len());
     let (tx, rx) = crossbeam_channel::bounded(shards.len());
     for shard in shards {
@@ -384,7 +384,7 @@ pub fn compact_file(path: &PathBuf, shard: ShardId, threshold: f64) -> Result<u6
     }
     let mut db = Database::create(path)
         .map_err(|e| Error::storage(&format!("shard {shard}: compaction"), redb::Error::from(e)))?;
-    crate::wal::recover(&db, path, shard, None)?;
+    crate::engine::wal::recover(&db, path, shard, None)?;
     compact_db(&mut db, path, shard, threshold)
 }
 

@@ -25,7 +25,7 @@ pub const MIN_OFFLOAD: Duration = Duration::from_millis(50);
 /// The longest window (reached when the disk is reached again and again).
 pub const MAX_OFFLOAD: Duration = Duration::from_secs(1);
 
-/// The shared policy (one per router).
+/// The shared policy (one per node).
 pub struct MissReads {
     origin: Instant,
     /// Nanoseconds after `origin` until which misses go to the pool.

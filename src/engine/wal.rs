@@ -10,7 +10,7 @@
 //! [`OP_UNSYNCED`]), and the shard fdatasyncs the whole log at least every `FLUSH_INTERVAL_MS` ([`Wal::sync`]);
 //! the checkpoint waits for [`CHECKPOINT_BYTES`] of log. The kernel keeps a frame through a crash of the
 //! process; a power loss may lose what followed the last fdatasync. Why a log at all under `eventual`: it lets
-//! redb commit once per many batches (the held transaction of [`crate::store`]) instead of once per batch, 0.89x
+//! redb commit once per many batches (the held transaction of [`crate::engine::store`]) instead of once per batch, 0.89x
 //! the CPU per PUT and 1.10x the PUT/s at -c256 (BENCHMARKS.md, session 12).
 //!
 //! # File
@@ -55,9 +55,9 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable, WriteTransaction};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::engine::store::{CacheEffect, Outcome, TABLES_BYTES, TABLE_META};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
-use crate::store::{CacheEffect, Outcome, TABLES_BYTES, TABLE_META};
 
 /// Log bytes after which the shard checkpoints (bounds replay at start-up to about this much).
 pub const CHECKPOINT_BYTES: u64 = 8 << 20;
@@ -422,7 +422,7 @@ fn apply_frame(txn: &WriteTransaction, mut p: &[u8]) -> std::result::Result<Opti
         if op[0] == OP_REV {
             let Some(rev) = take(&mut p, 8) else { return Ok(None) };
             let rev = u64::from_le_bytes(rev.try_into().expect("8 bytes"));
-            txn.open_table(TABLE_META)?.insert(crate::store::META_REV, rev)?;
+            txn.open_table(TABLE_META)?.insert(crate::engine::store::META_REV, rev)?;
             continue;
         }
         let Some(&space) = take(&mut p, 1).and_then(|s| s.first()) else { return Ok(None) };
@@ -474,7 +474,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         let held = meta.get(META_WAL_SEQ).map_err(|e| err(e.into()))?.map(|g| g.value()).unwrap_or(0);
         match epoch {
             Some(epoch) => (epoch, held, false),
-            None => (xxh3_64(crate::manifest::new_node_id().as_bytes()), held, true),
+            None => (xxh3_64(crate::ops::manifest::new_node_id().as_bytes()), held, true),
         }
     };
     let (found, stop) = if new_epoch { (Vec::new(), 0) } else { frames(&data, epoch) };

@@ -1,7 +1,7 @@
 //! What one RESP connection remembers between commands, and what all connections share.
 //!
 //! A [`Session`] is owned by its connection task alone: handlers get `&mut Session` and never lock. The
-//! [`Shared`] part (router, configuration, tokens, SCAN cursors, client counters) is behind an `Arc`.
+//! [`Shared`] part (node, configuration, tokens, SCAN cursors, client counters) is behind an `Arc`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::api::auth::{Access, Tokens};
 use crate::config::Config;
-use crate::http::auth::{Access, Tokens};
+use crate::node::Node;
 use crate::placement::ShardId;
-use crate::router::Router;
 
 use super::frame::{Frame, Proto};
 use super::parse::Kind;
@@ -31,8 +31,8 @@ pub struct ScanCursor {
 
 /// State shared by every RESP connection.
 pub struct Shared {
-    /// The one data path (same router, shards and cache as HTTP).
-    pub router: Arc<Router>,
+    /// The one data path (same node, shards and cache as HTTP).
+    pub node: Arc<Node>,
     /// The server's configuration.
     pub config: Config,
     /// Bearer tokens; `AUTH` presents one.
@@ -51,15 +51,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared state over `router`.
-    pub fn new(router: Arc<Router>, config: Config, port: u16) -> Shared {
+    /// Shared state over `node`.
+    pub fn new(node: Arc<Node>, config: Config, port: u16) -> Shared {
         let tokens = Tokens::new(&config.auth_token, &config.auth_read_token);
         let cursors = quick_cache::sync::Cache::new(MAX_CURSORS as usize);
         // Cursor ids start at a process-specific offset, so a cursor from before a restart is (almost surely)
         // unknown rather than silently resuming somewhere else.
         let seed = u64::from(std::process::id()) << 20 ^ started_nanos();
         Shared {
-            router,
+            node,
             config,
             tokens,
             cursors,
@@ -147,9 +147,9 @@ impl Session {
         }
     }
 
-    /// The router.
-    pub fn router(&self) -> &Router {
-        &self.shared.router
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.shared.node
     }
 
     /// Whether the connection may run commands beyond `AUTH`/`HELLO`/`QUIT`.

@@ -26,9 +26,9 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::api::auth::Access;
 use crate::command::{Command, Reply};
 use crate::error::Error;
-use crate::http::auth::Access;
 
 use super::commands::{error_frame, lookup, Plan, Spec, NOAUTH, NO_MULTI, WRITE};
 use super::dboutique;
@@ -72,7 +72,7 @@ pub async fn serve<S>(mut stream: S, shared: Arc<Shared>, mut shutdown: watch::R
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let shards = shared.router.shard_count() as usize;
+    let shards = shared.node.shard_count() as usize;
     let mut conn = Conn {
         session: Session::new(shared),
         issued: vec![0; shards],
@@ -281,10 +281,10 @@ impl Conn {
 
     /// Checks that every key of a queued command lives on the transaction's shard.
     fn same_shard(&mut self, spec: &Spec, args: &[Bytes]) -> Result<(), Frame> {
-        let router = self.session.shared.router.clone();
+        let node = self.session.shared.node.clone();
         let multi: &mut Multi = self.session.multi.as_mut().expect("inside MULTI");
         for key in spec.keys(args) {
-            let shard = router.shard_for(key);
+            let shard = node.shard_for(key);
             match multi.shard {
                 None => multi.shard = Some(shard),
                 Some(s) if s == shard => {}
@@ -318,7 +318,7 @@ impl Conn {
         if batch.is_empty() {
             return ready(Frame::Array(frames.into_iter().flatten().collect()));
         }
-        let shard = self.session.shared.router.shard_for(batch[0].key());
+        let shard = self.session.shared.node.shard_for(batch[0].key());
         let wait = self.send(shard.0 as usize, Command::Batch(batch), true).await;
         Step::Reply(
             async move {
@@ -375,12 +375,12 @@ impl Conn {
 
     /// Starts one shard command; the returned future is its outcome.
     async fn dispatch(&mut self, cmd: Command) -> Wait {
-        let router = &self.session.shared.router;
-        let shard = router.shard_for(cmd.key()).0 as usize;
+        let node = &self.session.shared.node;
+        let shard = node.shard_for(cmd.key()).0 as usize;
         if let Command::Read { space, key } = &cmd {
             // No write of ours in flight there: the cache holds only committed records, newest first.
             if self.issued[shard] == self.done[shard].load(Ordering::Acquire) {
-                if let Some(rec) = router.cache().get(*space, key) {
+                if let Some(rec) = node.cache().get(*space, key) {
                     return Wait::Ready(Ok(Reply::Value(Some(rec))));
                 }
             }
@@ -391,7 +391,7 @@ impl Conn {
 
     /// Queues `cmd` on `shard` (waiting for room), counting it as a write in flight when `write`.
     async fn send(&mut self, shard: usize, cmd: Command, write: bool) -> Wait {
-        let handle = &self.session.shared.router.shards()[shard];
+        let handle = &self.session.shared.node.shards()[shard];
         let rx = match handle.submit_patiently(cmd, QUEUE_PATIENCE).await {
             Ok(rx) => rx,
             Err(e) => return Wait::Ready(Err(e)),

@@ -1,5 +1,5 @@
 //! The Redis-protocol listener: RESP2, RESP3 and inline commands on their own port (`RESP_PORT`, default 6380),
-//! served by the same router, shard workers and cache as HTTP.
+//! served by the same node, shard workers and cache as HTTP.
 //!
 //! Read along the data path: [`parse`] (bytes -> requests, with Redis's limits) -> [`conn`] (one task per
 //! connection: eager dispatch, ordered replies, read-your-writes, MULTI) -> [`commands`] (the one static table)
@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::config::{Config, RespPort};
-use crate::router::Router;
+use crate::node::Node;
 
 use session::Shared;
 
@@ -67,10 +67,10 @@ impl RespServer {
     }
 
     /// Serves the bound `listener` on a new thread, with TLS when `config` has a certificate.
-    pub fn start(listener: std::net::TcpListener, config: &Config, router: Arc<Router>) -> std::io::Result<RespServer> {
+    pub fn start(listener: std::net::TcpListener, config: &Config, node: Arc<Node>) -> std::io::Result<RespServer> {
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
-                let tls = crate::tls::server_config(cert, key).map_err(std::io::Error::other)?;
+                let tls = crate::api::tls::server_config(cert, key).map_err(std::io::Error::other)?;
                 Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
             }
             _ => None,
@@ -83,7 +83,7 @@ impl RespServer {
             .thread_name("resp")
             .enable_all()
             .build()?;
-        let shared = Arc::new(Shared::new(router, config.clone(), addr.port()));
+        let shared = Arc::new(Shared::new(node, config.clone(), addr.port()));
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new().name("resp-listener".into()).spawn(move || {
             runtime.block_on(accept_loop(listener, shared, tls, stopped));

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use super::kv::read_body;
 use super::AppState;
 use crate::command::{Command, Space};
+use crate::engine::store::counter_value;
 use crate::error::{Error, Result};
-use crate::store::counter_value;
 
 /// Longest accepted increment body (an i64 with sign and surrounding whitespace fits easily).
 const MAX_DELTA_BODY: usize = 64;
@@ -49,7 +49,7 @@ pub async fn handle_add(req: HttpRequest, body: web::Payload, state: web::Data<A
         e => e,
     })?;
     let delta = parse_delta(&body)?;
-    state.router.dispatch(Command::CounterAdd { name, delta }).await?;
+    state.node.dispatch(Command::CounterAdd { name, delta }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -57,7 +57,7 @@ pub async fn handle_add(req: HttpRequest, body: web::Payload, state: web::Data<A
 /// On a single node both read the same committed value.
 pub async fn handle_value(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let name = counter_name(&req, state.config.max_key_bytes)?;
-    let value = match state.router.get(Space::Counter, name).await? {
+    let value = match state.node.get(Space::Counter, name).await? {
         None => 0,
         Some(rec) => counter_value(&rec).ok_or_else(|| Error::Internal("damaged counter record".into()))?,
     };

@@ -2,7 +2,7 @@
 //!
 //! `DATA_DIR/manifest.json` is written once when a data dir is created (temp file, fsync, rename, fsync of the
 //! dir) and read at every start. The shard count is on-disk layout: a start with a different `SHARD_LIMIT` is
-//! refused with both numbers, so data is never hidden in a shard the router no longer reads.
+//! refused with both numbers, so data is never hidden in a shard the node no longer reads.
 
 use std::fs;
 use std::io::Write;

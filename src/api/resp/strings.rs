@@ -126,7 +126,7 @@ pub fn mset(session: &mut Session, args: &[Bytes]) -> Plan {
         try_frame!(check_key(session, &pair[0]));
         try_frame!(check_value(session, &pair[1]));
         let set = Command::Set { key: pair[0].clone(), value: pair[1].clone(), cond: SetCond::Always, get_old: false };
-        by_shard.entry(session.router().shard_for(&pair[0]).0).or_default().push(set);
+        by_shard.entry(session.node().shard_for(&pair[0]).0).or_default().push(set);
     }
     let cmds = by_shard.into_values().map(Command::Batch).collect();
     Plan::Ops(cmds, Box::new(|outs| first_error(outs).unwrap_or_else(Frame::ok)))

@@ -1,13 +1,13 @@
-//! Router plus shard workers, without HTTP: what a handler costs below actix.
+//! Node plus shard workers, without HTTP: what a handler costs below actix.
 //!
-//! The rig is built the way `src/server.rs` builds it (`Store::open` per shard, `shard::spawn`, `Router::new`),
+//! The rig is built the way `src/server.rs` builds it (`Store::open` per shard, `shard::spawn`, `Node::new`),
 //! with durable (`immediate`) commits, and driven from a 2-thread tokio runtime (standing in for 2 actix workers).
 //!
-//! - `router/put_durable/shards{1,2,4}/inflight{1,64}`: tasks that each `dispatch` puts of 32-byte values to
+//! - `node/put_durable/shards{1,2,4}/inflight{1,64}`: tasks that each `dispatch` puts of 32-byte values to
 //!   random keys back to back, so `inflight` puts are always waiting. With 64 in flight the shard workers batch
 //!   them (group commit), and more shards commit in parallel.
-//! - `router/get_cached/shards4/inflight64`: `Router::get` of preloaded keys, all served by the read cache.
-//! - `router/get_miss/shards4/inflight64`: the same with a 64 KiB cache, so nearly every get reads the file (on
+//! - `node/get_cached/shards4/inflight64`: `Node::get` of preloaded keys, all served by the read cache.
+//! - `node/get_miss/shards4/inflight64`: the same with a 64 KiB cache, so nearly every get reads the file (on
 //!   the calling thread while that stays off the disk: `src/miss_reads.rs`).
 //!
 //! The data dir is a fresh temp dir inside `SHALE_BENCH_DIR` when set, else inside the system temp dir. Keys come
@@ -20,12 +20,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use shale::cache::Cache;
 use shale::command::{Reply, Space};
+use shale::engine::store::{shard_file, Log, Store};
+use shale::node::Node;
 use shale::placement::ShardId;
-use shale::router::Router;
+use shale::shard::cache::Cache;
 use shale::shard::{self, Readiness, ShardOptions};
-use shale::store::{shard_file, Log, Store};
 use shale::Config;
 
 use common::{key_of, put, temp_dir, XorShift};
@@ -38,9 +38,9 @@ const CACHE_BYTES: u64 = 64 << 20;
 /// The cache of the miss bench: room for a few hundred of the preloaded entries.
 const MISS_CACHE_BYTES: u64 = 64 << 10;
 
-/// Shards, their worker threads and the router over them, on a fresh data dir.
+/// Shards, their worker threads and the node over them, on a fresh data dir.
 struct Rig {
-    router: Arc<Router>,
+    node: Arc<Node>,
     workers: Vec<JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
@@ -71,14 +71,14 @@ impl Rig {
             assert!(Instant::now() < deadline, "shards not ready: {:?}", readiness.check());
             std::thread::sleep(Duration::from_millis(1));
         }
-        let router = Arc::new(Router::new(handles, cache, readiness, 1));
-        Rig { router, workers, _dir: dir }
+        let node = Arc::new(Node::new(handles, cache, readiness, 1));
+        Rig { node, workers, _dir: dir }
     }
 
     /// Drops the last shard senders, so every worker commits its queue, closes its file and exits.
     fn stop(self) {
-        let Rig { router, workers, _dir } = self;
-        drop(Arc::into_inner(router).expect("no task still holds the router"));
+        let Rig { node, workers, _dir } = self;
+        drop(Arc::into_inner(node).expect("no task still holds the node"));
         for w in workers {
             w.join().expect("shard worker exits cleanly");
         }
@@ -86,20 +86,20 @@ impl Rig {
 }
 
 /// Runs `inflight` tasks that each do `per_task` operations back to back; returns the wall time.
-fn drive<F, Fut>(rt: &tokio::runtime::Runtime, router: &Arc<Router>, inflight: u64, per_task: u64, op: F) -> Duration
+fn drive<F, Fut>(rt: &tokio::runtime::Runtime, node: &Arc<Node>, inflight: u64, per_task: u64, op: F) -> Duration
 where
-    F: Fn(Arc<Router>, u64) -> Fut + Copy + Send + 'static,
+    F: Fn(Arc<Node>, u64) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     rt.block_on(async move {
         let started = Instant::now();
         let tasks: Vec<_> = (0..inflight)
             .map(|task| {
-                let router = router.clone();
+                let node = node.clone();
                 tokio::spawn(async move {
                     let mut rng = XorShift::new(task);
                     for _ in 0..per_task {
-                        op(router.clone(), rng.next()).await;
+                        op(node.clone(), rng.next()).await;
                     }
                 })
             })
@@ -111,36 +111,36 @@ where
     })
 }
 
-async fn put_random(router: Arc<Router>, r: u64) {
-    let reply = router.dispatch(put(key_of(r % KEY_SPACE))).await.expect("put");
+async fn put_random(node: Arc<Node>, r: u64) {
+    let reply = node.dispatch(put(key_of(r % KEY_SPACE))).await.expect("put");
     assert!(matches!(reply, Reply::Stored { .. }));
 }
 
-async fn get_preloaded(router: Arc<Router>, r: u64) {
-    let rec = router.get(Space::Kv, key_of(r % PRELOAD)).await.expect("get");
+async fn get_preloaded(node: Arc<Node>, r: u64) {
+    let rec = node.get(Space::Kv, key_of(r % PRELOAD)).await.expect("get");
     assert!(rec.is_some(), "preloaded key is present");
 }
 
 fn bench_router(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
 
-    let mut group = c.benchmark_group("router/put_durable");
+    let mut group = c.benchmark_group("node/put_durable");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     for shards in [1u32, 2, 4] {
         let rig = Rig::start(shards, CACHE_BYTES);
         for inflight in [1u64, 64] {
             group.throughput(Throughput::Elements(inflight));
             let id = BenchmarkId::new(format!("shards{shards}"), format!("inflight{inflight}"));
-            group.bench_function(id, |b| b.iter_custom(|iters| drive(&rt, &rig.router, inflight, iters, put_random)));
+            group.bench_function(id, |b| b.iter_custom(|iters| drive(&rt, &rig.node, inflight, iters, put_random)));
         }
         rig.stop();
     }
     group.finish();
 
-    for (name, cache_bytes) in [("router/get_cached", CACHE_BYTES), ("router/get_miss", MISS_CACHE_BYTES)] {
+    for (name, cache_bytes) in [("node/get_cached", CACHE_BYTES), ("node/get_miss", MISS_CACHE_BYTES)] {
         let rig = Rig::start(4, cache_bytes);
-        preload(&rt, &rig.router);
-        let cached = rig.router.cache().entry_count();
+        preload(&rt, &rig.node);
+        let cached = rig.node.cache().entry_count();
         if cache_bytes == CACHE_BYTES {
             assert_eq!(cached, PRELOAD, "every preloaded key is cached");
         } else {
@@ -150,7 +150,7 @@ fn bench_router(c: &mut Criterion) {
         group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
         group.throughput(Throughput::Elements(64));
         group.bench_function("shards4/inflight64", |b| {
-            b.iter_custom(|iters| drive(&rt, &rig.router, 64, iters, get_preloaded))
+            b.iter_custom(|iters| drive(&rt, &rig.node, 64, iters, get_preloaded))
         });
         group.finish();
         rig.stop();
@@ -158,14 +158,14 @@ fn bench_router(c: &mut Criterion) {
 }
 
 /// Puts keys `0..PRELOAD` from 64 tasks.
-fn preload(rt: &tokio::runtime::Runtime, router: &Arc<Router>) {
+fn preload(rt: &tokio::runtime::Runtime, node: &Arc<Node>) {
     rt.block_on(async {
         let tasks: Vec<_> = (0..64u64)
             .map(|t| {
-                let router = router.clone();
+                let node = node.clone();
                 tokio::spawn(async move {
                     for i in (t..PRELOAD).step_by(64) {
-                        router.dispatch(put(key_of(i))).await.expect("preload");
+                        node.dispatch(put(key_of(i))).await.expect("preload");
                     }
                 })
             })

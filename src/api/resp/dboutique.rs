@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::command::{Command, Precondition, SetCond, Space};
 use crate::error::Error;
-use crate::router::Router;
+use crate::node::Node;
 use crate::try_frame;
 
 use super::commands::{check_key, check_value, error_frame, Plan};
@@ -96,12 +96,12 @@ fn bucket_key(bucket: &[u8], key: &[u8]) -> Bytes {
 }
 
 /// Whether `bucket` exists: created, or holding at least one key.
-async fn bucket_exists(router: &Router, bucket: &Bytes) -> Result<bool, Error> {
-    if router.get(Space::Bucket, bucket.clone()).await?.is_some() {
+async fn bucket_exists(node: &Node, bucket: &Bytes) -> Result<bool, Error> {
+    if node.get(Space::Bucket, bucket.clone()).await?.is_some() {
         return Ok(true);
     }
     let prefix = bucket_key(bucket, b"");
-    let (keys, _) = router.list(Space::Kv, prefix, None, 1).await?;
+    let (keys, _) = node.list(Space::Kv, prefix, None, 1).await?;
     Ok(!keys.is_empty())
 }
 
@@ -133,20 +133,20 @@ pub fn create(session: &mut Session, args: &[Bytes]) -> Plan {
 }
 
 /// Plans a verb on `bucket/key`: checks the names, then (as a task) answers `NOT FOUND` unless the bucket exists,
-/// else runs `verb` with the router, the key and how to answer.
+/// else runs `verb` with the node, the key and how to answer.
 fn in_bucket<F, Fut>(session: &Session, args: &[Bytes], verb: F) -> Plan
 where
-    F: FnOnce(Arc<Router>, Bytes, Style) -> Fut + Send + 'static,
+    F: FnOnce(Arc<Node>, Bytes, Style) -> Fut + Send + 'static,
     Fut: Future<Output = Frame> + Send + 'static,
 {
     let key = bucket_key(&args[1], &args[2]);
     try_frame!(check_bucket(session, &args[1]));
     try_frame!(check_key(session, &key));
     let style = Style(session.request_kind);
-    let (router, bucket) = (session.shared.router.clone(), args[1].clone());
+    let (node, bucket) = (session.shared.node.clone(), args[1].clone());
     Plan::Task(Box::pin(async move {
-        match bucket_exists(&router, &bucket).await {
-            Ok(true) => verb(router, key, style).await,
+        match bucket_exists(&node, &bucket).await {
+            Ok(true) => verb(node, key, style).await,
             Ok(false) => style.not_found(&bucket),
             Err(e) => style.error(&e),
         }
@@ -157,8 +157,8 @@ where
 pub fn put(session: &mut Session, args: &[Bytes]) -> Plan {
     try_frame!(check_value(session, &args[3]));
     let value = args[3].clone();
-    in_bucket(session, args, |router, key, style| async move {
-        match router.dispatch(Command::Set { key, value, cond: SetCond::Always, get_old: false }).await {
+    in_bucket(session, args, |node, key, style| async move {
+        match node.dispatch(Command::Set { key, value, cond: SetCond::Always, get_old: false }).await {
             Ok(_) => style.ok(),
             Err(e) => style.error(&e),
         }
@@ -167,8 +167,8 @@ pub fn put(session: &mut Session, args: &[Bytes]) -> Plan {
 
 /// `GET bucket key` (three words; `GET key` is Redis's GET).
 pub fn get(session: &mut Session, args: &[Bytes]) -> Plan {
-    in_bucket(session, args, |router, key, style| async move {
-        match router.get(Space::Kv, key).await {
+    in_bucket(session, args, |node, key, style| async move {
+        match node.get(Space::Kv, key).await {
             Ok(rec) => style.value(rec.map(|r| r.value())),
             Err(e) => style.error(&e),
         }
@@ -177,9 +177,9 @@ pub fn get(session: &mut Session, args: &[Bytes]) -> Plan {
 
 /// `DELETE bucket key` (`OK` whether or not the key existed, as D-Boutique).
 pub fn delete(session: &mut Session, args: &[Bytes]) -> Plan {
-    in_bucket(session, args, |router, key, style| async move {
+    in_bucket(session, args, |node, key, style| async move {
         let cmd = Command::Delete { space: Space::Kv, key, precondition: Precondition::NONE };
-        match router.dispatch(cmd).await {
+        match node.dispatch(cmd).await {
             Ok(_) | Err(Error::NotFound(_)) => style.ok(),
             Err(e) => style.error(&e),
         }

@@ -1,4 +1,4 @@
-//! `/kv/{key}` and `/kv?prefix=` handlers: request -> [`Command`] or read -> [`Router`](crate::router::Router) -> response.
+//! `/kv/{key}` and `/kv?prefix=` handlers: request -> [`Command`] or read -> [`Node`](crate::node::Node) -> response.
 //!
 //! The key is taken from the raw request path and percent-decoded here (so `a%2Fb` and `a/b` are the same
 //! key, and `+` stays a plus); it must be 1..=MAX_KEY_BYTES bytes of UTF-8.
@@ -116,7 +116,7 @@ pub async fn handle_key(req: HttpRequest, body: web::Payload, state: web::Data<A
 /// `GET` / `HEAD /kv/{key}`: the value with its Content-Type and ETag; 304 on a matching If-None-Match.
 pub async fn handle_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let key = kv_key(&req, state.config.max_key_bytes)?;
-    let Some(rec) = state.router.get(Space::Kv, key).await? else {
+    let Some(rec) = state.node.get(Space::Kv, key).await? else {
         return Err(Error::NotFound("key not found".into()));
     };
     let etag = rec.etag();
@@ -144,7 +144,7 @@ pub async fn handle_put(req: HttpRequest, body: web::Payload, state: web::Data<A
     };
     let value = read_body(&req, body, state.config.max_value_bytes).await?;
     let cmd = Command::Put { space: Space::Kv, key, value, content_type, precondition, skip_if_unchanged: false };
-    match state.router.dispatch(cmd).await? {
+    match state.node.dispatch(cmd).await? {
         Reply::Stored { created, rev } => {
             let mut res = if created { HttpResponse::Created() } else { HttpResponse::NoContent() };
             Ok(res.insert_header((header::ETAG, etag_of(rev))).finish())
@@ -157,7 +157,7 @@ pub async fn handle_put(req: HttpRequest, body: web::Payload, state: web::Data<A
 pub async fn handle_delete(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let key = kv_key(&req, state.config.max_key_bytes)?;
     let precondition = write_precondition(&req)?;
-    match state.router.dispatch(Command::Delete { space: Space::Kv, key, precondition }).await? {
+    match state.node.dispatch(Command::Delete { space: Space::Kv, key, precondition }).await? {
         Reply::Deleted => Ok(HttpResponse::NoContent().finish()),
         other => Err(Error::Internal(format!("unexpected reply to a delete: {other:?}"))),
     }
@@ -186,7 +186,7 @@ pub async fn handle_list(query: web::Query<ListQuery>, state: web::Data<AppState
     };
     let prefix = Bytes::from(query.prefix.clone().unwrap_or_default());
     let after = query.after.clone().filter(|a| !a.is_empty()).map(Bytes::from);
-    let (keys, next) = state.router.list(Space::Kv, prefix, after, limit).await?;
+    let (keys, next) = state.node.list(Space::Kv, prefix, after, limit).await?;
     let text = |k: &Bytes| String::from_utf8_lossy(k).into_owned();
     let body = serde_json::json!({
         "keys": keys.iter().map(text).collect::<Vec<_>>(),

@@ -18,10 +18,10 @@ use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use crate::engine::store::{shard_file, TABLES_BYTES, TABLE_META};
 use crate::fault;
-use crate::manifest::{self, Manifest, ReshardPlan, ReshardState};
+use crate::ops::manifest::{self, Manifest, ReshardPlan, ReshardState};
 use crate::placement::{shard_for, ShardId, PLACEMENT_VERSION};
-use crate::store::{shard_file, TABLES_BYTES, TABLE_META};
 
 const STAGING: &str = "reshard.staging";
 const OLD: &str = "reshard.old";
@@ -124,7 +124,7 @@ fn copy(data_dir: &Path, from: u32, staging: &Path, to: u32) -> Result<u64, Resh
     // `immediate`): replay them first. The new files start with fresh logs (their meta has no log epoch).
     for (i, db) in olds.iter().enumerate() {
         let path = shard_file(data_dir, ShardId(i as u32));
-        crate::wal::recover(db, &path, ShardId(i as u32), None).map_err(|e| fail(&path, e))?;
+        crate::engine::wal::recover(db, &path, ShardId(i as u32), None).map_err(|e| fail(&path, e))?;
     }
     let news = (0..to).map(|i| open(shard_file(staging, ShardId(i)))).collect::<Result<Vec<_>, _>>()?;
 
@@ -236,8 +236,8 @@ fn switch(data_dir: &Path, mut m: Manifest) -> Result<Manifest, ReshardError> {
         for i in 0..m.shards {
             rename(&shard_file(data_dir, ShardId(i)), &shard_file(&old, ShardId(i)))?;
             // Its log was replayed into it before the copy; it goes with it (a new file never reads it anyway).
-            let log = crate::wal::path_for(&shard_file(data_dir, ShardId(i)));
-            rename(&log, &crate::wal::path_for(&shard_file(&old, ShardId(i))))?;
+            let log = crate::engine::wal::path_for(&shard_file(data_dir, ShardId(i)));
+            rename(&log, &crate::engine::wal::path_for(&shard_file(&old, ShardId(i))))?;
             if i == 0 {
                 fault::point("reshard-moving-old");
             }

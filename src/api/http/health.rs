@@ -11,7 +11,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// `GET /readyz` -> 200 `ok` once every shard finished its warm-up, 503 `not ready` before (and when stopping).
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    match state.router.readiness().check() {
+    match state.node.readiness().check() {
         Ok(()) => HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok\n"),
         Err(why) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")
@@ -23,8 +23,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /metrics` -> Prometheus text exposition (read access when tokens are configured).
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let router = state.router.clone();
-    let text = web::block(move || crate::metrics::render(&router)).await.unwrap_or_default();
+    let node = state.node.clone();
+    let text = web::block(move || crate::metrics::render(&node)).await.unwrap_or_default();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
 }
 

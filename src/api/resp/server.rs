@@ -224,7 +224,7 @@ pub fn info(session: &mut Session, args: &[Bytes]) -> Plan {
     let wanted: Vec<Vec<u8>> = args[1..].iter().map(|a| a.to_ascii_lowercase()).collect();
     let shared = session.shared.clone();
     Plan::Task(Box::pin(async move {
-        let keys = match shared.router.count(Space::Kv).await {
+        let keys = match shared.node.count(Space::Kv).await {
             Ok(n) => n,
             Err(e) => return error_frame(&e),
         };
@@ -262,7 +262,7 @@ pub fn info(session: &mut Session, args: &[Bytes]) -> Plan {
             };
             text += &format!(
                 "# Persistence\r\nloading:0\r\naof_enabled:1\r\nshale_durability:{durability}\r\nshale_shards:{}\r\n\r\n",
-                shared.router.shard_count()
+                shared.node.shard_count()
             );
         }
         if show("keyspace") {

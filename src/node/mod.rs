@@ -1,7 +1,9 @@
-//! The router: key -> shard, write dispatch, cached reads, and listings merged across shards.
+//! The node: key -> shard, write dispatch, cached reads, and listings merged across shards.
 //!
 //! It is the one entry point of every protocol (HTTP today, RESP and cluster calls later): they build a
-//! [`Command`] and call [`Router::dispatch`], or read with [`Router::get`] / [`Router::list`].
+//! [`Command`] and call [`Node::dispatch`], or read with [`Node::get`] / [`Node::list`].
+
+pub mod miss_reads;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -11,19 +13,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::cache::Cache;
 use crate::command::{Command, EtagMatch, Precondition, Reply, Space};
 use crate::error::{Error, Result};
-use crate::miss_reads::MissReads;
+use crate::node::miss_reads::MissReads;
 use crate::placement::{shard_for, ShardId};
 use crate::record::Record;
+use crate::shard::cache::Cache;
 use crate::shard::{Readiness, ShardHandle};
 
 /// How long a cache miss that must be read by its shard waits for room in the shard's queue before 503.
 const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Routes commands to shards. Shared by every HTTP worker behind an `Arc`.
-pub struct Router {
+pub struct Node {
     shards: Vec<ShardHandle>,
     cache: Cache,
     readiness: Arc<Readiness>,
@@ -39,11 +41,11 @@ pub struct Router {
     miss_reads: MissReads,
 }
 
-impl Router {
-    /// A router over running shards. Build it after the metrics recorder is installed (`metrics::init`), or its
+impl Node {
+    /// A node over running shards. Build it after the metrics recorder is installed (`metrics::init`), or its
     /// counters record nowhere.
-    pub fn new(shards: Vec<ShardHandle>, cache: Cache, readiness: Arc<Readiness>, next_doc_id: u64) -> Router {
-        Router {
+    pub fn new(shards: Vec<ShardHandle>, cache: Cache, readiness: Arc<Readiness>, next_doc_id: u64) -> Node {
+        Node {
             shards,
             cache,
             readiness,
@@ -95,7 +97,7 @@ impl Router {
     }
 
     /// Sends a command to shard `shard` (a [`Command::Clear`], which has no key) and waits for its outcome. Queued
-    /// at the call, as [`Router::dispatch`].
+    /// at the call, as [`Node::dispatch`].
     pub fn dispatch_to(&self, shard: ShardId, cmd: Command) -> impl Future<Output = Result<Reply>> + use<> {
         let submitted = match self.shards.get(shard.0 as usize) {
             Some(handle) => handle.submit(cmd),
@@ -132,7 +134,7 @@ impl Router {
         Box::pin(self.get_miss(space, key)).await
     }
 
-    /// [`Router::get`] after a cache miss.
+    /// [`Node::get`] after a cache miss.
     async fn get_miss(&self, space: Space, key: Bytes) -> Result<Option<Record>> {
         let shard = self.shard(&key).clone();
         if shard.store().pending() {
