@@ -2,7 +2,7 @@
 //!
 //! - `GET /kv/{key}`: a fixed 32-byte body (the cost of actix plus the network).
 //! - `GET /kvm/{key}`: the value of `key` from a `moka::sync::Cache` pre-filled with `--keys` keys `k0..k{N-1}` of
-//!   32 bytes (the same keys `scripts/bench.sh` preloads into shale), 404 when absent.
+//!   32 bytes (the same keys `scripts/bench-compare.sh` preloads into shale), 404 when absent.
 //! - `PUT /kv/{key}` (and `/kvm/{key}`): reads the body, answers 204 without storing anything.
 //! - `PUT /kvd/{key}` (with `--log-dir`): the durable ceiling. The key and body go to one of `--log-writers`
 //!   threads (by key), which drains everything queued, writes it to its log file with one `pwrite` and one

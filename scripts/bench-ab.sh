@@ -35,7 +35,6 @@ if [[ -z "${AFTER_BIN:-}" ]]; then
     AFTER_BIN=$SHALE_BIN
 fi
 write_lua
-TICK=$(getconf CLK_TCK)
 
 declare -A ADDR_OF=() PID_OF=() RESP_OF=()
 for side in before after; do
@@ -50,8 +49,6 @@ for side in before after; do
     log "$side: $bin on $ADDR (RESP $port); loading $KEYS keys"
     shale_load "$ADDR" "$KEYS" 32
 done
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # evict DIR MS SECONDS: drops DIR's shard files from the page cache every MS ms for SECONDS s (in the background).
 evict() {
@@ -100,7 +97,7 @@ run_case() {
         wait "$EVICTOR" || true
         log "$side $case: $(($(shale_metric "$addr" shale_cache_miss_reads_total 'path="pool"') - pool0)) misses read on the pool"
     fi
-    echo "$rps $p50 $p99 $(awk -v d=$((t1 - t0)) -v tick="$TICK" -v rps="$rps" -v s="$SECONDS_PER_RUN" -v n="$RESP_N" \
+    echo "$rps $p50 $p99 $(awk -v d=$((t1 - t0)) -v tick="$CLK_TCK" -v rps="$rps" -v s="$SECONDS_PER_RUN" -v n="$RESP_N" \
         -v resp="${case%%-*}" 'BEGIN { reqs = (resp == "set") ? n : rps * s; printf "%.1f", d * 1e6 / tick / reqs }')"
 }
 

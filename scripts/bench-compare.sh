@@ -21,14 +21,20 @@
 #   GET  -c256   cached GET (shale uncached: the data set is 4x its cache budget)
 #   PUT  -c256   PUT replacing a preloaded key
 #   GET  -c64, PUT -c64   the same at 64 connections, for the latency targets
+#   MIX  -c256 and -c64   with BENCH_MIX=1 only: 90 % GET / 10 % PUT on the ceiling (moka GET, PUT /kv) and on
+#                         shale immediate and eventual
 # HTTP systems with wrk -t2; Redis with redis-benchmark --threads 2 -P 1 at the same connection counts, -n sized
 # to last about BENCH_SECONDS. Runs are interleaved (run 1 of every system and load, then run 2, ...) so a
-# background load disturbs all alike; the table shows medians of BENCH_RUNS runs.
+# background load disturbs all alike; the table shows medians of BENCH_RUNS runs. Besides req/s and latency it
+# shows the server's CPU time per request: user + system time of the server process over the run (from
+# /proc/PID/stat) divided by the requests answered. On a machine shared with other work, or where the load
+# generator itself saturates the cores, that is the steadier measure of cost.
+# With NO_ETCD=1 NO_REDIS=1 BENCH_RESP=0 it is shale against the ceiling alone.
 #
 # Environment: BENCH_SECONDS (10), BENCH_RUNS (3), BENCH_KEYS (100000), SHALE_BIN / CEILING_BIN (prebuilt
-# binaries; default: build release from this tree), NO_ETCD=1 (skip etcd), NO_REDIS=1 (skip Redis),
-# BENCH_RESP=0|only and BENCH_RESP_N (the RESP section at the end: redis-benchmark against Redis and shale's RESP
-# port; see resp_section below).
+# binaries; default: build release from this tree), NO_ETCD=1 (skip etcd), NO_REDIS=1 (skip Redis), BENCH_MIX=1
+# (add the MIX rows), BENCH_RESP=0|only and BENCH_RESP_N (the RESP section at the end: redis-benchmark against
+# Redis and shale's RESP port; see resp_section below).
 set -euo pipefail
 
 # shellcheck source=scripts/lib/bench.sh
@@ -336,23 +342,24 @@ EOF
 # ---- start everything ----
 shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
     -u CACHE_BYTES -u FLUSH_INTERVAL_MS -u HTTP_WORKERS RESP_PORT=off RUST_LOG=warn)
-declare -A URL
+# URL and PID_OF: each system's address and server process (the one whose CPU time is measured).
+declare -A URL PID_OF
 mkdir -p "$TMP/ceiling-logs"
 start ceiling "$CEILING_BIN" --port 0 --keys "$KEYS" --log-dir "$TMP/ceiling-logs" --log-writers 4
-URL[ceiling]=$ADDR
+URL[ceiling]=$ADDR PID_OF[ceiling]=$LAST_PID
 mkdir -p "$TMP/ceiling1-logs"
 start ceiling1 "$CEILING_BIN" --port 0 --keys 0 --log-dir "$TMP/ceiling1-logs" --log-writers 1
-URL[ceiling1]=$ADDR
+URL[ceiling1]=$ADDR PID_OF[ceiling1]=$LAST_PID
 start shale-imm "${shale_env[@]}" DURABILITY=immediate "$SHALE_BIN" serve --port 0 --data-dir "$TMP/shale-imm"
-URL[shale-imm]=$ADDR
+URL[shale-imm]=$ADDR PID_OF[shale-imm]=$LAST_PID
 start shale-ev "${shale_env[@]}" DURABILITY=eventual "$SHALE_BIN" serve --port 0 --data-dir "$TMP/shale-ev"
-URL[shale-ev]=$ADDR
+URL[shale-ev]=$ADDR PID_OF[shale-ev]=$LAST_PID
 start shale-unc "${shale_env[@]}" DURABILITY=immediate CACHE_BYTES="$UNCACHED_CACHE_BYTES" "$SHALE_BIN" serve \
     --port 0 --data-dir "$TMP/shale-unc"
-URL[shale-unc]=$ADDR
+URL[shale-unc]=$ADDR PID_OF[shale-unc]=$LAST_PID
 start shale-one "${shale_env[@]}" DURABILITY=immediate SHARD_LIMIT=1 "$SHALE_BIN" serve --port 0 \
     --data-dir "$TMP/shale-one"
-URL[shale-one]=$ADDR
+URL[shale-one]=$ADDR PID_OF[shale-one]=$LAST_PID
 for s in shale-imm shale-ev shale-unc shale-one; do wait_http "http://${URL[$s]}/readyz"; done
 
 declare -A RPORT
@@ -363,6 +370,7 @@ if ((HAVE_REDIS)); then
         start_plain "redis-$mode" redis-server --bind 127.0.0.1 --port "$port" --dir "$TMP/redis-$mode" \
             --appendonly yes --appendfsync "$mode" --save "" --daemonize no --logfile ""
         RPORT[$mode]=$port
+        PID_OF[redis-$mode]=$LAST_PID
         for ((i = 0; i < 300; i++)); do
             [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
             sleep 0.1
@@ -378,6 +386,7 @@ if ((HAVE_ETCD)); then
         --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
         --initial-cluster "bench=http://127.0.0.1:$pport"
     URL[etcd]=127.0.0.1:$cport
+    PID_OF[etcd]=$LAST_PID
     wait_http "http://${URL[etcd]}/health"
 fi
 log "ceiling ${URL[ceiling]} (one log writer ${URL[ceiling1]}), shale immediate ${URL[shale-imm]}" \
@@ -431,7 +440,8 @@ if ((HAVE_ETCD)); then
 fi
 
 # ---- measurement ----
-# measure SYSTEM LOAD CONNS SECONDS: prints "rps p50_us p99_us errors".
+# measure SYSTEM LOAD CONNS SECONDS: prints "rps p50_us p99_us status_errors io_errors requests" (requests: req/s x
+# SECONDS for wrk, -n for redis-benchmark, which counts no errors: "-" for those).
 declare -A REDIS_N
 measure() {
     local sys=$1 load=$2 c=$3 s=$4 res test n csv
@@ -442,11 +452,13 @@ measure() {
         GET-fixed) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kv/k /kv/k 0 "$KEYS" "$VALUE") ;;
         PUT) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kvm/k /kv/k 100 "$KEYS" "$VALUE") ;;
         PUT-durable) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kvm/k /kvd/k 100 "$KEYS" "$VALUE") ;;
+        MIX) res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kvm/k /kv/k 10 "$KEYS" "$VALUE") ;;
         esac
         ;;
     shale-*)
         local pct=0
         [[ $load == PUT ]] && pct=100
+        [[ $load == MIX ]] && pct=10
         res=$(wrk_run load.lua 2 "$c" "$s" "http://${URL[$sys]}" /kv/k /kv/k "$pct" "$KEYS" "$VALUE")
         ;;
     etcd)
@@ -462,12 +474,14 @@ measure() {
         n=$(awk -v n="$n" -v s="$s" -v w="$WARM_SECONDS" 'BEGIN { printf "%d", n * s / w }')
         csv=$(timeout $((s * 4 + 60)) redis-benchmark -h 127.0.0.1 -p "${RPORT[${sys#redis-}]}" -t "${test,,}" \
             -r "$KEYS" -d "$VALUE" -n "$n" -c "$c" --threads 2 -P 1 --csv 2>&1) || die "redis-benchmark failed: $csv"
-        res=$(awk -F'","' -v t="\"$test" '$1 == t { gsub(/"/, "", $0); split($0, f, ",");
-            printf "%s %.0f %.0f - -\n", f[2], f[5] * 1000, f[7] * 1000 }' <<<"$csv")
+        res=$(awk -F'","' -v t="\"$test" -v n="$n" '$1 == t { gsub(/"/, "", $0); split($0, f, ",");
+            printf "%s %.0f %.0f - - %d\n", f[2], f[5] * 1000, f[7] * 1000, n }' <<<"$csv")
         [[ -n "$res" ]] || die "no $test line from redis-benchmark: $csv"
+        echo "$res"
+        return
         ;;
     esac
-    echo "$res"
+    echo "$res $(awk -v r="${res%% *}" -v s="$s" 'BEGIN { printf "%.0f", r * s }')"
 }
 # warm SYSTEM LOAD CONNS: a short run; for Redis it also sizes -n for the measured runs.
 warm() {
@@ -492,6 +506,7 @@ for c in 256 64; do
     # Last of its group, so every other case follows the same case as before these rows existed.
     CASES+=("ceiling|PUT-durable|$c")
     [[ $c == 256 ]] && CASES+=("ceiling1|PUT-durable|$c" "shale-one|PUT|$c")
+    if [[ ${BENCH_MIX:-0} == 1 ]]; then CASES+=("ceiling|MIX|$c" "shale-imm|MIX|$c" "shale-ev|MIX|$c"); fi
 done
 
 log "warming up (${WARM_SECONDS} s per case, ${#CASES[@]} cases)"
@@ -505,7 +520,7 @@ hits0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="hit
 miss0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="miss"')
 pool0=$(shale_metric "${URL[shale-unc]}" shale_cache_miss_reads_total 'path="pool"')
 
-declare -A RPS P50 P99 ERR
+declare -A RPS P50 P99 ERR CPU
 LOADS=()
 total=$((${#CASES[@]} * BENCH_RUNS))
 n=0
@@ -515,9 +530,14 @@ for ((run = 1; run <= BENCH_RUNS; run++)); do
     for case in "${CASES[@]}"; do
         IFS='|' read -r sys load c <<<"$case"
         n=$((n + 1))
-        read -r rps p50 p99 serr ierr <<<"$(measure "$sys" "$load" "$c" "$BENCH_SECONDS")"
-        log "[$n/$total] $sys $load -c$c: $rps req/s, p50 $p50 us, p99 $p99 us, errors ${serr}/${ierr}"
+        t0=$(cpu_ticks "${PID_OF[$sys]}")
+        read -r rps p50 p99 serr ierr reqs <<<"$(measure "$sys" "$load" "$c" "$BENCH_SECONDS")"
+        t1=$(cpu_ticks "${PID_OF[$sys]}")
+        cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.1f", d * 1e6 / hz / r; else print "nan" }')
+        log "[$n/$total] $sys $load -c$c: $rps req/s, p50 $p50 us, p99 $p99 us, errors ${serr}/${ierr}," \
+            "server CPU $cpu us/req"
         RPS[$case]="${RPS[$case]:-} $rps"
+        CPU[$case]="${CPU[$case]:-} $cpu"
         P50[$case]="${P50[$case]:-} $p50"
         P99[$case]="${P99[$case]:-} $p99"
         if [[ $serr == - ]]; then ERR[$case]=-; else ERR[$case]=$((${ERR[$case]:-0} + serr + ierr)); fi
@@ -529,7 +549,7 @@ misses=$(($(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result=
 pooled=$(($(shale_metric "${URL[shale-unc]}" shale_cache_miss_reads_total 'path="pool"') - pool0))
 
 # ---- table ----
-declare -A MED MP50 MP99
+declare -A MED MP50 MP99 MCPU
 for case in "${CASES[@]}"; do
     # shellcheck disable=SC2086
     MED[$case]=$(median ${RPS[$case]})
@@ -537,6 +557,8 @@ for case in "${CASES[@]}"; do
     MP50[$case]=$(median ${P50[$case]})
     # shellcheck disable=SC2086
     MP99[$case]=$(median ${P99[$case]})
+    # shellcheck disable=SC2086
+    MCPU[$case]=$(median ${CPU[$case]})
 done
 label() {
     case $1 in
@@ -556,6 +578,8 @@ loadlabel() {
     ceiling\|GET) echo "GET (moka)" ;;
     ceiling\|GET-fixed) echo "GET (fixed body)" ;;
     ceiling\|PUT-durable) echo "PUT durable (group-commit log, 4 writers)" ;;
+    ceiling\|MIX) echo "MIX (moka GET, 10 % PUT)" ;;
+    *\|MIX) echo "MIX (90 % GET, 10 % PUT)" ;;
     ceiling1\|PUT-durable) echo "PUT durable (group-commit log, 1 writer)" ;;
     shale-unc\|GET) echo "GET uncached" ;;
     redis-*\|PUT) echo "SET" ;;
@@ -576,26 +600,29 @@ echo "shale: $(describe_bin); $(machine)"
 echo "$KEYS keys, $VALUE-byte values, uniform random keys; ${BENCH_SECONDS} s x $BENCH_RUNS runs, medians;" \
     "load average at the start of each run and at the end: $(printf '%s; ' "${LOADS[@]}")"
 echo
-echo "| system | load | conns | req/s | p50 ms | p99 ms | errors | x ceiling | x Redis |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| system | load | conns | req/s | p50 ms | p99 ms | errors | server CPU us/req | x ceiling | x Redis |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for case in "${CASES[@]}"; do
     IFS='|' read -r sys load c <<<"$case"
     base="ceiling|GET|$c"
     [[ $load == PUT ]] && base="ceiling|PUT|$c"
+    [[ $load == MIX ]] && base="ceiling|MIX|$c"
     xc=$(ratio "${MED[$case]}" "${MED[$base]}")
     [[ $sys == ceiling* ]] && xc=""
     xr=""
     peer=$(redis_peer "$sys")
     if [[ -n $peer && -n "${MED[$peer|$load|$c]:-}" ]]; then xr=$(ratio "${MED[$case]}" "${MED[$peer|$load|$c]}"); fi
-    printf '| %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$(label "$sys")" "$(loadlabel "$sys" "$load")" "$c" \
-        "${MED[$case]}" "$(ms "${MP50[$case]}")" "$(ms "${MP99[$case]}")" "${ERR[$case]}" "$xc" "$xr"
+    printf '| %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$(label "$sys")" "$(loadlabel "$sys" "$load")" \
+        "$c" "${MED[$case]}" "$(ms "${MP50[$case]}")" "$(ms "${MP99[$case]}")" "${ERR[$case]}" "${MCPU[$case]}" "$xc" "$xr"
 done
-[[ -n "$ETCD_NOTE" ]] && echo "| etcd | - | - | - | - | - | - | - | $ETCD_NOTE |"
+[[ -n "$ETCD_NOTE" ]] && echo "| etcd | - | - | - | - | - | - | - | - | $ETCD_NOTE |"
 echo
 echo "shale uncached: CACHE_BYTES=$UNCACHED_CACHE_BYTES for a data set weighing $DATA_WEIGHT bytes in cache terms" \
     "($(ratio "$DATA_WEIGHT" "$UNCACHED_CACHE_BYTES")x); cache hit ratio over its runs: $(ratio "$hits" $((hits + misses)))" \
     "($hits hits, $misses misses); misses read on the blocking pool: $pooled."
 echo "Redis: redis-benchmark --threads 2 -P 1 -r $KEYS -d $VALUE (p50/p99 from its --csv); errors are not counted there."
+echo "Server CPU us/req: user + system CPU time of the server process over each run divided by its requests" \
+    "(req/s x seconds; redis-benchmark's -n), median of the runs; the load generators' CPU is not in it."
 echo
 
 # ---- targets ----

@@ -41,9 +41,8 @@ log "loaded in $(($(date +%s) - t0)) s; SIGTERM"
 stop_pid "$LAST_PID" TERM
 DATA_BYTES=$(du -sb "$DATA" | cut -f1)
 
-CLK_TCK=$(getconf CLK_TCK)
 # cpu_ms PID: user + system CPU time of PID so far, in ms.
-cpu_ms() { awk -v hz="$CLK_TCK" '{ printf "%d", ($14 + $15) * 1000 / hz }' "/proc/$1/stat"; }
+cpu_ms() { awk -v t="$(cpu_ticks "$1")" -v hz="$CLK_TCK" 'BEGIN { printf "%d", t * 1000 / hz }'; }
 
 # timed_start NAME: starts shale on $DATA, polls until /readyz is 200 (120 s at most); sets T_LISTEN_MS and
 # T_READY_MS (from just before the exec), T_CPU_MS (the process's CPU time when it was first ready), ADDR and

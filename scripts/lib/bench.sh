@@ -86,6 +86,12 @@ describe_bin() {
     fi
 }
 
+# cpu_ticks PID: user + system CPU time of PID so far, in clock ticks (fields 14 and 15 of /proc/PID/stat, counted
+# after the command name, which may hold spaces). CLK_TCK ticks make a second.
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+# shellcheck disable=SC2034  # for the sourcing scripts
+CLK_TCK=$(getconf CLK_TCK)
+
 machine() {
     echo "$(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
 }
