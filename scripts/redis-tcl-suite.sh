@@ -58,7 +58,7 @@ skiplist=$root/scripts/lib/redis-tcl-skiplist.txt
 start=""
 force=0
 limit=${REDIS_TCL_TIMEOUT:-900}
-usage() { sed -n '4,5p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '5,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while (($#)); do
     case $1 in
     --host) host=${2:?}; shift 2 ;;
