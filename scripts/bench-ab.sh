@@ -16,7 +16,7 @@
 # both servers' environment (e.g. BENCH_ENV="CACHE_BYTES=2400000" for reads that mostly miss the cache).
 # BENCH_EVICT=MS drops the server's shard files from the OS page cache every MS milliseconds during each run
 # (posix_fadvise DONTNEED), so that reads missing shale's cache also miss memory and wait for the disk; each run's
-# log line then says how many misses read on the blocking pool (src/miss_reads.rs).
+# log line then says how many misses read on the blocking pool.
 set -euo pipefail
 
 # shellcheck source=scripts/lib/bench.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8, side by side: shale against the stores users would pick instead, in one run on this machine.
+# shale side by side with the stores users would pick instead, in one run on this machine.
 #
 # Usage: scripts/bench-compare.sh > table.md        (progress on stderr, the table on stdout)
 #
@@ -8,12 +8,12 @@
 #                    "PUT durable": /kvd, each PUT's key and body group-committed to one of 4 log files (one write
 #                    and one fdatasync per group, as shale's 4 shards do) before the 204, and nothing else: what
 #                    any durable store of this shape can do on this machine
-#   ceiling, 1 writer  the same durable ceiling with ONE log file and writer (context for the 8x-etcd target: the
+#   ceiling, 1 writer  the same durable ceiling with ONE log file and writer (context for the durable-PUT target against etcd: the
 #                    fewest fdatasyncs a group commit can do here)
 #   shale immediate  DURABILITY=immediate (a 2xx PUT is fsynced)
 #   shale eventual   DURABILITY=eventual (fsynced within FLUSH_INTERVAL_MS, default 1 s)
 #   shale uncached   DURABILITY=immediate with CACHE_BYTES a quarter of the data set's cache weight
-#   shale 1 shard    DURABILITY=immediate SHARD_LIMIT=1 (context: PUT -c256 only; API.md's default is 4 shards)
+#   shale 1 shard    DURABILITY=immediate SHARD_LIMIT=1 (context: PUT -c256 only; the default is 4 shards)
 #   redis always     redis-server --appendonly yes --appendfsync always --save ""   (measured with redis-benchmark)
 #   redis everysec   redis-server --appendonly yes --appendfsync everysec --save ""
 #   etcd             etcd-server from apt, one member, through its JSON gateway (POST /v3/kv/put, /v3/kv/range)
@@ -45,15 +45,15 @@ KEYS=${BENCH_KEYS:-100000}
 VALUE=32
 WARM_SECONDS=3
 
-# ==== RESP section (issue 9) =======================================================================================
+# ==== RESP section ================================================================================================
 # redis-benchmark against Redis appendfsync always, Redis appendfsync everysec and shale's RESP listener, each
 # started fresh for this section (own temp dir, empty, stopped by PID at its end; in a full run the HTTP systems
 # above are stopped first, their table already printed):
 #   redis-benchmark -h 127.0.0.1 -p PORT -t ping,set,get,incr,mset -n N -r 100000 -d 32 -c {50,256} -P {1,16} --csv
 # BENCH_RUNS runs, interleaved (run 1 of every system and setting, then run 2, ...); the table shows medians of
 # req/s and of p50/p99 (redis-benchmark 7.0.15's --csv columns: test, rps, avg, min, p50, p95, p99, max, in ms).
-# shale runs with DURABILITY=immediate (a reply leaves after fsync, like Redis always). Issue-9 targets: durable
-# SET >= 0.7x Redis always at -c50 -P1; GET >= 0.8x Redis always at -P16.
+# shale runs with DURABILITY=immediate (a reply leaves after fsync, like Redis always). Targets: durable SET >= 0.7x
+# Redis always at -c50 -P1; GET >= 0.8x Redis always at -P16.
 # BENCH_RESP=0 skips the section; BENCH_RESP=only runs it alone (nothing above). BENCH_RESP_N sets N (100000).
 # A shale without the RESP listener (it rejects --resp-port), or whose RESP port does not answer PING within 30 s,
 # is reported and its rows are left empty; every redis-benchmark run is bounded by `timeout`.
@@ -180,7 +180,7 @@ resp_section() {
         if [[ -n "$x" && -n "$y" ]]; then ratio "$x" "$y"; else printf -- '-'; fi
     }
     echo
-    echo "## RESP (issue 9): redis-benchmark -t $tests -n $n -r 100000 -d 32 --csv, medians of $BENCH_RUNS runs"
+    echo "## RESP: redis-benchmark -t $tests -n $n -r 100000 -d 32 --csv, medians of $BENCH_RUNS runs"
     echo "shale: $(describe_bin), DURABILITY=immediate; $(redis-server --version | cut -d' ' -f1-3); $(machine)"
     echo "load average at the start of each run and at the end: $(printf '%s; ' "${loads[@]}")"
     echo
@@ -222,7 +222,7 @@ resp_section() {
             printf "- %s: %.0f / %.0f = %.2fx (target >= %.2gx): %s\n", n, a, b, r, t,
                 (r >= t ? "MET" : sprintf("NOT MET (%.0f%% short)", (1 - r / t) * 100)) }'
     }
-    echo "Targets (issue 9):"
+    echo "Targets:"
     resp_verdict "durable SET -c50 -P1, shale vs Redis always" "shale|SET|50|1" "redis-always|SET|50|1" 0.7
     resp_verdict "GET -c50 -P16, shale vs Redis always" "shale|GET|50|16" "redis-always|GET|50|16" 0.8
     resp_verdict "GET -c256 -P16, shale vs Redis always" "shale|GET|256|16" "redis-always|GET|256|16" 0.8
@@ -256,8 +256,8 @@ fi
 build_bins ceiling
 write_lua
 
-# The shale cache charges key + 1 + record (10-byte header + value) + 48 per entry (src/cache.rs); the uncached
-# instance gets a quarter of what the whole data set weighs.
+# shale's cache charges key + 1 + record (10-byte header + value) + 48 per entry; the uncached instance gets a
+# quarter of what the whole data set weighs.
 DATA_WEIGHT=$(awk -v n="$KEYS" -v v="$VALUE" 'BEGIN { for (i = 0; i < n; i++) s += 1 + length("k" i) + 10 + v + 48; printf "%d", s }')
 UNCACHED_CACHE_BYTES=$((DATA_WEIGHT / 4))
 
@@ -503,7 +503,8 @@ for c in 256 64; do
     [[ $c == 256 ]] && CASES+=("shale-unc|GET|$c")
     if ((HAVE_REDIS)); then CASES+=("redis-always|GET|$c" "redis-always|PUT|$c" "redis-everysec|GET|$c" "redis-everysec|PUT|$c"); fi
     if ((HAVE_ETCD)); then CASES+=("etcd|GET|$c" "etcd|PUT|$c"); fi
-    # Last of its group, so every other case follows the same case as before these rows existed.
+    # Context rows go last in their group (and the MIX rows after them), so that every target row follows the same
+    # case whichever optional rows run.
     CASES+=("ceiling|PUT-durable|$c")
     [[ $c == 256 ]] && CASES+=("ceiling1|PUT-durable|$c" "shale-one|PUT|$c")
     if [[ ${BENCH_MIX:-0} == 1 ]]; then CASES+=("ceiling|MIX|$c" "shale-imm|MIX|$c" "shale-ev|MIX|$c"); fi
@@ -515,7 +516,7 @@ for case in "${CASES[@]}"; do
     warm "$sys" "$load" "$c"
 done
 # For shale uncached: the cache hit ratio over its measured runs, and how its misses read the file (on the HTTP
-# worker, or on the blocking pool after one reached the disk: src/miss_reads.rs), from its /metrics.
+# worker, or on the blocking pool once such reads reach the disk), from its /metrics.
 hits0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="hit"')
 miss0=$(shale_metric "${URL[shale-unc]}" shale_cache_requests_total 'result="miss"')
 pool0=$(shale_metric "${URL[shale-unc]}" shale_cache_miss_reads_total 'path="pool"')
@@ -641,7 +642,7 @@ latency() {
     awk -v n="$name" -v us="$us" -v t="$t_ms" 'BEGIN { v = us / 1000
         printf "- %s: %.2f ms (target <= %g ms): %s\n", n, v, t, (v <= t ? "MET" : sprintf("NOT MET (%.1fx the target)", v / t)) }'
 }
-echo "Targets (issue 8, -c256 unless said):"
+echo "Targets (-c256 unless said):"
 verdict "cached GET vs ceiling moka GET" "${MED[shale-imm|GET|256]}" "${MED[ceiling|GET|256]}" 0.85
 verdict "cached GET vs Redis GET (appendfsync always instance)" "${MED[shale-imm|GET|256]}" "${MED[redis-always|GET|256]:-}" 0.75
 verdict "immediate PUT vs ceiling PUT" "${MED[shale-imm|PUT|256]}" "${MED[ceiling|PUT|256]}" 0.3
@@ -654,10 +655,10 @@ latency "p99 cached GET at -c64" "${MP99[shale-imm|GET|64]}" 2
 echo
 echo "Context (no target): what a durable store of shale's shape can do here, and how close shale comes:"
 ratio_line() { echo "- $1: $(ratio "$2" "$3")x"; }
-ratio_line "the durable ceiling's PUT vs etcd put (shale's target is 8x)" "${MED[ceiling|PUT-durable|256]}" "${MED[etcd|PUT|256]:-}"
+ratio_line "the durable ceiling's PUT vs etcd put (shale's target against etcd is 8x)" "${MED[ceiling|PUT-durable|256]}" "${MED[etcd|PUT|256]:-}"
 ratio_line "immediate PUT vs the durable ceiling's PUT" "${MED[shale-imm|PUT|256]}" "${MED[ceiling|PUT-durable|256]}"
 ratio_line "the durable ceiling with one log writer vs etcd put" "${MED[ceiling1|PUT-durable|256]}" "${MED[etcd|PUT|256]:-}"
 ratio_line "immediate PUT with SHARD_LIMIT=1 vs etcd put" "${MED[shale-one|PUT|256]}" "${MED[etcd|PUT|256]:-}"
 
-# ==== RESP section (issue 9), defined above =======================================================================
+# ==== RESP section, defined above ================================================================================
 if [[ ${BENCH_RESP:-1} != 0 ]]; then resp_section; fi

@@ -7,8 +7,8 @@
 #      finds the same document in the cache and answers without touching the disk;
 #   3. the ceiling server (examples/ceiling.rs, actix doing nothing) with the same body, when it exists: POST /api
 #      (which echoes the body) if it has that route, otherwise PUT /kv/bench (same body, different route, labelled).
-# Prints req/s of each and the comparison to ExDaas's published 12.9k req/s. Every server it starts is stopped by
-# PID; temp dirs are removed.
+# Prints req/s of each and its ratio to ExDaas's published figure for its own bench (EXDAAS_RPS below). Every
+# server it starts is stopped by PID; temp dirs are removed.
 #
 # Usage: scripts/bench-exdaas.sh            N=50000 C=500 by default; N=... C=... to change.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8: what the write-ahead log's device costs a durable PUT.
+# What the write-ahead log's device costs a durable PUT.
 #
 # Usage: scripts/bench-log-device.sh > table.md          (progress on stderr, the table on stdout)
 #

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Issue 8, memory: shale's resident memory with MEMORY_KEYS (default 1,000,000) cached 100-byte values, against
+# Memory: shale's resident memory with MEMORY_KEYS (default 1,000,000) cached 100-byte values, against
 # the payload (key bytes + value bytes).
 #
 # Usage: scripts/bench-memory.sh > table.md          (progress on stderr, the table on stdout)
 #
 # Starts shale on a fresh data dir (4 shards, CACHE_BYTES 256 MiB = the default, which holds all of them:
-# each entry is charged the memory it takes, about 184 bytes here), reads VmRSS / VmHWM from /proc/PID/status:
+# each entry is charged the memory it takes), reads VmRSS / VmHWM from /proc/PID/status:
 #   1. empty, ready;
 #   2. after PUTting k0..k{N-1} with wrk (DURABILITY=eventual: the values go into the cache after each commit,
 #      as under immediate; only the fsync differs);
 #   3. after a clean restart (SIGTERM, start with DURABILITY=immediate), once /readyz is 200: the cache warm-up
 #      filled the cache from the files, with no write path allocations around.
-# Checks every key is cached (shale_cache_entries). Target (issue 8): RSS <= 2.5x the payload.
+# Checks every key is cached (shale_cache_entries). Target: RSS <= 2.5x the payload after the warm-up.
 # Environment: MEMORY_KEYS, MEMORY_CACHE_BYTES (default 268435456), SHALE_BIN.
 set -euo pipefail
 

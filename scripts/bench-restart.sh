@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8, restart: how long shale takes to serve again after a crash with a large data set.
+# Restart: how long shale takes to serve again after a crash with a large data set.
 #
 # Usage: scripts/bench-restart.sh > table.md         (progress on stderr, the table on stdout)
 #
@@ -13,7 +13,7 @@
 #    Also times one restart after a clean SIGTERM, for comparison.
 # Polls every 5 ms or so (each poll spawns curl), so times are good to about 10-20 ms. The OS page cache is
 # warm (the files were just written); a cold-cache restart reads the files from disk first.
-# Target (issue 8): ready in <= 2 s. Environment: RESTART_KEYS, RESTART_RUNS, SHALE_BIN.
+# Target: ready in <= 2 s after SIGKILL. Environment: RESTART_KEYS, RESTART_RUNS, SHALE_BIN.
 set -euo pipefail
 
 # shellcheck source=scripts/lib/bench.sh

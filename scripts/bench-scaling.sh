@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8, scaling: durable PUT throughput against the shard count.
+# Scaling: durable PUT throughput against the shard count.
 #
 # Usage: scripts/bench-scaling.sh > table.md         (progress on stderr, the table on stdout)
 #

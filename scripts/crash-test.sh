@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Crash test (issue 6): kill -9 shale at random moments under concurrent durable writes, restart it on the same
+# Crash test: kill -9 shale at random moments under concurrent durable writes, restart it on the same
 # data dir, and check that every acknowledged PUT, DELETE and counter increment survived.
 #
 #   scripts/crash-test.sh [CYCLES]          # default 20; CYCLES=200 on demand

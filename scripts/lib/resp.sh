@@ -90,7 +90,7 @@ resp_start_redis() {
 # resp_start_shale [NAME=VALUE...]: starts shale with its HTTP API on a free loopback port and its RESP listener
 # on another one (--resp-port), a fresh data dir under $RESP_TMP, and the given extra environment. Builds
 # target/debug/shale unless SHALE_BIN is set. Sets RESP_HOST, RESP_PORT and SHALE_URL. A shale without the RESP
-# listener (issue 9) rejects --resp-port at once; that ends the script with a message instead of a wait.
+# listener rejects --resp-port at once; that ends the script with a message instead of a wait.
 resp_start_shale() {
     local bin=${SHALE_BIN:-} port dir pid addr="" i
     if [[ -z "$bin" ]]; then
