@@ -1,4 +1,4 @@
-//! Server configuration: every setting of API.md as a flag with an environment fallback (the flag wins).
+//! Server configuration: every setting of `docs/api.md` as a flag with an environment fallback (the flag wins).
 //!
 //! Parsed once by clap in `main.rs`, validated by [`Config::validate`] before anything touches the data dir.
 //! Defaults are the named constants below, chosen so that `shale` alone serves a laptop.
@@ -59,7 +59,7 @@ pub struct Config {
     /// Where the shard files and the manifest live.
     #[arg(long, env = "DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Number of shards (1..=1024); fixed for a data dir once created.
+    /// Number of shards (1..=1024); a data dir with another count is resharded to this one at start-up.
     #[arg(long = "shards", env = "SHARD_LIMIT", default_value_t = DEFAULT_SHARDS,
           value_parser = clap::value_parser!(u32).range(1..=crate::placement::PARTITIONS as i64))]
     pub shards: u32,

@@ -53,8 +53,10 @@ enum Cmd {
     },
 }
 
-/// `shale backup`, `shale restore`, `shale compact`: exit 0 on success, 2 on a refused request, 3 when the
-/// server cannot be reached or fails.
+/// `shale backup`, `shale restore`, `shale compact`: exit 0 on success. `backup` exits 2 on a usage error (such
+/// as an `--out` that cannot be made absolute) and 3 when the server cannot be reached or answers with an error,
+/// a refused request included ([`shale::cli::exit_code`]). `restore` exits 2 when the data dir is not empty and
+/// `--force` is absent, 1 on any other failure; `compact` exits 1 on failure.
 fn run_operation(cmd: Cmd) -> std::process::ExitCode {
     use std::process::ExitCode;
     let fail = |code: u8, msg: String| {

@@ -3,13 +3,13 @@
 //! Why: a write wakes its shard worker, the shard's answer wakes the HTTP worker that sent it, and under
 //! `immediate` the shard worker blocks in `fdatasync` once per batch and is woken by its completion. Under the
 //! default policy every such wake-up may preempt whichever shale thread is running on that core, so a shard
-//! worker is often switched out in the middle of a batch, only to be switched back in a few microseconds later.
-//! On a two-core VM a context switch costs several microseconds of CPU (BENCHMARKS.md, session 10), and shale's
-//! threads mostly preempted each other. Under `SCHED_BATCH` a waking thread does not preempt the running one:
-//! it runs when the running thread blocks or its time slice ends. Priorities (`nice`) are unchanged, and threads
-//! of other processes still preempt shale's. Measured against the default policy (two bench-ab runs): 4 % to
-//! 13 % less server CPU per request in every case (durable PUT, cached GET, RESP SET), 1.01x to 1.12x the
-//! durable PUT/s, and a lower p99 for cached GETs at 64 connections.
+//! worker is often switched out in the middle of a batch, only to be switched back in soon after. Each context
+//! switch costs CPU of its own (more so on a small virtual machine), and the threads that preempt shale's are
+//! mostly shale's own. Under `SCHED_BATCH` a waking thread does not preempt the running one: it runs when the
+//! running thread blocks or its time slice ends. Priorities (`nice`) are unchanged, and threads of other
+//! processes still preempt shale's. Against the default policy this takes less server CPU per request (durable
+//! PUT, cached GET, RESP SET), serves more durable PUTs per second and lowers the p99 of cached GETs under many
+//! connections (measured with `scripts/bench-ab.sh`).
 //!
 //! Linux only (elsewhere the setting changes nothing). On Linux `sched_setscheduler(0, ..)` changes the calling
 //! thread, and every thread created afterwards inherits its policy: [`apply`] runs first thing in
@@ -20,13 +20,11 @@
 //! each worker thread as actix starts it; the blocking-pool threads a worker starts later, for listings, disk
 //! reads after cache misses and backups, inherit it). Since Linux 6.12 the scheduler honours a thread's requested slice
 //! (`sched_setattr`'s `sched_runtime`): a thread with a shorter slice gets an earlier deadline, so a worker
-//! woken by a request runs sooner instead of waiting out the slice of whatever else holds the core (on two cores
-//! shared with the load generator, the default slice here is 1.4 ms). Measured (bench-ab, five pairs,
-//! BENCHMARKS.md, session 11): p99 of cached GETs at 64 connections 1.55 ms against 1.78 ms (lower in 4 pairs
-//! of 5; 1.37 against 2.21 ms in five more pairs), at the price of a little write throughput: durable PUT/s
-//! 0.99x at 256 connections (1.03x at 64), `eventual` PUT/s 0.98x (lower in 5 pairs of 5). A 0.1 ms slice cost
-//! 3 % of the durable PUT/s, and the short slice on every thread too, so shard threads keep the default. Older
-//! kernels accept the request and ignore it.
+//! woken by a request runs sooner instead of waiting out the slice of whatever else holds the core (the kernel's
+//! default slice is well above [`HTTP_WORKER_SLICE`]). That lowers the p99 of cached GETs under many
+//! connections, at the price of a little write throughput (`scripts/bench-ab.sh` measures both). A shorter
+//! slice (0.1 ms) cost more write throughput, and so did the short slice on every thread, so shard threads keep
+//! the default. Older kernels accept the request and ignore it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

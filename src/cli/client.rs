@@ -1,4 +1,4 @@
-//! A blocking HTTP client for the routes of API.md that the command line uses.
+//! A blocking HTTP client for the routes of `docs/api.md` that the command line uses.
 //!
 //! Each method is one route; "absent" is a normal answer (`Ok(None)`), and every failure is an [`Error`]
 //! that says, in one line, whether the server could not be reached or what the server said.
@@ -72,7 +72,7 @@ pub struct Document {
     pub data: serde_json::Value,
 }
 
-/// The error body of API.md.
+/// The error body of `docs/api.md`.
 #[derive(Debug, Deserialize)]
 struct ErrorBody {
     error: String,

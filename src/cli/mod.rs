@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`parse`]: one line of the shell -> [`Action`], pure, no I/O.
-//! - [`client`]: one method per HTTP route of API.md, blocking, with one-line errors.
+//! - [`client`]: one method per HTTP route of `docs/api.md` it uses, blocking, with one-line errors.
 //! - this file: the clap arguments, the shell loop, the one-shot commands and how answers are printed.
 //!
 //! # Exit codes (one-shot commands and piped `shale cli`)

@@ -1,8 +1,9 @@
 //! The data-dir manifest: format version, shard and partition counts, node id.
 //!
-//! `DATA_DIR/manifest.json` is written once when a data dir is created (temp file, fsync, rename, fsync of the
-//! dir) and read at every start. The shard count is on-disk layout: a start with a different `SHARD_LIMIT` is
-//! refused with both numbers, so data is never hidden in a shard the node no longer reads.
+//! `DATA_DIR/manifest.json` is written when a data dir is created, at each step of a resharding and by a restore
+//! (temp file, fsync, rename, fsync of the dir), and read at every start. The shard count is on-disk layout: a
+//! start with a different `SHARD_LIMIT` reshards before serving ([`crate::ops::reshard`]), moving every record to
+//! its shard under the new count, so data is never hidden in a shard the node no longer reads.
 
 use std::fs;
 use std::io::Write;
