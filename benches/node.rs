@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shale::command::{Reply, Space};
-use shale::engine::store::{shard_file, Log, Store};
+use shale::engine::durability::Log;
+use shale::engine::schema::shard_file;
+use shale::engine::store::Store;
 use shale::node::Node;
 use shale::placement::ShardId;
 use shale::shard::cache::Cache;
@@ -41,6 +43,8 @@ const MISS_CACHE_BYTES: u64 = 64 << 10;
 /// Shards, their worker threads and the node over them, on a fresh data dir.
 struct Rig {
     node: Arc<Node>,
+    /// The node's cache (a handle on the same entries), to check what the gets will find.
+    cache: Cache,
     workers: Vec<JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
@@ -71,13 +75,13 @@ impl Rig {
             assert!(Instant::now() < deadline, "shards not ready: {:?}", readiness.check());
             std::thread::sleep(Duration::from_millis(1));
         }
-        let node = Arc::new(Node::new(handles, cache, readiness, 1));
-        Rig { node, workers, _dir: dir }
+        let node = Arc::new(Node::new(handles, cache.clone(), readiness, 1024).expect("the stores read"));
+        Rig { node, cache, workers, _dir: dir }
     }
 
     /// Drops the last shard senders, so every worker commits its queue, closes its file and exits.
     fn stop(self) {
-        let Rig { node, workers, _dir } = self;
+        let Rig { node, workers, _dir, .. } = self;
         drop(Arc::into_inner(node).expect("no task still holds the node"));
         for w in workers {
             w.join().expect("shard worker exits cleanly");
@@ -140,7 +144,7 @@ fn bench_router(c: &mut Criterion) {
     for (name, cache_bytes) in [("node/get_cached", CACHE_BYTES), ("node/get_miss", MISS_CACHE_BYTES)] {
         let rig = Rig::start(4, cache_bytes);
         preload(&rt, &rig.node);
-        let cached = rig.node.cache().entry_count();
+        let cached = rig.cache.entry_count();
         if cache_bytes == CACHE_BYTES {
             assert_eq!(cached, PRELOAD, "every preloaded key is cached");
         } else {

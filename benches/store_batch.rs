@@ -24,8 +24,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shale::command::{Command, Space};
-use shale::engine::store::{Log, Store};
-use shale::engine::wal::CHECKPOINT_BYTES;
+use shale::engine::durability::Log;
+use shale::engine::durability::CHECKPOINT_BYTES;
+use shale::engine::store::Store;
 use shale::placement::ShardId;
 use shale::shard::cache::Cache;
 

@@ -14,7 +14,8 @@
 
 use bytes::Bytes;
 use shale::command::{Command, Precondition, Space};
-use shale::engine::store::{Log, Store};
+use shale::engine::durability::Log;
+use shale::engine::store::Store;
 use shale::placement::ShardId;
 
 const KEYS: u64 = 10_000;

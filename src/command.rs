@@ -281,6 +281,10 @@ pub fn parse_i64_strict(b: &[u8]) -> Option<i64> {
     }
 }
 
+/// The failure of an increment whose stored value or argument is not a 64-bit integer in its strict decimal
+/// form (the text Redis clients expect).
+pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
+
 #[cfg(test)]
 mod tests {
     use super::*;

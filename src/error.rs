@@ -1,7 +1,10 @@
-//! The one error type of shale. Each variant is an error code of API.md and knows its HTTP status;
-//! `http::error_body` renders it as the JSON body `{"error": code, "message": text}`.
-
-use actix_web::http::StatusCode;
+//! The one error type of shale. Each variant is an error code of `docs/api.md`; every layer returns it, and
+//! each protocol maps it at its edge (`api::http::error`: status, headers and JSON body; `api::resp::commands`:
+//! Redis error text).
+//!
+//! Storage failures are classified by their type ([`StorageFailure`]), never by their message: a full disk is
+//! [`Error::InsufficientStorage`], a handle that redb closed after a failed write is [`Error::Unavailable`] (the
+//! shard is reopening it), anything else [`Error::Internal`].
 
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,7 +45,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The stable code of API.md, used as the `error` field.
+    /// The stable code of `docs/api.md`, the `error` field of the JSON body.
     pub fn code(&self) -> &'static str {
         match self {
             Error::BadRequest(_) => "bad_request",
@@ -59,87 +62,79 @@ impl Error {
         }
     }
 
-    /// The HTTP status of this error.
-    pub fn status(&self) -> StatusCode {
+    /// A storage-layer failure with its context: a full disk (507), a shard reopening its file after a failed
+    /// write (503), or another fault (500).
+    pub fn storage(context: &str, err: impl StorageFailure) -> Error {
+        match err.class() {
+            StorageClass::Full => Error::InsufficientStorage(format!("{context}: disk full ({err})")),
+            StorageClass::Reopening => {
+                Error::Unavailable(format!("{context}: the shard is reopening its file after a failed write ({err})"))
+            }
+            StorageClass::Other => Error::Internal(format!("{context}: {err}")),
+        }
+    }
+}
+
+/// What a storage failure means for the request that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageClass {
+    /// The file system has no room (ENOSPC) or the quota is used up (EDQUOT).
+    Full,
+    /// redb refuses the handle after an earlier failed write, or it was closed: the shard is reopening it.
+    Reopening,
+    /// Any other fault.
+    Other,
+}
+
+/// A failure of the storage layer (redb, the log's file), classified by its type.
+pub trait StorageFailure: std::fmt::Display {
+    /// What the failure means.
+    fn class(&self) -> StorageClass;
+}
+
+impl StorageFailure for std::io::Error {
+    fn class(&self) -> StorageClass {
+        /// EDQUOT: std has no `ErrorKind` of its own for it.
+        const EDQUOT: i32 = 122;
+        if self.kind() == std::io::ErrorKind::StorageFull || self.raw_os_error() == Some(EDQUOT) {
+            return StorageClass::Full;
+        }
+        // An error wrapped around an OS error (redb and std wrap some) carries its class.
+        match self.get_ref().and_then(|inner| inner.downcast_ref::<std::io::Error>()) {
+            Some(inner) => inner.class(),
+            None => StorageClass::Other,
+        }
+    }
+}
+
+impl StorageFailure for redb::StorageError {
+    fn class(&self) -> StorageClass {
         match self {
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::KeyTooLong(_) => StatusCode::URI_TOO_LONG,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            redb::StorageError::Io(e) => e.class(),
+            redb::StorageError::PreviousIo | redb::StorageError::DatabaseClosed => StorageClass::Reopening,
+            _ => StorageClass::Other,
         }
     }
+}
 
-    /// The error code for an HTTP status, for errors produced outside our handlers (actix's own).
-    pub fn code_for_status(status: StatusCode) -> &'static str {
-        match status.as_u16() {
-            400 => "bad_request",
-            401 => "unauthorized",
-            403 => "forbidden",
-            404 => "not_found",
-            405 => "method_not_allowed",
-            412 => "precondition_failed",
-            413 => "payload_too_large",
-            414 => "key_too_long",
-            503 => "unavailable",
-            507 => "insufficient_storage",
-            s if (400..500).contains(&s) => "bad_request",
-            _ => "internal",
+impl StorageFailure for redb::Error {
+    fn class(&self) -> StorageClass {
+        match self {
+            redb::Error::Io(e) => e.class(),
+            redb::Error::PreviousIo | redb::Error::DatabaseClosed => StorageClass::Reopening,
+            _ => StorageClass::Other,
         }
     }
+}
 
-    /// Maps a storage-layer failure, telling a full disk (507) and a shard that is reopening its file after a
-    /// failed write (503; redb answers "Previous I/O error" on the old handle until then) from other faults (500).
-    /// redb keeps the `std::io::Error` text, which ends in `(os error N)`: 28 is ENOSPC, 122 EDQUOT.
-    pub fn storage(context: &str, err: impl std::fmt::Display) -> Error {
-        let text = err.to_string();
-        let lower = text.to_ascii_lowercase();
-        if lower.contains("no space left")
-            || lower.contains("disk quota")
-            || lower.contains("storage full")
-            || lower.contains("(os error 28)")
-            || lower.contains("(os error 122)")
-        {
-            Error::InsufficientStorage(format!("{context}: disk full ({text})"))
-        } else if lower.contains("previous i/o error") || lower.contains("database has been closed") {
-            Error::Unavailable(format!("{context}: the shard is reopening its file after a failed write ({text})"))
-        } else {
-            Error::Internal(format!("{context}: {text}"))
+impl StorageFailure for redb::DatabaseError {
+    fn class(&self) -> StorageClass {
+        match self {
+            redb::DatabaseError::Storage(e) => e.class(),
+            _ => StorageClass::Other,
         }
     }
 }
 
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl actix_web::ResponseError for Error {
-    fn status_code(&self) -> StatusCode {
-        self.status()
-    }
-
-    /// The JSON body of API.md, plus `Retry-After` on 503 and `WWW-Authenticate` on 401.
-    fn error_response(&self) -> actix_web::HttpResponse {
-        let mut res = actix_web::HttpResponse::build(self.status());
-        match self {
-            Error::Unavailable(_) => {
-                res.insert_header(("Retry-After", "1"));
-            }
-            Error::Unauthorized(_) => {
-                res.insert_header(("WWW-Authenticate", "Bearer realm=\"shale\""));
-            }
-            _ => {}
-        }
-        res.content_type("application/json").body(json_body(self.code(), &self.to_string()))
-    }
-}
-
-/// The JSON error body of API.md.
-pub fn json_body(code: &str, message: &str) -> String {
-    serde_json::json!({ "error": code, "message": message }).to_string()
-}

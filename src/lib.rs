@@ -1,25 +1,27 @@
-//! shale: a persistent, self-sharding key-value database served over HTTP.
+//! shale: a persistent, self-sharding key-value database served over HTTP and the Redis protocol.
 //!
-//! # Layout
-//! The modules follow one write from the socket to the disk:
-//! - [`http`]: actix-web routes; each handler turns a request into a [`command::Command`] or a read.
-//! - [`node`]: key -> shard ([`placement`]), write dispatch, cached reads (a miss reads where [`miss_reads`]
-//!   says), merged listings.
-//! - [`shard`]: one OS thread per shard; batches writes, commits once per batch, updates the [`cache`], answers.
-//! - [`store`]: one redb file per shard; tables, reads and the batch transaction; values are [`record`]s.
-//! - [`wal`]: the shard file's write-ahead log under `DURABILITY=immediate` (one fdatasync per batch).
-//! - [`server`]: start-up (config, [`manifest`], stores, shards, HTTP) and graceful teardown; [`sched`]: the
-//!   scheduling policy of every thread it starts.
-//! - [`config`] and [`error`]: every setting of API.md, and every error code of API.md.
+//! # Layers
+//! The modules are layers; each imports only its own layer or those below it (`tests/layers.rs` fails
+//! otherwise). From the bottom up:
+//! - The vocabulary every layer shares: [`command`] (protocol-neutral commands and replies), [`record`] (the stored
+//!   value), [`placement`] (key -> shard), [`error`] (the one error type, no protocol in it), [`config`], plus
+//!   [`sched`], [`fault`], [`random`] and [`metrics`].
+//! - [`engine`]: one shard's storage: its redb file ([`engine::store`]), the command logic applied inside a write
+//!   transaction ([`engine::apply`]), the write-ahead log ([`engine::wal`]) and the durability policy
+//!   ([`engine::durability`]). No threads, no sockets.
+//! - [`shard`]: one worker thread per shard that batches writes, applies them through the engine, updates the
+//!   [`shard::cache`] and answers; its [`shard::ShardHandle`] is how the node reaches it.
+//! - [`node`]: the one entry point of every protocol: placement, the one read path and read-your-writes rule
+//!   ([`node::reads`]), and the write seam ([`node::writes`]: where a shard's writes go).
+//! - [`ops`]: the manifest of the data dir, backup and restore, resharding.
+//! - [`api`]: the edges: HTTP ([`api::http`]) and RESP ([`api::resp`]), each mapping requests to commands and
+//!   errors to its own answers.
+//! - [`server`] (start-up order and teardown) and [`cli`] (the client commands).
 //!
-//! Around the data path:
-//! - [`reshard`]: moves every record to its new shard when `SHARD_LIMIT` changes, crash-safe at every step.
-//! - [`backup`]: consistent online backup (a rendezvous of all shard workers), restore, compaction.
-//! - [`metrics`] (Prometheus `/metrics`), [`tls`] (HTTPS with rustls), [`fault`] (named crash points for tests).
-//! - [`cli`]: `shale cli` and the one-shot client commands, over HTTP.
-//! - [`resp`]: the Redis-protocol listener (RESP2/RESP3/inline) on the same node.
-//!
-//! `docs/design.md` describes the data path, the on-disk layout and the durability and cache rules.
+//! A durable PUT: `api::http::kv` -> [`node::Node::dispatch`] -> [`node::writes::ShardWrites`] -> the shard
+//! worker -> [`engine::store::Store::apply_batch`] -> [`engine::apply::apply_one`] per command -> one log frame and
+//! one fdatasync -> the cache -> the answer. `docs/design.md` describes the data path, the on-disk layout and the
+//! durability and cache rules; `docs/api.md` is the contract.
 
 pub mod api;
 pub mod cli;
@@ -32,6 +34,7 @@ pub mod metrics;
 pub mod node;
 pub mod ops;
 pub mod placement;
+pub mod random;
 pub mod record;
 pub mod sched;
 pub mod server;

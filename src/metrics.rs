@@ -8,9 +8,6 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::command::Space;
-use crate::node::Node;
-
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static STARTED: OnceLock<Instant> = OnceLock::new();
 
@@ -52,35 +49,12 @@ pub fn init() -> &'static PrometheusHandle {
     })
 }
 
-/// The Prometheus text exposition, with the scrape-time gauges refreshed from `node`.
-pub fn render(node: &Node) -> String {
+/// The Prometheus text exposition. The node's scrape-time gauges (`Node::record_gauges`) are set first by the
+/// caller.
+pub fn render() -> String {
     let handle = init();
     let uptime = STARTED.get().map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
     metrics::gauge!("shale_uptime_seconds").set(uptime);
-    let cache = node.cache();
-    metrics::gauge!("shale_cache_bytes").set(cache.weighted_size() as f64);
-    metrics::gauge!("shale_cache_entries").set(cache.entry_count() as f64);
-    metrics::gauge!("shale_cache_capacity_bytes").set(cache.capacity() as f64);
-    for shard in node.shards() {
-        let id = shard.id().to_string();
-        metrics::gauge!("shale_shard_queue_depth", "shard" => id.clone()).set(shard.queue_len() as f64);
-        // Answered writes the shard still holds uncommitted are counted too (render runs on the blocking pool).
-        let _ = shard.store().settle();
-        for space in Space::ALL {
-            if let Ok(n) = shard.store().len(space) {
-                let space = match space {
-                    Space::Kv => "kv",
-                    Space::Doc => "docs",
-                    Space::Counter => "counters",
-                    Space::Bucket => "buckets",
-                };
-                metrics::gauge!("shale_shard_keys", "shard" => id.clone(), "space" => space).set(n as f64);
-            }
-        }
-        if let Ok(meta) = std::fs::metadata(shard.store().path()) {
-            metrics::gauge!("shale_shard_file_bytes", "shard" => id).set(meta.len() as f64);
-        }
-    }
     handle.run_upkeep();
     handle.render()
 }

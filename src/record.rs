@@ -145,6 +145,16 @@ impl<'a> RecordView<'a> {
     }
 }
 
+/// The value of a counter record (8 bytes, little-endian i64).
+pub fn counter_value(rec: &Record) -> Option<i64> {
+    counter_of(rec.value_ref())
+}
+
+/// A counter's value from its record's value bytes (8 bytes, little-endian i64).
+pub fn counter_of(value: &[u8]) -> Option<i64> {
+    value.try_into().ok().map(i64::from_le_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

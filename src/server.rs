@@ -20,7 +20,9 @@ use crate::api::auth::Tokens;
 use crate::api::http::{self, AppState};
 use crate::command::Space;
 use crate::config::Config;
-use crate::engine::store::{shard_file, Log, Store};
+use crate::engine::durability::Log;
+use crate::engine::schema::shard_file;
+use crate::engine::store::Store;
 use crate::node::Node;
 use crate::ops::manifest;
 use crate::placement::ShardId;
@@ -104,19 +106,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     cache.reserve(stored);
     let readiness = Readiness::new(stores.len());
     let options = ShardOptions::from_config(&config);
-    let mut next_doc_id = 1u64;
     let mut handles = Vec::new();
     let mut workers = Vec::new();
     for store in stores {
-        if let Some(last) = store.last_key(Space::Doc).map_err(StartError::Store)? {
-            let id = u64::from_be_bytes(last.as_slice().try_into().unwrap_or([0; 8]));
-            next_doc_id = next_doc_id.max(id.saturating_add(1));
-        }
         let (handle, join) = shard::spawn(store, cache.clone(), options.clone(), readiness.clone())?;
         handles.push(handle);
         workers.push(join);
     }
-    let node = Arc::new(Node::new(handles, cache, readiness, next_doc_id));
+    let node = Arc::new(Node::new(handles, cache, readiness, config.max_key_bytes).map_err(StartError::Store)?);
 
     let state = web::Data::new(AppState {
         node: node.clone(),
@@ -172,10 +169,7 @@ fn open_stores(config: &Config, redb_cache: usize) -> Result<Vec<Arc<Store>>, St
         let opening: Vec<_> = (0..config.shards)
             .map(|i| {
                 let path = shard_file(&config.data_dir, ShardId(i));
-                let log = match config.durability {
-                    crate::config::Durability::Immediate => Log::Fsynced,
-                    crate::config::Durability::Eventual => Log::Written,
-                };
+                let log = Log::for_durability(config.durability);
                 scope.spawn(move || Store::open(path, ShardId(i), redb_cache, log))
             })
             .collect();

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{client, temp_dir, Shale, TestServer};
 use shale::command::{Command, Precondition, Space};
-use shale::engine::store::{shard_file, Log, Store};
+use shale::engine::durability::Log;
+use shale::engine::schema::shard_file;
+use shale::engine::store::Store;
 use shale::placement::{shard_for, ShardId};
 use shale::Config;
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::{client, temp_dir, Shale, TestServer};
 use shale::command::Space;
-use shale::engine::store::{shard_file, Log, Store};
+use shale::engine::durability::Log;
+use shale::engine::schema::shard_file;
+use shale::engine::store::Store;
 use shale::placement::{shard_for, ShardId};
 use shale::Config;
 

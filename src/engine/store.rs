@@ -11,10 +11,11 @@
 //! # Held transaction (logged stores only)
 //! A logged batch is answered once its log frame is written (fdatasynced under `immediate`), so its redb commit
 //! can wait: the write transaction stays open ("held") across batches and is committed once it holds
-//! [`HOLD_BATCHES`] batches or [`HOLD_BYTES`] of payload, or is [`HOLD_TIME`] old, or when something reads the
-//! committed state on behalf of a client ([`Store::settle`]). A hold that a batch fills is committed after that
-//! batch is answered ([`Store::end_full_hold`], called by the shard thread). One redb commit then carries several
-//! batches, and a leaf page written by several of them is copied and checksummed once (BENCHMARKS.md, session 6).
+//! [`HOLD_BATCHES`](crate::engine::durability::HOLD_BATCHES) batches or
+//! [`HOLD_BYTES`](crate::engine::durability::HOLD_BYTES) of payload, or is [`HOLD_TIME`] old, or when something
+//! reads the committed state on behalf of a client ([`Store::settle`]). A hold that a batch fills is committed
+//! after that batch is answered ([`Store::end_full_hold`], called by the shard thread). One redb commit then
+//! carries several batches, and a leaf page written by several of them is copied and checksummed once.
 //! Invariants:
 //! - While a held transaction holds answered batches, [`Store::pending`] is true (set before the answers, cleared
 //!   only after the commit returned). A reader of the committed state that sees it true must go through the
@@ -26,7 +27,10 @@
 //!
 //! # Tables
 //! - `kv`, `docs`, `counters`, `buckets`: key bytes -> encoded [`Record`] (one table per [`Space`]).
-//! - `meta`: `"rev"` -> the last revision handed out in this file; `"wal_seq"`, `"wal_epoch"`: see [`crate::engine::wal`].
+//! - `meta`: `"rev"` -> the last revision handed out in this file; `"wal_seq"`, `"wal_epoch"`: see
+//!   [`crate::engine::wal`].
+//!
+//! Their definitions are in [`crate::engine::schema`].
 //!
 //! Invariant: the database sits behind a lock only so that a failed commit can close and reopen it (redb refuses
 //! writes after a failed commit); readers hold the lock just long enough to clone the `Arc`.
@@ -38,116 +42,21 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use crate::command::{parse_i64_strict, Command, EtagMatch, Precondition, Reply, SetCond, Space};
-use crate::engine::wal::{self, Wal, META_WAL_SEQ};
+use crate::command::{Command, Space};
+use crate::engine::apply::{apply_one, Tables};
+use crate::engine::change::{Change, Outcome};
+use crate::engine::durability::{Log, HOLD_TIME};
+use crate::engine::held::Held;
+use crate::engine::open::{open_checked, open_file};
+use crate::engine::room::free_bytes;
+use crate::engine::schema::{table, META, META_REV, META_WAL_SEQ};
+use crate::engine::storage;
+use crate::engine::wal::{self, Wal};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
-use crate::record::{Record, RecordView};
-
-const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
-const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
-const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
-const BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("buckets");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Every keyspace table (for copies: backup, resharding).
-pub const TABLES_BYTES: [TableDefinition<&[u8], &[u8]>; 4] = [KV, DOCS, COUNTERS, BUCKETS];
-/// The metadata table.
-pub const TABLE_META: TableDefinition<&str, u64> = META;
-/// meta key: the last revision handed out in this file.
-pub const META_REV: &str = "rev";
-
-fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
-    match space {
-        Space::Kv => KV,
-        Space::Doc => DOCS,
-        Space::Counter => COUNTERS,
-        Space::Bucket => BUCKETS,
-    }
-}
-
-/// A held transaction is committed once it holds this many answered batches (see the module doc).
-///
-/// Why this long (with [`HOLD_BYTES`] and [`HOLD_TIME`]): a batch that writes to a leaf page the held transaction
-/// has not touched yet copies that page (redb's copy on write) and the commit writes it out; later batches change
-/// it in place. The longer the hold, the fewer copies per write: 64 batches / 1 MiB / 50 ms -> 256 / 4 MiB / 200 ms
-/// cost 0.94x the CPU per durable PUT at -c256 and 0.93x at -c64, -> 1024 / 8 MiB / 1 s 0.98x and 0.94x more
-/// (BENCHMARKS.md, session 13). What a hold keeps in memory is bounded by redb's write buffer (half its cache),
-/// not by these limits; beyond it, redb writes the transaction's pages out early.
-pub const HOLD_BATCHES: u32 = 1024;
-/// ... or this many bytes of commands (the log's checkpoint comes at [`crate::engine::wal::CHECKPOINT_BYTES`] anyway).
-pub const HOLD_BYTES: usize = 8 << 20;
-/// ... or once it is this old (the shard thread wakes up for it when no batch comes).
-pub const HOLD_TIME: Duration = Duration::from_secs(1);
-
-/// A logged store's write transaction, kept open across answered batches.
-struct Held {
-    txn: WriteTransaction,
-    /// Answered batches in it (0 while the first batch is being applied).
-    batches: u32,
-    /// Their commands' bytes.
-    bytes: usize,
-    since: Instant,
-}
-
-impl Held {
-    fn full(&self, hold_time: Duration) -> bool {
-        self.batches >= HOLD_BATCHES || self.bytes >= HOLD_BYTES || self.since.elapsed() >= hold_time
-    }
-}
-
-/// The file name of shard `i` inside the data dir.
-pub fn shard_file(data_dir: &Path, shard: ShardId) -> PathBuf {
-    data_dir.join(format!("shard-{}.redb", shard.0))
-}
-
-/// What the cache must do after a committed command.
-#[derive(Debug, Clone)]
-pub enum CacheEffect {
-    /// Nothing changed.
-    None,
-    /// The key now holds this record.
-    Insert(Space, Bytes, Record),
-    /// The key was removed.
-    Invalidate(Space, Bytes),
-    /// Every record of the space was removed from this shard.
-    Clear(Space),
-    /// A read inside the transaction found this committed-by-now record: cache it if the key is absent (a fill
-    /// from the only writer of the key, after its commit; see `cache`).
-    Fill(Space, Bytes, Record),
-    /// The effects of a batch's commands, in order.
-    Many(Vec<CacheEffect>),
-}
-
-impl CacheEffect {
-    /// Whether the command changed the file (so the transaction must commit).
-    pub fn changes(&self) -> bool {
-        match self {
-            CacheEffect::None | CacheEffect::Fill(..) => false,
-            CacheEffect::Insert(..) | CacheEffect::Invalidate(..) | CacheEffect::Clear(_) => true,
-            CacheEffect::Many(all) => all.iter().any(CacheEffect::changes),
-        }
-    }
-}
-
-/// The outcome of one command inside a batch: its reply (or its own failure) and its cache effect.
-pub type Outcome = Result<(Reply, CacheEffect)>;
-
-/// Whether and how a store logs each batch before it is answered (see [`crate::engine::wal`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Log {
-    /// No log: each batch is one redb commit, fsynced or not as [`Store::apply_batch`] is asked.
-    Off,
-    /// `DURABILITY=eventual`: the batch's frame is written to the log, not fdatasynced. It survives a crash of the
-    /// process (the kernel holds it), and the log's next fdatasync ([`Store::sync_log`]) or checkpoint makes it
-    /// survive a power loss.
-    Written,
-    /// `DURABILITY=immediate`: the batch's frame is written and fdatasynced.
-    Fsynced,
-}
+use crate::record::Record;
 
 /// One shard's database.
 pub struct Store {
@@ -190,10 +99,6 @@ impl Log {
 
 /// Bytes the space check asks for beyond twice the batch's payload (redb's copy-on-write pages, metadata).
 const SPACE_CHECK_MARGIN: usize = 1 << 20;
-
-fn storage(shard: ShardId, what: &str) -> impl Fn(redb::Error) -> Error + '_ {
-    move |e| Error::storage(&format!("shard {shard}: {what}"), e)
-}
 
 impl Store {
     /// Opens (or creates) the shard file with ONE redb open: redb repairs it if the last close was unclean, else
@@ -292,7 +197,8 @@ impl Store {
         self.commit_held(&mut held)
     }
 
-    /// Commits the held transaction if it is full ([`HOLD_BATCHES`], [`HOLD_BYTES`] or [`HOLD_TIME`]). The shard
+    /// Commits the held transaction if it is full ([`HOLD_BATCHES`](crate::engine::durability::HOLD_BATCHES),
+    /// [`HOLD_BYTES`](crate::engine::durability::HOLD_BYTES) or [`HOLD_TIME`]). The shard
     /// thread calls it after answering each logged batch, so that no answer waits for the commit of the hold its
     /// batch filled. A failed commit reopens the store at once (its replay restores the held batches); the error
     /// is returned only when that reopen failed too, and the caller must retry it.
@@ -465,7 +371,8 @@ impl Store {
     /// Whether `bytes` (twice, plus a margin) can be written next to the shard file: writes and removes a probe
     /// file. Used only after a write failed for lack of space, so that the refused writes of a full disk are
     /// answered 507 without touching redb: a failed redb write poisons the handle, and reopening it repairs the
-    /// whole file (about 2 s per GiB), during which the shard cannot serve reads.
+    /// whole file (a walk of every page: the larger the file, the longer), during which the shard cannot serve
+    /// reads.
     fn check_space(&self, bytes: usize) -> Result<()> {
         use std::io::Write;
         let need = bytes.saturating_mul(2).saturating_add(SPACE_CHECK_MARGIN);
@@ -498,11 +405,11 @@ impl Store {
         }
     }
 
-    /// A logged store's check before each batch, with `statvfs` (about a microsecond): the file system must have
-    /// room for the batch three times (its log frame and redb's copy-on-write pages) plus a margin. A logged batch
-    /// that fails inside redb for lack of space needs its log replayed before the shard can serve again, and the
-    /// replay needs space too, so that failure must not be reached: refused here, the batch leaves everything
-    /// untouched and the shard keeps serving reads.
+    /// A logged store's check before each batch, with `statvfs` (one system call, no disk I/O): the file system
+    /// must have room for the batch three times (its log frame and redb's copy-on-write pages) plus a margin. A
+    /// logged batch that fails inside redb for lack of space needs its log replayed before the shard can serve
+    /// again, and the replay needs space too, so that failure must not be reached: refused here, the batch leaves
+    /// everything untouched and the shard keeps serving reads.
     fn check_free(&self, bytes: usize) -> Result<()> {
         let need = bytes.saturating_mul(3).saturating_add(SPACE_CHECK_MARGIN);
         #[cfg(test)]
@@ -577,7 +484,8 @@ impl Store {
             return Ok(outcomes);
         }
         let new_rev = (rev != *next_rev).then(|| rev - 1);
-        // A logged batch's frame carries its revision; meta `rev` and `wal_seq` wait for the checkpoint (wal.rs).
+        // A logged batch's frame carries its revision; meta `rev` and `wal_seq` wait for the checkpoint (see the
+        // module doc of `engine::wal`).
         if let (Some(new_rev), None) = (new_rev, wal.as_ref()) {
             let mut meta = h.txn.open_table(META).map_err(|e| err(e.into()))?;
             meta.insert(META_REV, new_rev).map_err(|e| err(e.into()))?;
@@ -646,11 +554,9 @@ impl Store {
         if end_rev > first_rev {
             return self.last_rev().is_ok_and(|stored| stored == end_rev - 1);
         }
-        cmds.iter().zip(outcomes).filter(|(_, o)| matches!(o, Ok((_, CacheEffect::Invalidate(..))))).all(|(c, _)| {
-            match c {
-                Command::Delete { space, key, .. } => self.get(*space, key).is_ok_and(|r| r.is_none()),
-                _ => false,
-            }
+        cmds.iter().zip(outcomes).filter(|(_, o)| matches!(o, Ok((_, Change::Remove(..))))).all(|(c, _)| match c {
+            Command::Delete { space, key, .. } => self.get(*space, key).is_ok_and(|r| r.is_none()),
+            _ => false,
         })
     }
 
@@ -721,7 +627,8 @@ impl Store {
     }
 
     /// The durable commit of [`Store::flush`] (of the held transaction, when there is one); it records that the
-    /// file holds every logged frame (even one whose write failed: see [`crate::engine::wal`]), so the log can start over.
+    /// file holds every logged frame (even one whose write failed: see [`crate::engine::wal`]), so the log can
+    /// start over.
     fn checkpoint(&self, wal: &mut Option<Wal>, held: &mut Option<Held>) -> Result<()> {
         let storage_err = storage(self.shard, "flush");
         let err = |e: redb::Error| self.write_failed(storage_err(e));
@@ -823,312 +730,12 @@ impl Store {
     }
 }
 
-/// Bytes an unprivileged writer may still use on the file system of `path` (`statvfs`: `f_bavail * f_frsize`);
-/// `None` when it cannot be asked.
-fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c_path` is a valid NUL-terminated string and `st` points to writable memory of the right type;
-    // statvfs only writes into it, and it is read only when the call succeeded.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let st = unsafe { st.assume_init() };
-    // The field types differ between platforms (u32 on some 32-bit ones).
-    #[allow(clippy::unnecessary_cast)]
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
-/// Creates every table (a write transaction that commits nothing new on an existing file).
-fn create_tables(db: &Database, shard: ShardId) -> Result<()> {
-    let txn = db.begin_write().map_err(|e| storage(shard, "begin")(e.into()))?;
-    {
-        for space in Space::ALL {
-            txn.open_table(table(space)).map_err(|e| storage(shard, "create table")(e.into()))?;
-        }
-        txn.open_table(META).map_err(|e| storage(shard, "create table")(e.into()))?;
-    }
-    txn.commit().map_err(|e| storage(shard, "commit")(e.into()))
-}
-
-/// Opens (or creates) the shard file with shale's page cache size, logging redb's repair of a file whose last
-/// close was unclean; also answers whether that repair ran.
-fn open_file(
-    path: &Path,
-    shard: ShardId,
-    cache_size: usize,
-) -> std::result::Result<(Database, bool), redb::DatabaseError> {
-    let repaired = Arc::new(AtomicBool::new(false));
-    let flag = repaired.clone();
-    let mut builder = Database::builder();
-    builder.set_cache_size(cache_size);
-    builder.set_repair_callback(move |session: &mut redb::RepairSession| {
-        flag.store(true, Ordering::Release);
-        tracing::warn!(shard = shard.0, progress = session.progress(), "repairing shard after unclean shutdown");
-    });
-    let db = builder.create(path)?;
-    Ok((db, repaired.load(Ordering::Acquire)))
-}
-
-/// Opens the shard file for start-up, all on one `Database`:
-/// 1. redb's open repairs the file if its last close was unclean (a crash): the repair walks every tree and checks
-///    every checksum, so a repaired file is verified;
-/// 2. a file that was closed cleanly is verified with `check_integrity` (every page checksum; it also rebuilds a
-///    leaked free-page state): redb trusts a cleanly closed file as it is, so a flipped byte in it would be served
-///    as a wrong value or make a read panic (`tests/faults.rs`). The check walks the file (about 2 ms per MiB with
-///    a warm OS cache);
-/// 3. the log is replayed into it ([`wal::recover`]);
-/// 4. the file is compacted when more than half of it is free ([`crate::ops::backup::compact_db`]);
-/// 5. the tables are created.
-///
-/// A file that cannot be read (a checksum failure, or a panic inside redb on a damaged page) is refused with an
-/// error that names the file and the way out (`shale restore`).
-fn open_checked(path: &Path, shard: ShardId, cache_size: usize) -> Result<(Database, Wal)> {
-    let started = Instant::now();
-    let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
-    let damaged = |why: String| {
-        Error::Internal(format!(
-            "shard {shard}: {} is damaged ({why}); restore the data dir from a backup (`shale restore`)",
-            path.display()
-        ))
-    };
-    let check = || -> Result<(Database, &'static str)> {
-        let (mut db, repaired) = open_file(path, shard, cache_size).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => damaged(why),
-            e => Error::storage(&format!("shard {shard}: cannot open {} (damaged or locked?)", path.display()), e),
-        })?;
-        let outcome = if !existed {
-            "created"
-        } else if repaired {
-            "repaired after an unclean shutdown"
-        } else {
-            match db.check_integrity() {
-                Ok(true) => "verified",
-                // The file was consistent but its allocator state was not (leaked pages); redb rebuilt it.
-                Ok(false) => "verified; free-page state rebuilt",
-                Err(e) => return Err(damaged(e.to_string())),
-            }
-        };
-        Ok((db, outcome))
-    };
-    // A damaged page can make redb panic (an index out of range) instead of returning an error.
-    let (mut db, outcome) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
-        .unwrap_or_else(|_| Err(damaged("reading it panicked".into())))?;
-    tracing::info!(shard = shard.0, outcome, ms = started.elapsed().as_millis() as u64, "shard file checked");
-    let (wal, _) = wal::recover(&db, path, shard, None)?;
-    if existed {
-        crate::ops::backup::compact_db(&mut db, path, shard, 0.5)?;
-    }
-    create_tables(&db, shard)?;
-    tracing::debug!(shard = shard.0, path = %path.display(), ms = started.elapsed().as_millis() as u64, "shard opened");
-    Ok((db, wal))
-}
-
-/// What `f` reads from the record stored under `key` (None when absent), parsed in place on the page without
-/// copying it. `Ok(Err(..))` = a damaged record (the command fails alone); `Err` = a storage failure.
-fn current<T>(
-    t: &redb::Table<&[u8], &[u8]>,
-    key: &[u8],
-    f: impl FnOnce(RecordView<'_>) -> T,
-) -> Result<Result<Option<T>, Error>, redb::Error> {
-    let Some(guard) = t.get(key)? else { return Ok(Ok(None)) };
-    Ok(match RecordView::parse(guard.value()) {
-        Ok(v) => Ok(Some(f(v))),
-        Err(e) => Err(Error::Internal(format!("damaged record: {e}"))),
-    })
-}
-
-/// Unwraps a [`current`] read inside [`apply_one`], returning the command's own failure for a damaged record.
-macro_rules! read_current {
-    ($read:expr) => {
-        match $read? {
-            Ok(found) => found,
-            Err(e) => return Ok(Err(e)),
-        }
-    };
-}
-
-/// The tables of one write transaction, each opened at most once per batch: opening (and closing, which writes
-/// the table's root back into the transaction) once per command cost a few percent of a write's CPU.
-struct Tables<'t> {
-    txn: &'t WriteTransaction,
-    open: [Option<redb::Table<'t, &'static [u8], &'static [u8]>>; Space::ALL.len()],
-}
-
-impl<'t> Tables<'t> {
-    fn new(txn: &'t WriteTransaction) -> Tables<'t> {
-        Tables { txn, open: Default::default() }
-    }
-
-    /// The open table of `space`.
-    fn get(&mut self, space: Space) -> Result<&mut redb::Table<'t, &'static [u8], &'static [u8]>, redb::Error> {
-        let slot = &mut self.open[space as usize];
-        if slot.is_none() {
-            *slot = Some(self.txn.open_table(table(space))?);
-        }
-        Ok(slot.as_mut().expect("opened above"))
-    }
-}
-
-/// Applies one command inside the batch's transaction. `Ok(Err(..))` is the command's own failure
-/// (precondition, overflow); `Err` is a storage failure that dooms the whole transaction.
-fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Result<Outcome, redb::Error> {
-    let mut take_rev = || {
-        let r = *rev;
-        *rev += 1;
-        r
-    };
-    match cmd {
-        Command::Put { space, key, value, content_type, precondition, skip_if_unchanged } => {
-            let t = tables.get(*space)?;
-            // An unconditional put reads nothing first: the insert says whether it replaced a record (one B-tree
-            // descent instead of two).
-            let current = if precondition.is_none() && !skip_if_unchanged {
-                None
-            } else {
-                read_current!(current(t, key, |v| {
-                    (v.rev, *skip_if_unchanged && v.content_type == &content_type[..] && v.value == &value[..])
-                }))
-            };
-            if !precondition.holds(current.map(|(rev, _)| rev)) {
-                return Ok(Err(precondition_failed(precondition)));
-            }
-            if let Some((rev, true)) = current {
-                return Ok(Ok((Reply::Unchanged { rev }, CacheEffect::None)));
-            }
-            let r = take_rev();
-            let rec = Record::encode(r, content_type, value);
-            let replaced = t.insert(&key[..], rec.as_bytes())?.is_some();
-            let reply = Reply::Stored { created: !replaced, rev: r };
-            Ok(Ok((reply, CacheEffect::Insert(*space, key.clone(), rec))))
-        }
-        Command::Delete { space, key, precondition } => {
-            let t = tables.get(*space)?;
-            let current = read_current!(current(t, key, |v| v.rev));
-            if !precondition.holds(current) {
-                return Ok(Err(precondition_failed(precondition)));
-            }
-            if current.is_none() {
-                return Ok(Err(Error::NotFound("key not found".into())));
-            }
-            t.remove(&key[..])?;
-            Ok(Ok((Reply::Deleted, CacheEffect::Invalidate(*space, key.clone()))))
-        }
-        Command::CounterAdd { name, delta } => {
-            let t = tables.get(Space::Counter)?;
-            let current = match read_current!(current(t, name, |v| counter_of(v.value))) {
-                None => 0,
-                Some(Some(n)) => n,
-                Some(None) => return Ok(Err(Error::Internal("damaged counter record".into()))),
-            };
-            let Some(sum) = current.checked_add(*delta) else {
-                return Ok(Err(Error::BadRequest(format!(
-                    "adding {delta} to {current} overflows a 64-bit signed integer; the counter is unchanged"
-                ))));
-            };
-            let rec = Record::encode(take_rev(), b"", &sum.to_le_bytes());
-            t.insert(&name[..], rec.as_bytes())?;
-            Ok(Ok((Reply::Counter(sum), CacheEffect::Insert(Space::Counter, name.clone(), rec))))
-        }
-        Command::Set { key, value, cond, get_old } => {
-            let t = tables.get(Space::Kv)?;
-            // A plain SET reads nothing first (see `Put`).
-            let read = if *cond == SetCond::Always && !get_old {
-                None
-            } else {
-                read_current!(current(t, key, |v| get_old.then(|| Bytes::copy_from_slice(v.value))))
-            };
-            let (exists, old) = match read {
-                None => (false, None),
-                Some(old) => (true, old),
-            };
-            if !cond.holds(exists) {
-                return Ok(Ok((Reply::Set { written: false, old }, CacheEffect::None)));
-            }
-            let rec = Record::encode(take_rev(), b"", value);
-            t.insert(&key[..], rec.as_bytes())?;
-            Ok(Ok((Reply::Set { written: true, old }, CacheEffect::Insert(Space::Kv, key.clone(), rec))))
-        }
-        Command::KvIncr { key, delta } => {
-            let t = tables.get(Space::Kv)?;
-            let current = match read_current!(current(t, key, |v| parse_i64_strict(v.value))) {
-                None => 0,
-                Some(Some(n)) => n,
-                Some(None) => return Ok(Err(Error::BadRequest(NOT_AN_INTEGER.into()))),
-            };
-            let Some(sum) = current.checked_add(*delta) else {
-                return Ok(Err(Error::BadRequest("increment or decrement would overflow".into())));
-            };
-            let rec = Record::encode(take_rev(), b"", sum.to_string().as_bytes());
-            t.insert(&key[..], rec.as_bytes())?;
-            Ok(Ok((Reply::Counter(sum), CacheEffect::Insert(Space::Kv, key.clone(), rec))))
-        }
-        Command::Read { space, key } => {
-            let t = tables.get(*space)?;
-            let rec = read_current!(current(t, key, |v| Record::encode(v.rev, v.content_type, v.value)));
-            let effect = match &rec {
-                Some(r) => CacheEffect::Fill(*space, key.clone(), r.clone()),
-                None => CacheEffect::None,
-            };
-            Ok(Ok((Reply::Value(rec), effect)))
-        }
-        Command::Batch(cmds) => {
-            let mut replies = Vec::with_capacity(cmds.len());
-            let mut effects = Vec::with_capacity(cmds.len());
-            for c in cmds {
-                match apply_one(tables, c, rev)? {
-                    Ok((reply, effect)) => {
-                        replies.push(Ok(reply));
-                        effects.push(effect);
-                    }
-                    Err(e) => replies.push(Err(e)),
-                }
-            }
-            Ok(Ok((Reply::Batch(replies), CacheEffect::Many(effects))))
-        }
-        Command::Clear { space } => {
-            let t = tables.get(*space)?;
-            let removed = t.len()?;
-            if removed == 0 {
-                return Ok(Ok((Reply::Cleared(0), CacheEffect::None)));
-            }
-            t.retain(|_, _| false)?;
-            // A revision marks the commit, so a failed-but-landed commit is recognised (see `commit_landed`).
-            take_rev();
-            Ok(Ok((Reply::Cleared(removed), CacheEffect::Clear(*space))))
-        }
-    }
-}
-
-/// The value of a counter record (8 bytes, little-endian i64).
-pub fn counter_value(rec: &Record) -> Option<i64> {
-    counter_of(rec.value_ref())
-}
-
-/// A counter's value from its record's value bytes (8 bytes, little-endian i64).
-fn counter_of(value: &[u8]) -> Option<i64> {
-    value.try_into().ok().map(i64::from_le_bytes)
-}
-
-/// Redis's text for a value or argument that is not a 64-bit integer in its strict decimal form.
-pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
-
-fn precondition_failed(p: &Precondition) -> Error {
-    Error::PreconditionFailed(match (&p.if_match, &p.if_none_match) {
-        (_, Some(EtagMatch::Any)) => "the key already exists (If-None-Match: *)".into(),
-        (Some(EtagMatch::Any), _) => "the key does not exist (If-Match: *)".into(),
-        (Some(_), _) => "the current ETag does not match If-Match".into(),
-        _ => "the current ETag matches If-None-Match".into(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{EtagMatch, Precondition, Reply, NOT_AN_INTEGER};
+    use crate::engine::durability::{HOLD_BATCHES, HOLD_BYTES};
+    use crate::record::counter_value;
 
     fn put(key: &str, value: &str, precondition: Precondition) -> Command {
         Command::Put {
@@ -1309,7 +916,7 @@ mod tests {
         let cmds = [doc("{\"a\":1}"), doc("{\"a\":1}"), doc("{\"a\":2}")];
         let out = store.apply_batch(cmds.iter(), &mut rev, true).unwrap();
         assert!(matches!(out[0], Ok((Reply::Stored { created: true, rev: 1 }, _))));
-        assert!(matches!(out[1], Ok((Reply::Unchanged { rev: 1 }, CacheEffect::None))));
+        assert!(matches!(out[1], Ok((Reply::Unchanged { rev: 1 }, Change::None))));
         assert!(matches!(out[2], Ok((Reply::Stored { created: false, rev: 2 }, _))));
         // A batch of unchanged writes only is not committed at all: the last revision on disk stays.
         let again = [doc("{\"a\":2}")];

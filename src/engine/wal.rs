@@ -1,7 +1,7 @@
 //! The write-ahead log of one shard file.
 //!
-//! Why: a durable redb commit copies on write every B-tree page its batch touched and fsyncs them all, about
-//! 70 µs more per extra random key on this disk (BENCHMARKS.md). With the log, acknowledging a batch costs one
+//! Why: a durable redb commit copies on write every B-tree page its batch touched and fsyncs them all, so each
+//! extra random key adds pages scattered over the file to the write. With the log, acknowledging a batch costs one
 //! sequential write of its changes and one `fdatasync`, whatever keys it touched; redb then commits the batch
 //! without an fsync (`Durability::None`), and a *checkpoint* (a durable redb commit, every [`CHECKPOINT_BYTES`] of
 //! log and at a clean stop) makes the file itself durable and lets the log start over.
@@ -10,8 +10,9 @@
 //! [`OP_UNSYNCED`]), and the shard fdatasyncs the whole log at least every `FLUSH_INTERVAL_MS` ([`Wal::sync`]);
 //! the checkpoint waits for [`CHECKPOINT_BYTES`] of log. The kernel keeps a frame through a crash of the
 //! process; a power loss may lose what followed the last fdatasync. Why a log at all under `eventual`: it lets
-//! redb commit once per many batches (the held transaction of [`crate::engine::store`]) instead of once per batch, 0.89x
-//! the CPU per PUT and 1.10x the PUT/s at -c256 (BENCHMARKS.md, session 12).
+//! redb commit once per many batches (the held transaction of [`crate::engine::store`]) instead of once per
+//! batch, so a commit's fixed work and a page several batches write are paid once: less CPU per PUT, and more
+//! PUTs per second.
 //!
 //! # File
 //! `shard-<i>.wal` next to `shard-<i>.redb`: frames from offset 0, then zeros written ahead of them
@@ -26,10 +27,10 @@
 //!   after that, so a reader never sees a change the log does not hold.
 //! - Only a checkpoint (or a replay) records meta `wal_seq` (every frame up to it is in the file) and meta `rev`;
 //!   a batch's non-durable commit leaves the meta table alone, which spares each commit the copy-on-write of one
-//!   more B-tree (16 % of the instructions of a one-put batch, 8 % of an eight-put one: BENCHMARKS.md). So a
-//!   file reopened without a crash may already hold frames after its `wal_seq`. Replay applies them again, which is harmless: a frame holds
-//!   outcomes (a record, a removal, a cleared space, a revision), never increments, so applying all the frames
-//!   after `wal_seq` in order ends in the same state from any state between the checkpoint and the last frame.
+//!   more B-tree (a noticeable share of a small batch's work). So a file reopened without a crash may already
+//!   hold frames after its `wal_seq`. Replay applies them again, which is harmless: a frame holds outcomes (a
+//!   record, a removal, a cleared space, a revision), never increments, so applying all the frames after
+//!   `wal_seq` in order ends in the same state from any state between the checkpoint and the last frame.
 //! - Frames are written at consecutive offsets with consecutive seqs. The log goes back to offset 0 only after a
 //!   durable redb commit that contains every frame in it; frames left over from an earlier round then follow the
 //!   new ones with smaller seqs (or are cut in half), so replay stops at them.
@@ -55,12 +56,12 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable, WriteTransaction};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::engine::store::{CacheEffect, Outcome, TABLES_BYTES, TABLE_META};
+use crate::engine::change::{Change, Outcome};
+use crate::engine::durability::CHECKPOINT_BYTES;
+use crate::engine::schema::{META_REV, META_WAL_EPOCH, META_WAL_SEQ, TABLES_BYTES, TABLE_META};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 
-/// Log bytes after which the shard checkpoints (bounds replay at start-up to about this much).
-pub const CHECKPOINT_BYTES: u64 = 8 << 20;
 /// A log file grown beyond this (by one huge batch) is truncated at the next checkpoint instead of reused.
 const KEEP_BYTES: u64 = 2 * CHECKPOINT_BYTES;
 /// The least a log file grows by when a frame would pass its end: zeros are written ahead of the frames (see
@@ -68,10 +69,6 @@ const KEEP_BYTES: u64 = 2 * CHECKPOINT_BYTES;
 const GROW_MIN: u64 = 64 << 10;
 /// ...up to this.
 const GROW_MAX: u64 = 1 << 20;
-/// meta key: the seq of the last frame whose changes the file holds.
-pub const META_WAL_SEQ: &str = "wal_seq";
-/// meta key: this file's log epoch.
-pub const META_WAL_EPOCH: &str = "wal_epoch";
 const HEADER: usize = 8 + 4 + 8 + 8;
 
 const OP_PUT: u8 = 1;
@@ -254,11 +251,11 @@ impl Wal {
     /// file's end, writes zeros from that end on, one growth step (the file's length, at least [`GROW_MIN`], at
     /// most [`GROW_MAX`]) past `end`. Why: a frame written past the end changes the file's size and makes the
     /// file system allocate blocks, and the fdatasync after it must then also write the inode and the allocation
-    /// metadata; a frame written over zeros already on disk needs only its own blocks and a cache flush. On this
-    /// machine (ext4), a new log's first round went from 0.78 to 0.16 metadata writes per fdatasync, and durable
-    /// PUT/s at -c16 rose 1.18x (p50 0.57 -> 0.46 ms; -c64 and -c256 unchanged: BENCHMARKS.md, session 14). The
-    /// zeros reach the disk with the frame's own fdatasync (`immediate`) or the next sync (`eventual`). Replay
-    /// stops at them as at the end of the log: they hold no intact frame.
+    /// metadata; a frame written over zeros already on disk needs only its own blocks and a cache flush. So the
+    /// fdatasyncs of a new log's first round write far less metadata, which shows in the rate and latency of
+    /// durable PUTs under few connections (small batches, so many fdatasyncs per write). The zeros reach the disk
+    /// with the frame's own fdatasync (`immediate`) or the next sync (`eventual`). Replay stops at them as at the
+    /// end of the log: they hold no intact frame.
     fn grow(&mut self, end: u64) -> std::io::Result<()> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         if end <= self.len {
@@ -298,22 +295,22 @@ fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Appends the changes `effect` describes. A command's cache effect names every change it made to the file
-/// (the cache must see them all), so the log is written from it.
-fn encode_effect(buf: &mut Vec<u8>, effect: &CacheEffect) -> std::io::Result<()> {
+/// Appends the changes `effect` describes. A command's [`Change`] names every change it made to the file (the
+/// cache must see them all), so the log is written from it.
+fn encode_effect(buf: &mut Vec<u8>, effect: &Change) -> std::io::Result<()> {
     match effect {
-        CacheEffect::None | CacheEffect::Fill(..) => {}
-        CacheEffect::Insert(space, key, rec) => {
+        Change::None | Change::Found(..) => {}
+        Change::Put(space, key, rec) => {
             buf.extend_from_slice(&[OP_PUT, *space as u8]);
             put_bytes(buf, key)?;
             put_bytes(buf, rec.as_bytes())?;
         }
-        CacheEffect::Invalidate(space, key) => {
+        Change::Remove(space, key) => {
             buf.extend_from_slice(&[OP_REMOVE, *space as u8]);
             put_bytes(buf, key)?;
         }
-        CacheEffect::Clear(space) => buf.extend_from_slice(&[OP_CLEAR, *space as u8]),
-        CacheEffect::Many(all) => {
+        Change::Clear(space) => buf.extend_from_slice(&[OP_CLEAR, *space as u8]),
+        Change::Many(all) => {
             for e in all {
                 encode_effect(buf, e)?;
             }
@@ -370,7 +367,7 @@ enum AfterStop {
 
 /// Looks for intact frames of `epoch` with a seq above `above` anywhere after offset `from`. Every offset is a
 /// candidate, since a damaged length field hides where the next frame starts; the epoch's 8 bytes are searched
-/// for with `memmem` (a scan frame by frame candidate took 100 ms for a 16 MiB log, this about 4 ms).
+/// for with `memmem`, far faster than trying to parse a frame at every offset.
 fn after_stop(data: &[u8], from: usize, epoch: u64, above: u64) -> AfterStop {
     let first = from + 1;
     let Some(tail) = data.get(first + 12..) else { return AfterStop::End };
@@ -422,7 +419,7 @@ fn apply_frame(txn: &WriteTransaction, mut p: &[u8]) -> std::result::Result<Opti
         if op[0] == OP_REV {
             let Some(rev) = take(&mut p, 8) else { return Ok(None) };
             let rev = u64::from_le_bytes(rev.try_into().expect("8 bytes"));
-            txn.open_table(TABLE_META)?.insert(crate::engine::store::META_REV, rev)?;
+            txn.open_table(TABLE_META)?.insert(META_REV, rev)?;
             continue;
         }
         let Some(&space) = take(&mut p, 1).and_then(|s| s.first()) else { return Ok(None) };
@@ -474,7 +471,7 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
         let held = meta.get(META_WAL_SEQ).map_err(|e| err(e.into()))?.map(|g| g.value()).unwrap_or(0);
         match epoch {
             Some(epoch) => (epoch, held, false),
-            None => (xxh3_64(crate::ops::manifest::new_node_id().as_bytes()), held, true),
+            None => (xxh3_64(crate::random::hex_id().as_bytes()), held, true),
         }
     };
     let (found, stop) = if new_epoch { (Vec::new(), 0) } else { frames(&data, epoch) };
@@ -507,8 +504,8 @@ pub fn recover(db: &Database, redb_path: &Path, shard: ShardId, spent: Option<u6
     }
     let last = todo.last().map_or(held, |&(seq, _)| seq).max(spent.unwrap_or(0)).max(dropped.unwrap_or(0));
     // With nothing to replay nothing is written, so a reopen works on a full disk. The state this open sees is
-    // durable: redb shows an open only what its last durable commit (or a clean close) left (NOTES.md §1: no
-    // non-durable commit survived a SIGKILL), so the log may be overwritten from offset 0.
+    // durable: redb shows an open only what its last durable commit (or a clean close) left (a non-durable
+    // commit does not survive the death of the process), so the log may be overwritten from offset 0.
     if new_epoch || last != held {
         let mut meta = txn.open_table(TABLE_META).map_err(|e| err(e.into()))?;
         meta.insert(META_WAL_EPOCH, epoch).map_err(|e| err(e.into()))?;
@@ -641,7 +638,7 @@ mod tests {
     /// The outcome of a put of key `k<i>` with a value of `len` bytes.
     fn stored(i: u64, len: usize) -> Outcome {
         let rec = crate::record::Record::encode(i, b"", &vec![b'v'; len]);
-        let effect = CacheEffect::Insert(crate::command::Space::Kv, format!("k{i}").into(), rec);
+        let effect = Change::Put(crate::command::Space::Kv, format!("k{i}").into(), rec);
         Ok((crate::command::Reply::Stored { created: true, rev: i }, effect))
     }
 

@@ -18,103 +18,23 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use redb::{Database, Durability, ReadTransaction, ReadableTable};
+use redb::{Database, Durability, ReadableTable};
 use sha2::{Digest, Sha256};
 
-use crate::engine::store::{shard_file, Store, META_REV, TABLES_BYTES, TABLE_META};
+use crate::engine::compact::compact_db;
+use crate::engine::schema::{shard_file, META_REV, TABLES_BYTES, TABLE_META};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::ops::manifest::{self, Manifest};
 use crate::placement::ShardId;
+use crate::shard::snapshot::{Rendezvous, Snapshot, SnapshotRequest, RENDEZVOUS_TIMEOUT};
 
 /// Name of the checksum file of a backup.
 pub const CHECKSUMS: &str = "SHA256SUMS";
-/// How long shards wait for each other at a rendezvous before the backup is abandoned.
-const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries copied per (non-durable) transaction into a backup file; the last commit is durable.
 const COPY_CHUNK: usize = 50_000;
-
-// ---- rendezvous ----
-
-/// A reusable meeting point for `n` shard workers, with a timeout and an abandon switch, so one stuck or
-/// unreachable shard can never leave the others paused forever.
-pub struct Rendezvous {
-    n: usize,
-    state: Mutex<(usize, usize, bool)>, // (arrived in this phase, phase number, abandoned)
-    cv: Condvar,
-}
-
-impl Rendezvous {
-    /// A rendezvous for `n` parties.
-    pub fn new(n: usize) -> Arc<Rendezvous> {
-        Arc::new(Rendezvous { n, state: Mutex::new((0, 0, false)), cv: Condvar::new() })
-    }
-
-    /// Waits until all `n` parties arrived (true), or the rendezvous was abandoned or timed out (false).
-    pub fn meet(&self) -> bool {
-        let deadline = Instant::now() + RENDEZVOUS_TIMEOUT;
-        let mut s = self.state.lock().expect("rendezvous lock never poisoned");
-        if s.2 {
-            return false;
-        }
-        let phase = s.1;
-        s.0 += 1;
-        if s.0 == self.n {
-            s.0 = 0;
-            s.1 += 1;
-            self.cv.notify_all();
-            return true;
-        }
-        while s.1 == phase && !s.2 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                s.2 = true;
-                self.cv.notify_all();
-                return false;
-            }
-            s = self.cv.wait_timeout(s, left).expect("rendezvous lock never poisoned").0;
-        }
-        s.1 != phase
-    }
-
-    /// Releases every waiter with `false` (used when a shard could not be asked).
-    pub fn abandon(&self) {
-        self.state.lock().expect("rendezvous lock never poisoned").2 = true;
-        self.cv.notify_all();
-    }
-}
-
-/// What a shard worker is asked to do for a backup.
-pub struct SnapshotRequest {
-    /// Where all shards meet (twice: paused, then snapshots opened).
-    pub rendezvous: Arc<Rendezvous>,
-    /// Where the worker sends its snapshot and the last revision handed out in it.
-    pub reply: crossbeam_channel::Sender<(ShardId, Result<Snapshot>)>,
-}
-
-/// A shard's snapshot, and its last revision: under `immediate`, the snapshot's meta `rev` lags behind until the
-/// next checkpoint (the log holds the rest, see `wal`), and a restored file must never hand out a revision again.
-pub struct Snapshot {
-    txn: ReadTransaction,
-    last_rev: u64,
-}
-
-impl SnapshotRequest {
-    /// Run by the shard worker between batches: meet, open the snapshot, meet again, hand it over.
-    pub fn serve(self, store: &Store) {
-        if !self.rendezvous.meet() {
-            return;
-        }
-        let snapshot = store.begin_snapshot().and_then(|txn| Ok(Snapshot { txn, last_rev: store.last_rev()? }));
-        if !self.rendezvous.meet() {
-            return;
-        }
-        let _ = self.reply.send((store.shard(), snapshot));
-    }
-}
 
 // ---- backup ----
 
@@ -386,38 +306,4 @@ pub fn compact_file(path: &PathBuf, shard: ShardId, threshold: f64) -> Result<u6
         .map_err(|e| Error::storage(&format!("shard {shard}: compaction"), redb::Error::from(e)))?;
     crate::engine::wal::recover(&db, path, shard, None)?;
     compact_db(&mut db, path, shard, threshold)
-}
-
-/// Compacts the open database of `path` when its fragmented bytes exceed `threshold` of the file (0.0 = always).
-/// `db` must have no live transaction and no other handle (redb's rule for `compact`); the start-up open
-/// (`Store::open`) calls this on the handle it then serves from. Returns the bytes reclaimed (compaction shrinks
-/// the file as it goes).
-pub fn compact_db(db: &mut Database, path: &Path, shard: ShardId, threshold: f64) -> Result<u64> {
-    let err = |e: redb::Error| Error::storage(&format!("shard {shard}: compaction"), e);
-    let before = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if before == 0 {
-        return Ok(0);
-    }
-    let fragmented = {
-        let w = db.begin_write().map_err(|e| err(e.into()))?;
-        let f = w.stats().map_err(|e| err(e.into()))?.fragmented_bytes();
-        w.abort().map_err(|e| err(e.into()))?;
-        f
-    };
-    if (fragmented as f64) < threshold * before as f64 {
-        return Ok(0);
-    }
-    let started = Instant::now();
-    while db.compact().map_err(|e| err(e.into()))? {}
-    let after = fs::metadata(path).map(|m| m.len()).unwrap_or(before);
-    let reclaimed = before.saturating_sub(after);
-    tracing::info!(
-        shard = shard.0,
-        before,
-        after,
-        reclaimed,
-        ms = started.elapsed().as_millis() as u64,
-        "shard compacted"
-    );
-    Ok(reclaimed)
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use crate::engine::store::{shard_file, TABLES_BYTES, TABLE_META};
+use crate::engine::schema::{shard_file, TABLES_BYTES, TABLE_META};
 use crate::fault;
 use crate::ops::manifest::{self, Manifest, ReshardPlan, ReshardState};
 use crate::placement::{shard_for, ShardId, PLACEMENT_VERSION};

@@ -5,21 +5,21 @@
 //!   new records and invalidate deleted keys, before they answer the writers. HTTP readers only `get`.
 //! - A reader that misses reads redb itself and asks the owning shard to fill the key (`ShardMsg::Fill`); the
 //!   shard fills only after its current batch is committed, from its own view of the file, and only if the key
-//!   is still absent. So a fill can never put back a value older than one the shard already wrote: the
-//!   read-miss/commit race of NOTES.md cannot happen.
+//!   is still absent. So a fill can never put back a value older than one the shard already wrote: the race in
+//!   which a reader misses and reads the old value, a write commits and updates the cache, and the reader then
+//!   inserts the old value it read cannot happen.
 //! - The cache is a hint, never the source of truth: an insert may evict other entries, and an entry too heavy
 //!   for the budget is not admitted (any older entry of its key is removed then, so nothing stale stays), so a
 //!   miss is normal.
 //!
 //! # Layout (why not moka)
-//! moka 0.12 costs about 370 bytes per entry of its own (measured, BENCHMARKS.md "Issue 8"), 3.5x a 100-byte
-//! value. Here the map key is the 64-bit xxh3 hash of `[space][key]` (8 bytes inline, no allocation), and the
-//! value is one allocation holding `[space][key length: u16 LE][key][record]` for records up to
-//! [`INLINE_RECORD`] bytes: about 180 bytes per entry for a 7-byte key and a 110-byte record, against 530 with
-//! moka. Every lookup compares the full key stored in the entry, so two keys with the same hash never answer for
-//! each other: they only evict each other (a miss). A hit on an inline entry returns a copy of the record (one
-//! allocation of the record's size); larger records sit in a shared [`Record`] and a hit costs a reference count,
-//! as before.
+//! moka 0.12 costs about 370 bytes per entry of its own (measured), more than three times a 100-byte value. Here
+//! the map key is the 64-bit xxh3 hash of `[space][key]` (8 bytes inline, no allocation), and the value is one
+//! allocation holding `[space][key length: u16 LE][key][record]` for records up to [`INLINE_RECORD`] bytes: about
+//! 180 bytes per entry for a 7-byte key and a 110-byte record, against 530 with moka. Every lookup compares the
+//! full key stored in the entry, so two keys with the same hash never answer for each other: they only evict each
+//! other (a miss). A hit on an inline entry returns a copy of the record (one allocation of the record's size);
+//! larger records sit in a shared [`Record`] and a hit costs a reference count.
 //!
 //! Only the owning shard thread inserts or removes a key's entry, so the value found under a key is always the
 //! last one that shard put there. `insert` replaces the entry of the same hash; `invalidate` removes it only if
@@ -39,6 +39,7 @@ use quick_cache::sync::{Cache as Quick, DefaultLifecycle};
 use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::command::Space;
+use crate::engine::change::Change;
 use crate::record::Record;
 
 /// Records up to this many bytes are stored inline with their key and copied out on a hit; larger ones are shared.
@@ -204,6 +205,24 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// Brings the cache in line with one committed command. Runs on the shard thread, after the commit and before
+    /// the command is answered.
+    pub fn apply(&self, change: Change) {
+        match change {
+            Change::None => {}
+            Change::Put(space, key, rec) => self.insert(space, &key, rec),
+            Change::Remove(space, key) => self.invalidate(space, &key),
+            Change::Found(space, key, rec) => {
+                if !self.contains(space, &key) {
+                    self.insert(space, &key, rec);
+                }
+            }
+            // Clearing every shard's entries is safe: removing an entry can never make a read stale.
+            Change::Clear(_) => self.clear(),
+            Change::Many(changes) => changes.into_iter().for_each(|c| self.apply(c)),
+        }
+    }
+
     /// A cache holding at most `capacity` bytes of entries (keys, records and the cache's own tables).
     pub fn new(capacity: u64) -> Cache {
         let typical_entries = capacity / TYPICAL_ENTRY;

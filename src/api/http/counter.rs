@@ -8,25 +8,17 @@ use bytes::Bytes;
 
 use super::kv::read_body;
 use super::AppState;
-use crate::command::{Command, Space};
-use crate::engine::store::counter_value;
+use crate::command::Command;
 use crate::error::{Error, Result};
+use crate::node::Node;
 
 /// Longest accepted increment body (an i64 with sign and surrounding whitespace fits easily).
 const MAX_DELTA_BODY: usize = 64;
 
-fn counter_name(req: &HttpRequest, max_key_bytes: usize) -> Result<Bytes> {
+fn counter_name(req: &HttpRequest, node: &Node) -> Result<Bytes> {
     let raw = req.match_info().get("name").unwrap_or("");
     let name: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    if name.is_empty() {
-        return Err(Error::BadRequest("the counter name is empty".into()));
-    }
-    if name.len() > max_key_bytes {
-        return Err(Error::KeyTooLong(format!(
-            "the counter name is {} bytes; the limit is {max_key_bytes}",
-            name.len()
-        )));
-    }
+    node.check_key(&name, "counter name")?;
     Ok(Bytes::from(name))
 }
 
@@ -43,7 +35,7 @@ pub fn parse_delta(body: &[u8]) -> Result<i64> {
 
 /// `POST /counter/{name}` with a decimal body -> 204.
 pub async fn handle_add(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let name = counter_name(&req, state.config.max_key_bytes)?;
+    let name = counter_name(&req, &state.node)?;
     let body = read_body(&req, body, MAX_DELTA_BODY).await.map_err(|e| match e {
         Error::PayloadTooLarge(_) => Error::BadRequest("the increment must be a decimal integer".into()),
         e => e,
@@ -56,11 +48,8 @@ pub async fn handle_add(req: HttpRequest, body: web::Payload, state: web::Data<A
 /// `GET /counter/{name}/value` and `/consistent_value` -> the value as text (0 when never written).
 /// On a single node both read the same committed value.
 pub async fn handle_value(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let name = counter_name(&req, state.config.max_key_bytes)?;
-    let value = match state.node.get(Space::Counter, name).await? {
-        None => 0,
-        Some(rec) => counter_value(&rec).ok_or_else(|| Error::Internal("damaged counter record".into()))?,
-    };
+    let name = counter_name(&req, &state.node)?;
+    let value = state.node.counter(name).await?;
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(value.to_string()))
 }
 

@@ -15,21 +15,14 @@ use serde_json::{Map, Value};
 
 use super::kv::read_body;
 use super::AppState;
-use crate::command::{Command, Precondition, Space};
+use crate::command::Space;
 use crate::error::{Error, Result};
+use crate::node::docs::{doc_key, JSON};
 
 /// The largest id a client may write explicitly: 2^53-1, the largest integer every JSON client represents
 /// exactly. Larger explicit ids are refused, so no client can push the allocator to the end of the id space;
 /// reads accept any u64.
 pub const MAX_WRITABLE_DOC_ID: u64 = (1 << 53) - 1;
-
-/// The content type documents are stored with.
-const JSON: &str = "application/json";
-
-/// The storage key of document `id`.
-pub fn doc_key(id: u64) -> Bytes {
-    Bytes::copy_from_slice(&id.to_be_bytes())
-}
 
 /// Parses an id given as a JSON number or digit string: a positive integer, or 400. A number written with a
 /// fraction part of zero (`7.0`, as Python's `json` writes a float) is the same JSON number as `7`.
@@ -104,20 +97,7 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
                     "id {id} is too large: explicit ids go up to {MAX_WRITABLE_DOC_ID} (2^53-1)"
                 )));
             }
-            node.observe_doc_id(id);
-            // Rewriting the same document changes nothing: answer from the committed state without a commit.
-            if node.cache().get(Space::Doc, &id.to_be_bytes()).is_some_and(|r| r.value_ref() == &data[..]) {
-                return Ok(doc_response(id, &data));
-            }
-            let cmd = Command::Put {
-                space: Space::Doc,
-                key: doc_key(id),
-                value: data.clone(),
-                content_type: Bytes::from_static(JSON.as_bytes()),
-                precondition: Precondition::NONE,
-                skip_if_unchanged: true,
-            };
-            node.dispatch(cmd).await?;
+            node.put_doc(id, data.clone()).await?;
             Ok(doc_response(id, &data))
         }
         None => {

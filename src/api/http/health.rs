@@ -24,7 +24,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /metrics` -> Prometheus text exposition (read access when tokens are configured).
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let node = state.node.clone();
-    let text = web::block(move || crate::metrics::render(&node)).await.unwrap_or_default();
+    let text = web::block(move || {
+        node.record_gauges();
+        crate::metrics::render()
+    })
+    .await
+    .unwrap_or_default();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
 }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::AppState;
 use crate::command::{Command, EtagMatch, Precondition, Reply, Space};
 use crate::error::{Error, Result};
+use crate::node::Node;
 use crate::record::{etag_of, MAX_CONTENT_TYPE};
 
 /// Default and largest page size of a listing.
@@ -21,15 +22,10 @@ pub const DEFAULT_LIST_LIMIT: usize = 1000;
 pub const MAX_LIST_LIMIT: usize = 10_000;
 
 /// The key of a `/kv/{key}` request, percent-decoded and checked against the limits.
-pub fn kv_key(req: &HttpRequest, max_key_bytes: usize) -> Result<Bytes> {
+pub fn kv_key(req: &HttpRequest, node: &Node) -> Result<Bytes> {
     let raw = req.uri().path().strip_prefix("/kv/").unwrap_or("");
     let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    if key.is_empty() {
-        return Err(Error::BadRequest("the key is empty: use /kv/<key>".into()));
-    }
-    if key.len() > max_key_bytes {
-        return Err(Error::KeyTooLong(format!("the key is {} bytes; the limit is {max_key_bytes}", key.len())));
-    }
+    node.check_key(&key, "key")?;
     if std::str::from_utf8(&key).is_err() {
         return Err(Error::BadRequest("the key is not valid UTF-8 after percent-decoding".into()));
     }
@@ -115,7 +111,7 @@ pub async fn handle_key(req: HttpRequest, body: web::Payload, state: web::Data<A
 
 /// `GET` / `HEAD /kv/{key}`: the value with its Content-Type and ETag; 304 on a matching If-None-Match.
 pub async fn handle_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let key = kv_key(&req, state.config.max_key_bytes)?;
+    let key = kv_key(&req, &state.node)?;
     let Some(rec) = state.node.get(Space::Kv, key).await? else {
         return Err(Error::NotFound("key not found".into()));
     };
@@ -133,7 +129,7 @@ pub async fn handle_get(req: HttpRequest, state: web::Data<AppState>) -> Result<
 
 /// `PUT /kv/{key}`: 201 when created, 204 when replaced, both with the new ETag.
 pub async fn handle_put(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let key = kv_key(&req, state.config.max_key_bytes)?;
+    let key = kv_key(&req, &state.node)?;
     let precondition = write_precondition(&req)?;
     let content_type = match req.headers().get(header::CONTENT_TYPE) {
         None => Bytes::new(),
@@ -155,7 +151,7 @@ pub async fn handle_put(req: HttpRequest, body: web::Payload, state: web::Data<A
 
 /// `DELETE /kv/{key}`: 204, 404 when absent, 412 when If-Match does not match.
 pub async fn handle_delete(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let key = kv_key(&req, state.config.max_key_bytes)?;
+    let key = kv_key(&req, &state.node)?;
     let precondition = write_precondition(&req)?;
     match state.node.dispatch(Command::Delete { space: Space::Kv, key, precondition }).await? {
         Reply::Deleted => Ok(HttpResponse::NoContent().finish()),

@@ -8,6 +8,7 @@ pub mod admin;
 
 pub mod counter;
 pub mod docs;
+pub mod error;
 pub mod health;
 pub mod kv;
 pub mod observe;
@@ -23,8 +24,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::auth;
 use crate::config::Config;
-use crate::error::{json_body, Error};
+use crate::error::Error;
 use crate::node::Node;
+use error::{code_for_status, json_body};
 
 /// What every handler shares: built once outside the server factory, cloned into each worker's App.
 pub struct AppState {
@@ -51,7 +53,7 @@ pub fn refusal(req: &ServiceRequest) -> Option<HttpResponse> {
         return Some(
             HttpResponse::build(status)
                 .content_type("application/json")
-                .body(json_body(Error::code_for_status(status), &message)),
+                .body(json_body(code_for_status(status), &message)),
         );
     }
     let state = req.app_data::<web::Data<AppState>>()?;
@@ -68,9 +70,9 @@ fn resource(pattern: &'static str) -> actix_web::Resource {
 
 /// A resource whose pattern is `<prefix>/{name:.*}`: every path under `<prefix>/` goes to `service`, which reads
 /// the rest of the path itself and dispatches on the method. Registered as a scope on the static prefix, because
-/// actix compares a static prefix but runs a regex for a pattern with a parameter (about 4 % of a cached GET's
-/// CPU). Requests are labelled `pattern` in metrics and logs, like a named resource (see `observe`). A route for
-/// `<prefix>` alone must come before it.
+/// actix compares a static prefix but runs a regex for a pattern with a parameter, on every request (a noticeable
+/// share of a cached GET's CPU). Requests are labelled `pattern` in metrics and logs, like a named resource (see
+/// `observe`). A route for `<prefix>` alone must come before it.
 fn tail_resource(pattern: &'static str, service: actix_web::Route) -> actix_web::Scope {
     let prefix = pattern.split_once("/{").map_or(pattern, |(prefix, _)| prefix);
     web::scope(prefix).app_data(observe::RouteName(pattern)).default_service(service)
@@ -160,7 +162,7 @@ pub fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpRespons
 }
 
 /// Rewrites an error response that does not already carry our JSON body (actix's own errors, such as a
-/// malformed request) into API.md's JSON error. 304 and HEAD answers keep an empty body.
+/// malformed request) into the JSON error of `docs/api.md`. 304 and HEAD answers keep an empty body.
 fn json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
     let status = res.status();
     let is_json =
@@ -180,7 +182,7 @@ fn json_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerRespo
             new.append_header((name.clone(), value.clone()));
         }
     }
-    let new = new.content_type("application/json").body(json_body(Error::code_for_status(status), &message));
+    let new = new.content_type("application/json").body(json_body(code_for_status(status), &message));
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, new).map_into_right_body()))
 }
 
@@ -194,9 +196,9 @@ mod tests {
 
     /// actix allocates each request's handler future (plus about 200 bytes of its own) in one box. Over 1032
     /// bytes, glibc serves that from its slow path, which first merges every small free chunk
-    /// (`malloc_consolidate`, 1.4 % of a durable PUT's CPU when `/kv`'s future was 904 bytes, before
-    /// `Node::get` boxed its miss path and `Node::dispatch` stopped holding the command). The futures of the
-    /// busiest routes must stay well under that.
+    /// (`malloc_consolidate`, a cost paid on every request whose box is that large). That is why the node boxes
+    /// its read-miss path and `Node::dispatch` queues the command before its future is polled (so the future
+    /// does not hold it). The futures of the busiest routes must stay well under that.
     #[test]
     fn the_busiest_handlers_futures_stay_small_enough_for_malloc_s_fast_path() {
         for (route, size) in [

@@ -215,14 +215,7 @@ pub fn unexpected(reply: Reply) -> Frame {
 
 /// Checks a key against the limits HTTP applies (1..=MAX_KEY_BYTES).
 pub fn check_key(session: &Session, key: &[u8]) -> Result<(), Frame> {
-    let max = session.shared.config.max_key_bytes;
-    if key.is_empty() {
-        return Err(Frame::error("ERR empty keys are not supported"));
-    }
-    if key.len() > max {
-        return Err(Frame::error(format!("ERR the key is {} bytes; MAX_KEY_BYTES is {max}", key.len())));
-    }
-    Ok(())
+    session.node().check_key(key, "key").map_err(|e| error_frame(&e))
 }
 
 /// Checks a value against MAX_VALUE_BYTES.

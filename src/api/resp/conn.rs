@@ -4,10 +4,10 @@
 //! - Each command is dispatched as soon as it is parsed: its shard commands go onto their shard queues at once
 //!   (so the order of one connection's commands on one key is the shard's FIFO order), and its reply future joins
 //!   a `FuturesOrdered`. Replies leave in request order, whatever order the shards finish in.
-//! - Read-your-writes: a read of a shard on which this connection has writes in flight goes through that shard's
-//!   queue ([`Command::Read`], served inside the write transaction after those writes); otherwise it is answered
-//!   from the cache, or through the shard queue on a miss. Its reply is sent only after its batch committed, and
-//!   the cache only ever holds committed records, so no connection ever sees an uncommitted write.
+//! - Reads take the node's one read path (`node::reads`): the cache, or on a miss the shard's file. A read of a
+//!   shard on which this connection has writes in flight goes through that shard's queue, after them
+//!   ([`Command::Read`], served inside the write transaction); a reply leaves only after its batch is durable, and
+//!   the cache only ever holds durable records, so no connection ever sees a write that could still be lost.
 //! - A [`Plan::Task`] (listing, counting, D-Boutique verbs, documents) is a barrier: every earlier reply is sent
 //!   first, then the task runs alone. Tasks are rare, and this keeps them ordered with the commands around them.
 //! - Backpressure: at most [`MAX_IN_FLIGHT`] commands wait for replies, and at most about [`MAX_UNSENT`] bytes of
@@ -16,7 +16,6 @@
 //! - A protocol error sends the earlier replies, then `-ERR Protocol error: ...`, then closes. `POST` or `Host:`
 //!   (an HTTP request sent to this port) closes at once without a reply.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +28,8 @@ use tokio::sync::watch;
 use crate::api::auth::Access;
 use crate::command::{Command, Reply};
 use crate::error::Error;
+use crate::node::reads::{InFlight, Read};
+use crate::placement::ShardId;
 
 use super::commands::{error_frame, lookup, Plan, Spec, NOAUTH, NO_MULTI, WRITE};
 use super::dboutique;
@@ -45,7 +46,7 @@ pub const QUEUE_PATIENCE: Duration = Duration::from_secs(10);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
-type Reply2 = BoxFuture<'static, (Frame, Proto)>;
+type PendingReply = BoxFuture<'static, (Frame, Proto)>;
 
 /// What the connection does with one parsed command.
 enum Step {
@@ -72,16 +73,12 @@ pub async fn serve<S>(mut stream: S, shared: Arc<Shared>, mut shutdown: watch::R
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let shards = shared.node.shard_count() as usize;
-    let mut conn = Conn {
-        session: Session::new(shared),
-        issued: vec![0; shards],
-        done: (0..shards).map(|_| AtomicU64::new(0)).collect::<Vec<_>>().into(),
-    };
+    let in_flight = InFlight::new(shared.node.shard_count());
+    let mut conn = Conn { session: Session::new(shared), in_flight };
     let mut parser = Parser::new(Limits::default());
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::new();
-    let mut pending: FuturesOrdered<Reply2> = FuturesOrdered::new();
+    let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
     let mut closing = false;
     loop {
         // 1. Dispatch every complete command while there is room.
@@ -159,13 +156,13 @@ where
     }
 }
 
-fn push(pending: &mut FuturesOrdered<Reply2>, fut: BoxFuture<'static, Frame>, proto: Proto) {
+fn push(pending: &mut FuturesOrdered<PendingReply>, fut: BoxFuture<'static, Frame>, proto: Proto) {
     pending.push_back(fut.map(move |f| (f, proto)).boxed());
 }
 
 /// Encodes every pending reply, in order, writing out whenever [`MAX_UNSENT`] bytes have piled up.
 async fn drain<S: AsyncWrite + Unpin>(
-    pending: &mut FuturesOrdered<Reply2>,
+    pending: &mut FuturesOrdered<PendingReply>,
     wbuf: &mut BytesMut,
     stream: &mut S,
 ) -> std::io::Result<()> {
@@ -187,10 +184,8 @@ async fn flush_if_full<S: AsyncWrite + Unpin>(wbuf: &mut BytesMut, stream: &mut 
 
 struct Conn {
     session: Session,
-    /// Writes this connection sent to each shard.
-    issued: Vec<u64>,
-    /// Of those, how many were answered (so: committed). `issued[s] > done[s]` = writes in flight on shard s.
-    done: Arc<[AtomicU64]>,
+    /// This connection's writes in flight per shard (read-your-writes; see `node::reads`).
+    in_flight: InFlight,
 }
 
 impl Conn {
@@ -319,7 +314,7 @@ impl Conn {
             return ready(Frame::Array(frames.into_iter().flatten().collect()));
         }
         let shard = self.session.shared.node.shard_for(batch[0].key());
-        let wait = self.send(shard.0 as usize, Command::Batch(batch), true).await;
+        let wait = self.send(shard, Command::Batch(batch)).await;
         Step::Reply(
             async move {
                 let outcome = match wait {
@@ -375,41 +370,22 @@ impl Conn {
 
     /// Starts one shard command; the returned future is its outcome.
     async fn dispatch(&mut self, cmd: Command) -> Wait {
-        let node = &self.session.shared.node;
-        let shard = node.shard_for(cmd.key()).0 as usize;
-        if let Command::Read { space, key } = &cmd {
-            // No write of ours in flight there: the cache holds only committed records, newest first.
-            if self.issued[shard] == self.done[shard].load(Ordering::Acquire) {
-                if let Some(rec) = node.cache().get(*space, key) {
-                    return Wait::Ready(Ok(Reply::Value(Some(rec))));
-                }
-            }
-            return self.send(shard, cmd, false).await;
+        if let Command::Read { space, key } = cmd {
+            let node = self.session.shared.node.clone();
+            return match node.read_after(space, key, &self.in_flight, QUEUE_PATIENCE).await {
+                Read::Ready(out) => Wait::Ready(out.map(Reply::Value)),
+                Read::Later(fut) => Wait::Later(fut.map(|out| out.map(Reply::Value)).boxed()),
+            };
         }
-        self.send(shard, cmd, true).await
+        let shard = self.session.shared.node.shard_for(cmd.key());
+        self.send(shard, cmd).await
     }
 
-    /// Queues `cmd` on `shard` (waiting for room), counting it as a write in flight when `write`.
-    async fn send(&mut self, shard: usize, cmd: Command, write: bool) -> Wait {
-        let handle = &self.session.shared.node.shards()[shard];
-        let rx = match handle.submit_patiently(cmd, QUEUE_PATIENCE).await {
-            Ok(rx) => rx,
-            Err(e) => return Wait::Ready(Err(e)),
-        };
-        if write {
-            self.issued[shard] += 1;
+    /// Queues the write `cmd` on `shard` (waiting for room), counting it as in flight until it is answered.
+    async fn send(&mut self, shard: ShardId, cmd: Command) -> Wait {
+        match self.session.shared.node.submit_patiently(shard, cmd, QUEUE_PATIENCE).await {
+            Ok(answer) => Wait::Later(self.in_flight.track(shard, answer)),
+            Err(e) => Wait::Ready(Err(e)),
         }
-        let done = self.done.clone();
-        Wait::Later(
-            async move {
-                let out =
-                    rx.await.unwrap_or_else(|_| Err(Error::Internal("the shard stopped before answering".into())));
-                if write {
-                    done[shard].fetch_add(1, Ordering::AcqRel);
-                }
-                out
-            }
-            .boxed(),
-        )
     }
 }

@@ -96,7 +96,7 @@ fn bucket_key(bucket: &[u8], key: &[u8]) -> Bytes {
 }
 
 /// Whether `bucket` exists: created, or holding at least one key.
-async fn bucket_exists(node: &Node, bucket: &Bytes) -> Result<bool, Error> {
+async fn bucket_exists(node: &Arc<Node>, bucket: &Bytes) -> Result<bool, Error> {
     if node.get(Space::Bucket, bucket.clone()).await?.is_some() {
         return Ok(true);
     }

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::command::{parse_i64_strict, Command, Reply, Space};
-use crate::engine::store::counter_value;
+use crate::record::counter_value;
 use crate::try_frame;
 
 use super::commands::{check_key, check_value, error_frame, unexpected, Plan};

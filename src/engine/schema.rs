@@ -1,0 +1,58 @@
+//! The tables of a shard file and the keys of its `meta` table.
+//!
+//! - `kv`, `docs`, `counters`, `buckets`: key bytes -> encoded [`Record`](crate::record::Record), one table per
+//!   [`Space`].
+//! - `meta`: [`META_REV`] -> the last revision handed out in this file; [`META_WAL_SEQ`], [`META_WAL_EPOCH`] -> which
+//!   log belongs to the file and the last log frame it holds (see [`crate::engine::wal`]).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, TableDefinition};
+
+use crate::command::Space;
+use crate::engine::storage;
+use crate::error::Result;
+use crate::placement::ShardId;
+
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
+const BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("buckets");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Every keyspace table (for copies: backup, resharding).
+pub const TABLES_BYTES: [TableDefinition<&[u8], &[u8]>; 4] = [KV, DOCS, COUNTERS, BUCKETS];
+/// The metadata table.
+pub const TABLE_META: TableDefinition<&str, u64> = META;
+/// meta key: the last revision handed out in this file.
+pub const META_REV: &str = "rev";
+
+pub(crate) fn table(space: Space) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    match space {
+        Space::Kv => KV,
+        Space::Doc => DOCS,
+        Space::Counter => COUNTERS,
+        Space::Bucket => BUCKETS,
+    }
+}
+
+/// meta key: the seq of the last frame whose changes the file holds.
+pub const META_WAL_SEQ: &str = "wal_seq";
+/// meta key: this file's log epoch.
+pub const META_WAL_EPOCH: &str = "wal_epoch";
+
+/// The file name of shard `i` inside the data dir.
+pub fn shard_file(data_dir: &Path, shard: ShardId) -> PathBuf {
+    data_dir.join(format!("shard-{}.redb", shard.0))
+}
+
+/// Creates every table (a write transaction that commits nothing new on an existing file).
+pub(crate) fn create_tables(db: &Database, shard: ShardId) -> Result<()> {
+    let txn = db.begin_write().map_err(|e| storage(shard, "begin")(e.into()))?;
+    {
+        for space in Space::ALL {
+            txn.open_table(table(space)).map_err(|e| storage(shard, "create table")(e.into()))?;
+        }
+        txn.open_table(META).map_err(|e| storage(shard, "create table")(e.into()))?;
+    }
+    txn.commit().map_err(|e| storage(shard, "commit")(e.into()))
+}

@@ -1,0 +1,76 @@
+//! The sending side of a shard worker: cloneable, held by the node; every message to a worker goes through it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::command::{Command, Reply, Space};
+use crate::engine::store::Store;
+use crate::error::{Error, Result};
+use crate::placement::ShardId;
+use crate::shard::cache::FillRequest;
+use crate::shard::snapshot::SnapshotRequest;
+use crate::shard::ShardMsg;
+
+/// The sending side of a shard: cloneable, used by the node.
+#[derive(Clone)]
+pub struct ShardHandle {
+    id: ShardId,
+    tx: Sender<ShardMsg>,
+    store: Arc<Store>,
+}
+
+/// Why a shard did not take a command.
+pub enum Refusal {
+    /// Its queue is full: the command, to try again.
+    Full(Command),
+    /// Its worker stopped.
+    Stopped,
+}
+
+impl ShardHandle {
+    /// The handle of the worker that reads `tx`.
+    pub(super) fn new(id: ShardId, tx: Sender<ShardMsg>, store: Arc<Store>) -> ShardHandle {
+        ShardHandle { id, tx, store }
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// This shard's store, for reads (never for writes: those go through the worker).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Requests queued and not yet taken by the worker.
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Queues a command without blocking: the receiver of its outcome, or why the shard did not take it.
+    pub fn try_submit(&self, cmd: Command) -> std::result::Result<oneshot::Receiver<Result<Reply>>, Refusal> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(ShardMsg::Write { cmd, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(ShardMsg::Write { cmd, .. })) => Err(Refusal::Full(cmd)),
+            Err(TrySendError::Full(_)) => unreachable!("a write was sent"),
+            Err(TrySendError::Disconnected(_)) => Err(Refusal::Stopped),
+        }
+    }
+
+    /// Asks the worker to take part in a backup; waits up to a second for room in the queue.
+    pub fn request_snapshot(&self, req: SnapshotRequest) -> Result<()> {
+        self.tx
+            .send_timeout(ShardMsg::Snapshot(req), Duration::from_secs(1))
+            .map_err(|_| Error::Unavailable(format!("shard {} is too busy to take a backup; retry", self.id)))
+    }
+
+    /// Asks the worker to fill `key` into the cache; dropped silently when the queue is full.
+    pub fn request_fill(&self, space: Space, key: bytes::Bytes) {
+        let _ = self.tx.try_send(ShardMsg::Fill(FillRequest { space, key }));
+    }
+}
