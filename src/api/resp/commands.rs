@@ -16,7 +16,7 @@ use crate::record::Record;
 
 use super::frame::Frame;
 use super::session::Session;
-use super::{dboutique, keys, server, shale, strings};
+use super::{admin, counters_docs, dboutique, keys, strings};
 
 /// Turns the outcomes of a plan's commands (in order) into its reply.
 pub type Finish = Box<dyn FnOnce(Vec<Result<Reply, Error>>) -> Frame + Send>;
@@ -131,41 +131,41 @@ const ALL: (i32, i32, i32) = (1, -1, 1);
 
 /// Every command, sorted by name (binary search in [`lookup`]).
 pub static TABLE: &[Spec] = &[
-    spec("auth", -2, NOAUTH | FAST | LOADING | NO_MULTI, NONE, server::auth),
-    spec("client", -2, LOADING | NO_MULTI, NONE, server::client),
-    spec("command", -1, LOADING | NO_MULTI, NONE, server::command),
-    spec("config", -2, ADMIN | LOADING | NO_MULTI, NONE, server::config),
+    spec("auth", -2, NOAUTH | FAST | LOADING | NO_MULTI, NONE, admin::auth),
+    spec("client", -2, LOADING | NO_MULTI, NONE, admin::client),
+    spec("command", -1, LOADING | NO_MULTI, NONE, admin::command),
+    spec("config", -2, ADMIN | LOADING | NO_MULTI, NONE, admin::config),
     spec("create", 2, WRITE | NO_MULTI, ONE, dboutique::create),
-    spec("ctr.get", 2, READONLY | FAST, ONE, shale::ctr_get),
-    spec("ctr.incrby", 3, WRITE | FAST, ONE, shale::ctr_incrby),
+    spec("ctr.get", 2, READONLY | FAST, ONE, counters_docs::ctr_get),
+    spec("ctr.incrby", 3, WRITE | FAST, ONE, counters_docs::ctr_incrby),
     spec("dbsize", 1, READONLY | FAST | NO_MULTI, NONE, keys::dbsize),
     spec("decr", 2, WRITE | FAST, ONE, strings::decr),
     spec("decrby", 3, WRITE | FAST, ONE, strings::decrby),
     spec("del", -2, WRITE, ALL, keys::del),
     spec("delete", 3, WRITE | NO_MULTI, NONE, dboutique::delete),
-    spec("discard", 1, FAST | LOADING, NONE, server::not_in_multi),
-    spec("doc.add", 2, WRITE | NO_MULTI, NONE, shale::doc_add),
-    spec("doc.get", 2, READONLY | FAST | NO_MULTI, NONE, shale::doc_get),
-    spec("echo", 2, FAST, NONE, server::echo),
-    spec("exec", 1, LOADING, NONE, server::not_in_multi),
+    spec("discard", 1, FAST | LOADING, NONE, admin::not_in_multi),
+    spec("doc.add", 2, WRITE | NO_MULTI, NONE, counters_docs::doc_add),
+    spec("doc.get", 2, READONLY | FAST | NO_MULTI, NONE, counters_docs::doc_get),
+    spec("echo", 2, FAST, NONE, admin::echo),
+    spec("exec", 1, LOADING, NONE, admin::not_in_multi),
     spec("exists", -2, READONLY | FAST, ALL, keys::exists),
     spec("flushall", -1, WRITE | NO_MULTI, NONE, keys::flushall),
     spec("flushdb", -1, WRITE | NO_MULTI, NONE, keys::flushdb),
-    spec("function", -2, NO_MULTI, NONE, server::function),
+    spec("function", -2, NO_MULTI, NONE, admin::function),
     spec("get", 2, READONLY | FAST, ONE, strings::get),
-    spec("hello", -1, NOAUTH | FAST | LOADING | NO_MULTI, NONE, server::hello),
+    spec("hello", -1, NOAUTH | FAST | LOADING | NO_MULTI, NONE, admin::hello),
     spec("incr", 2, WRITE | FAST, ONE, strings::incr),
     spec("incrby", 3, WRITE | FAST, ONE, strings::incrby),
-    spec("info", -1, LOADING | NO_MULTI, NONE, server::info),
+    spec("info", -1, LOADING | NO_MULTI, NONE, admin::info),
     spec("keys", 2, READONLY | NO_MULTI, NONE, keys::keys),
     spec("mget", -2, READONLY | FAST, ALL, strings::mget),
     spec("mset", -3, WRITE, (1, -1, 2), strings::mset),
-    spec("multi", 1, FAST | LOADING, NONE, server::multi),
-    spec("ping", -1, FAST | LOADING, NONE, server::ping),
+    spec("multi", 1, FAST | LOADING, NONE, admin::multi),
+    spec("ping", -1, FAST | LOADING, NONE, admin::ping),
     spec("put", 4, WRITE | NO_MULTI, NONE, dboutique::put),
-    spec("quit", -1, NOAUTH | FAST | LOADING, NONE, server::quit),
+    spec("quit", -1, NOAUTH | FAST | LOADING, NONE, admin::quit),
     spec("scan", -2, READONLY | NO_MULTI, NONE, keys::scan),
-    spec("select", 2, LOADING | FAST, NONE, server::select),
+    spec("select", 2, LOADING | FAST, NONE, admin::select),
     spec("set", -3, WRITE, ONE, strings::set),
     spec("type", 2, READONLY | FAST, ONE, keys::type_of),
 ];

@@ -3,21 +3,21 @@
 //!
 //! Read along the data path: [`parse`] (bytes -> requests, with Redis's limits) -> [`conn`] (one task per
 //! connection: eager dispatch, ordered replies, read-your-writes, MULTI) -> [`commands`] (the one static table)
-//! -> the handlers ([`strings`], [`keys`], [`server`], [`shale`], [`dboutique`]) which plan protocol-neutral
+//! -> the handlers ([`strings`], [`keys`], [`admin`], [`counters_docs`], [`dboutique`]) which plan protocol-neutral
 //! [`Command`](crate::command::Command)s -> [`frame`] (replies -> bytes).
 //!
 //! The listener runs on its own tokio runtime in its own thread, so RESP load and HTTP load share the shards but
 //! not an event loop.
 
+pub mod admin;
 pub mod commands;
 pub mod conn;
+pub mod counters_docs;
 pub mod dboutique;
 pub mod frame;
 pub mod keys;
 pub mod parse;
-pub mod server;
 pub mod session;
-pub mod shale;
 pub mod strings;
 
 use std::net::SocketAddr;
