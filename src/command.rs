@@ -6,6 +6,8 @@
 
 use bytes::Bytes;
 
+use crate::error::Error;
+
 /// A keyspace: each is its own redb table and its own slice of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -57,6 +59,16 @@ pub struct Precondition {
 impl Precondition {
     /// No condition.
     pub const NONE: Precondition = Precondition { if_match: None, if_none_match: None };
+
+    /// The error of a write whose condition did not hold, saying which one.
+    pub fn failure(&self) -> Error {
+        Error::PreconditionFailed(match (&self.if_match, &self.if_none_match) {
+            (_, Some(EtagMatch::Any)) => "the key already exists (If-None-Match: *)".into(),
+            (Some(EtagMatch::Any), _) => "the key does not exist (If-Match: *)".into(),
+            (Some(_), _) => "the current ETag does not match If-Match".into(),
+            _ => "the current ETag matches If-None-Match".into(),
+        })
+    }
 
     /// Whether this is no condition at all (every record, and no record, satisfies it).
     pub fn is_none(&self) -> bool {

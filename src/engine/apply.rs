@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use crate::command::{parse_i64_strict, Command, EtagMatch, Precondition, Reply, SetCond, Space, NOT_AN_INTEGER};
+use crate::command::{parse_i64_strict, Command, Reply, SetCond, Space, NOT_AN_INTEGER};
 use crate::engine::change::{Change, Outcome};
 use crate::engine::schema::table;
 use crate::error::Error;
@@ -78,7 +78,7 @@ pub fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Resul
                 }))
             };
             if !precondition.holds(current.map(|(rev, _)| rev)) {
-                return Ok(Err(precondition_failed(precondition)));
+                return Ok(Err(precondition.failure()));
             }
             if let Some((rev, true)) = current {
                 return Ok(Ok((Reply::Unchanged { rev }, Change::None)));
@@ -93,7 +93,7 @@ pub fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Resul
             let t = tables.get(*space)?;
             let current = read_current!(current(t, key, |v| v.rev));
             if !precondition.holds(current) {
-                return Ok(Err(precondition_failed(precondition)));
+                return Ok(Err(precondition.failure()));
             }
             if current.is_none() {
                 return Ok(Err(Error::NotFound("key not found".into())));
@@ -185,13 +185,4 @@ pub fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Resul
             Ok(Ok((Reply::Cleared(removed), Change::Clear(*space))))
         }
     }
-}
-
-fn precondition_failed(p: &Precondition) -> Error {
-    Error::PreconditionFailed(match (&p.if_match, &p.if_none_match) {
-        (_, Some(EtagMatch::Any)) => "the key already exists (If-None-Match: *)".into(),
-        (Some(EtagMatch::Any), _) => "the key does not exist (If-Match: *)".into(),
-        (Some(_), _) => "the current ETag does not match If-Match".into(),
-        _ => "the current ETag matches If-None-Match".into(),
-    })
 }

@@ -50,7 +50,7 @@ pub async fn submit_patiently(to: &dyn ShardWrites, cmd: Command, patience: Dura
         match to.try_submit(cmd) {
             Ok(answer) => return Ok(answer),
             Err(Refusal::Full(back)) if Instant::now() < deadline => {
-                cmd = back;
+                cmd = *back;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
@@ -91,7 +91,7 @@ mod tests {
 
         fn try_submit(&self, cmd: Command) -> std::result::Result<Answer, Refusal> {
             if self.tries.fetch_add(1, Ordering::AcqRel) < self.full_for {
-                return Err(Refusal::Full(cmd));
+                return Err(Refusal::Full(Box::new(cmd)));
             }
             Ok(oneshot::channel().1)
         }

@@ -24,8 +24,8 @@ pub struct ShardHandle {
 
 /// Why a shard did not take a command.
 pub enum Refusal {
-    /// Its queue is full: the command, to try again.
-    Full(Command),
+    /// Its queue is full: the command, to try again (boxed: a refusal is rare, and keeps the result small).
+    Full(Box<Command>),
     /// Its worker stopped.
     Stopped,
 }
@@ -56,7 +56,7 @@ impl ShardHandle {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(ShardMsg::Write { cmd, reply }) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(ShardMsg::Write { cmd, .. })) => Err(Refusal::Full(cmd)),
+            Err(TrySendError::Full(ShardMsg::Write { cmd, .. })) => Err(Refusal::Full(Box::new(cmd))),
             Err(TrySendError::Full(_)) => unreachable!("a write was sent"),
             Err(TrySendError::Disconnected(_)) => Err(Refusal::Stopped),
         }

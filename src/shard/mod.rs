@@ -292,7 +292,7 @@ mod tests {
     /// A put answered 507: the free-space check sees no room (until told otherwise).
     async fn refused_put(store: &Store, handle: &ShardHandle) {
         store.inject_free_bytes(0);
-        let answer = submit(&handle, put()).unwrap().await.unwrap();
+        let answer = submit(handle, put()).unwrap().await.unwrap();
         assert!(matches!(answer, Err(Error::InsufficientStorage(_))), "{answer:?}");
     }
 

@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
 use crate::command::{Command, Reply, Space};
-use crate::engine::durability::{self, Log};
+use crate::engine::durability::{Log, Policy};
 use crate::engine::store::Store;
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
@@ -68,24 +68,16 @@ impl Worker {
 
         let mut writes: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
         let mut fills: Vec<FillRequest> = Vec::new();
-        let mut last_durable = Instant::now();
-        // When a checkpoint to free room for refused writes may be tried again, after one failed.
-        let mut no_room_retry: Option<Instant> = None;
-        // Whether answered batches wait for the next durability point (a checkpoint, or under `eventual` the
-        // log's fdatasync).
-        let mut dirty = false;
-        let log = self.store.log();
-        let logged = log != Log::Off;
+        let mut policy = Policy::new(self.store.log(), self.options.durability, self.options.flush_interval);
         loop {
-            // Wake up in time for the held transaction's commit and for the next durable commit.
-            let flush_due = dirty.then(|| last_durable + self.options.flush_interval);
-            let held_due = self.store.held_due();
-            let first = if let Some(due) = flush_due.into_iter().chain(held_due).min() {
+            // Wake up in time for the next durable point and for the held transaction's commit.
+            let durable_at = policy.durable_point_at();
+            let first = if let Some(due) = durable_at.into_iter().chain(self.store.held_due()).min() {
                 match self.rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => {
-                        if flush_due.is_some_and(|d| d <= Instant::now()) {
-                            self.durable_point(log, &mut dirty, &mut last_durable);
+                        if policy.durable_point_due() {
+                            self.durable_point(&mut policy);
                         } else if let Err(e) = self.store.settle() {
                             tracing::error!(shard = shard.0, error = %e, "committing the held transaction failed");
                             self.reopen(&mut next_rev);
@@ -102,28 +94,15 @@ impl Worker {
             };
             let snapshot = self.collect(first, &mut writes, &mut fills);
             if !writes.is_empty() {
-                // A logged batch is kept by the log; its redb commit is not durable (a store without a log: tests).
-                let durable = durability::commit_is_durable(
-                    log,
-                    self.options.durability,
-                    last_durable.elapsed(),
-                    self.options.flush_interval,
-                );
-                let no_room = self.commit_batch(&mut writes, &mut next_rev, durable, log);
-                if durable {
-                    dirty = false;
-                    last_durable = Instant::now();
-                } else {
-                    dirty = durability::leaves_answered_batches_exposed(log, durable);
-                }
+                let durable = policy.commit_is_durable();
+                let no_room = self.commit_batch(&mut writes, &mut next_rev, durable);
+                policy.batch_committed(durable);
                 // After the answers, so no writer waits for the checkpoint (or fdatasync) it did not need.
-                let log_bytes = self.store.logged_bytes().unwrap_or(0);
-                if logged && durability::checkpoint_due(log_bytes, no_room, no_room_retry) {
-                    let done = self.flush(&mut dirty, &mut last_durable);
-                    no_room_retry = durability::no_room_retry_after(done);
-                } else if logged {
-                    if dirty && last_durable.elapsed() >= self.options.flush_interval {
-                        self.durable_point(log, &mut dirty, &mut last_durable);
+                if policy.checkpoint_due(self.store.logged_bytes().unwrap_or(0), no_room) {
+                    self.checkpoint(&mut policy);
+                } else if policy.logged() {
+                    if policy.durable_point_due() {
+                        self.durable_point(&mut policy);
                     }
                     // Also after the answers: a batch that filled the hold is not kept waiting for its commit.
                     if let Err(e) = self.store.end_full_hold() {
@@ -140,8 +119,8 @@ impl Worker {
             }
         }
         // A clean stop leaves nothing to replay: the last batches are checkpointed into the file.
-        if dirty || self.store.logged_bytes().is_some_and(|b| b > 0) {
-            self.flush(&mut dirty, &mut last_durable);
+        if policy.checkpoint_at_stop(self.store.logged_bytes().unwrap_or(0)) {
+            self.checkpoint(&mut policy);
         }
         self.store.close();
         tracing::debug!(shard = shard.0, "shard closed");
@@ -210,7 +189,6 @@ impl Worker {
         writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
         next_rev: &mut u64,
         durable: bool,
-        log: Log,
     ) -> bool {
         let started = Instant::now();
         let result = self.store.apply_batch(writes.iter().map(|(c, _)| c), next_rev, durable);
@@ -224,7 +202,7 @@ impl Worker {
                     self.metrics.batch_size.record(len as f64);
                     self.metrics.commits.increment(1);
                     // Under `eventual` the frame was only written: its fsync is counted by `durable_point`.
-                    if durable || log == Log::Fsynced {
+                    if durable || self.store.log() == Log::Fsynced {
                         self.metrics.fsyncs.increment(1);
                     }
                     self.metrics.commit_seconds.record(started.elapsed().as_secs_f64());
@@ -279,14 +257,14 @@ impl Worker {
         }
     }
 
-    /// Makes the answered batches survive a power loss: under `eventual` ([`Log::Written`]) by the log's
-    /// fdatasync (the checkpoint waits for [`CHECKPOINT_BYTES`](durability::CHECKPOINT_BYTES) of log: it writes
-    /// out every B-tree page the batches touched and stalls the shard meanwhile, so on every flush interval it
-    /// would set the p99 of `eventual` PUTs), without a log (tests, tools) by a durable commit. Not called under
-    /// `immediate`, where no batch leaves the shard dirty.
-    fn durable_point(&self, log: Log, dirty: &mut bool, last_durable: &mut Instant) {
-        if log != Log::Written {
-            self.flush(dirty, last_durable);
+    /// Makes the answered batches survive a power loss: under `eventual` by the log's fdatasync (the checkpoint
+    /// waits for [`CHECKPOINT_BYTES`](crate::engine::durability::CHECKPOINT_BYTES) of log: it writes out every B-tree page the
+    /// batches touched and stalls the shard meanwhile, so on every flush interval it would set the p99 of
+    /// `eventual` PUTs), without a log (tests, tools) by a durable commit. Never due under `immediate`, where no
+    /// batch waits for one.
+    fn durable_point(&self, policy: &mut Policy) {
+        if !policy.durable_point_syncs_the_log() {
+            self.checkpoint(policy);
             return;
         }
         match self.store.sync_log() {
@@ -294,35 +272,36 @@ impl Worker {
                 if synced {
                     self.metrics.fsyncs.increment(1);
                 }
-                *dirty = false;
-                *last_durable = Instant::now();
+                policy.made_durable();
             }
-            Err(e) => self.flush_failed(e, last_durable),
+            Err(e) => {
+                self.durable_point_failed(e);
+                policy.durable_point_failed();
+            }
         }
     }
 
-    /// A checkpoint (a durable commit without a log); returns whether it succeeded.
-    fn flush(&self, dirty: &mut bool, last_durable: &mut Instant) -> bool {
-        match self.store.flush() {
+    /// A checkpoint (a durable redb commit, after which the log starts over).
+    fn checkpoint(&self, policy: &mut Policy) {
+        let ok = match self.store.flush() {
             Ok(()) => {
                 self.metrics.fsyncs.increment(1);
                 self.metrics.checkpoints.increment(1);
-                *dirty = false;
-                *last_durable = Instant::now();
                 true
             }
             Err(e) => {
-                self.flush_failed(e, last_durable);
+                self.durable_point_failed(e);
                 false
             }
-        }
+        };
+        policy.checkpointed(ok);
     }
 
-    fn flush_failed(&self, e: Error, last_durable: &mut Instant) {
-        // Pending non-durable commits are not yet safe; retry at the next interval. redb refuses writes after a
-        // failed commit until reopened, and a clean reopen persists what was committed.
+    fn durable_point_failed(&self, e: Error) {
+        // Answered batches are not yet safe from a power loss; the next durable point comes a flush interval
+        // later. redb refuses writes after a failed commit until reopened, and a clean reopen persists what was
+        // committed.
         tracing::error!(shard = self.store.shard().0, error = %e, "durable flush failed");
-        *last_durable = Instant::now();
         let mut rev = 0;
         self.reopen(&mut rev);
     }
