@@ -6,9 +6,9 @@ use bytes::Bytes;
 use crate::command::{parse_i64_strict, Space};
 use crate::config::Durability;
 
-use super::commands::{error_frame, lookup, Plan, Spec, TABLE};
 use super::frame::{Frame, Proto};
 use super::keys::glob_match;
+use super::plan::{error_frame, Plan};
 use super::session::{Multi, Session};
 
 /// The Redis version shale reports (the command set and replies follow Redis 7.0).
@@ -187,36 +187,6 @@ pub fn config(session: &mut Session, args: &[Bytes]) -> Plan {
         b"get" | b"set" => Plan::Now(Frame::wrong_arity(&format!("config|{}", String::from_utf8_lossy(&sub)))),
         _ => Plan::Now(Frame::unknown_subcommand(b"config", &args[1])),
     }
-}
-
-/// One `COMMAND` entry in Redis 7.0's format.
-fn command_entry(spec: &Spec) -> Frame {
-    Frame::Array(vec![
-        Frame::bulk(spec.name),
-        Frame::Integer(spec.arity.into()),
-        Frame::Array(spec.flag_names().into_iter().map(Frame::simple).collect()),
-        Frame::Integer(spec.first_key.into()),
-        Frame::Integer(spec.last_key.into()),
-        Frame::Integer(spec.step.into()),
-        Frame::Array(Vec::new()),
-        Frame::Array(Vec::new()),
-        Frame::Array(Vec::new()),
-        Frame::Array(Vec::new()),
-    ])
-}
-
-/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND LIST`; from the table.
-pub fn command(_: &mut Session, args: &[Bytes]) -> Plan {
-    let Some(sub) = args.get(1).map(|s| s.to_ascii_lowercase()) else {
-        return Plan::Now(Frame::Array(TABLE.iter().map(command_entry).collect()));
-    };
-    Plan::Now(match &sub[..] {
-        b"count" if args.len() == 2 => Frame::Integer(TABLE.len() as i64),
-        b"info" => Frame::Array(args[2..].iter().map(|n| lookup(n).map_or(Frame::Null, command_entry)).collect()),
-        b"list" if args.len() == 2 => Frame::Array(TABLE.iter().map(|s| Frame::bulk(s.name)).collect()),
-        // DOCS stays an error until real docs exist: redis-cli then falls back to its built-in help.
-        _ => Frame::unknown_subcommand(b"command", &args[1]),
-    })
 }
 
 /// `INFO [section...]`: server, clients, persistence and keyspace, in Redis's `field:value` text.

@@ -3,50 +3,15 @@
 //! The table drives dispatch (lookup by lower-case name), the arity error, authentication and read-only checks,
 //! shard routing of `MULTI` (through the key positions) and the `COMMAND` replies, so these can never disagree.
 //!
-//! A handler never touches the network or the disk: it parses its arguments and answers a [`Plan`]: a reply now,
-//! commands for the shards with a function that turns their outcomes into the reply, or a task off the data path.
-//! The connection (`conn.rs`) runs plans, which is where pipelining, read-your-writes and `MULTI` live.
+//! Handlers are in one file per family (`strings`, `keys`, `admin`, `counters_docs`, `dboutique`) and answer a
+//! [`Plan`] (`plan.rs`); `COMMAND`, which describes this table, is answered here.
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-
-use crate::command::{Command, Reply};
-use crate::error::Error;
-use crate::record::Record;
 
 use super::frame::Frame;
+use super::plan::{Handler, Plan};
 use super::session::Session;
 use super::{admin, counters_docs, dboutique, keys, strings};
-
-/// Turns the outcomes of a plan's commands (in order) into its reply.
-pub type Finish = Box<dyn FnOnce(Vec<Result<Reply, Error>>) -> Frame + Send>;
-
-/// What a command asks the connection to do.
-pub enum Plan {
-    /// Answer this now.
-    Now(Frame),
-    /// Send these commands to their shards (reads as [`Command::Read`]); `Finish` turns their outcomes into the
-    /// reply. Every command of one plan is routed by its own key.
-    Ops(Vec<Command>, Finish),
-    /// Work that is not one shard command (listing, counting, flushing): run on the connection's task.
-    Task(BoxFuture<'static, Frame>),
-    /// Answer this, then close the connection and ignore the rest of the pipeline (`QUIT`).
-    Close(Frame),
-}
-
-impl Plan {
-    /// A plan of one command whose single outcome `finish` maps.
-    pub fn one(cmd: Command, finish: impl FnOnce(Result<Reply, Error>) -> Frame + Send + 'static) -> Plan {
-        Plan::Ops(vec![cmd], Box::new(move |mut out| finish(out.pop().unwrap_or_else(|| Err(lost())))))
-    }
-}
-
-fn lost() -> Error {
-    Error::Internal("a command's outcome was lost".into())
-}
-
-/// A handler: parses `args` (the name first) and plans the command.
-pub type Handler = fn(&mut Session, &[Bytes]) -> Plan;
 
 /// The command changes data (refused to read-only tokens; `COMMAND` flag `write`).
 pub const WRITE: u16 = 1;
@@ -133,7 +98,7 @@ const ALL: (i32, i32, i32) = (1, -1, 1);
 pub static TABLE: &[Spec] = &[
     spec("auth", -2, NOAUTH | FAST | LOADING | NO_MULTI, NONE, admin::auth),
     spec("client", -2, LOADING | NO_MULTI, NONE, admin::client),
-    spec("command", -1, LOADING | NO_MULTI, NONE, admin::command),
+    spec("command", -1, LOADING | NO_MULTI, NONE, command),
     spec("config", -2, ADMIN | LOADING | NO_MULTI, NONE, admin::config),
     spec("create", 2, WRITE | NO_MULTI, ONE, dboutique::create),
     spec("ctr.get", 2, READONLY | FAST, ONE, counters_docs::ctr_get),
@@ -182,60 +147,34 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
     TABLE.binary_search_by(|s| s.name.as_bytes().cmp(lower)).ok().map(|i| &TABLE[i])
 }
 
-// ---- replies shared by the handlers ----
-
-/// The RESP error for a failed command: Redis's code and text where one applies, else `ERR` and shale's text.
-pub fn error_frame(e: &Error) -> Frame {
-    match e {
-        Error::Unauthorized(_) => Frame::noauth(),
-        Error::Forbidden(m) => Frame::error(format!("NOPERM {m}")),
-        Error::Unavailable(m) => Frame::error(format!("BUSY {m}")),
-        e => Frame::error(format!("ERR {e}")),
-    }
+/// One `COMMAND` entry in Redis 7.0's format.
+fn command_entry(spec: &Spec) -> Frame {
+    Frame::Array(vec![
+        Frame::bulk(spec.name),
+        Frame::Integer(spec.arity.into()),
+        Frame::Array(spec.flag_names().into_iter().map(Frame::simple).collect()),
+        Frame::Integer(spec.first_key.into()),
+        Frame::Integer(spec.last_key.into()),
+        Frame::Integer(spec.step.into()),
+        Frame::Array(Vec::new()),
+        Frame::Array(Vec::new()),
+        Frame::Array(Vec::new()),
+        Frame::Array(Vec::new()),
+    ])
 }
 
-/// A stored record as a bulk string, or nil.
-pub fn value_frame(rec: Option<Record>) -> Frame {
-    rec.map_or(Frame::Null, |r| Frame::Bulk(r.value()))
-}
-
-/// The reply of a read: the value, or the error.
-pub fn read_frame(out: Result<Reply, Error>) -> Frame {
-    match out {
-        Ok(Reply::Value(rec)) => value_frame(rec),
-        Ok(other) => unexpected(other),
-        Err(e) => error_frame(&e),
-    }
-}
-
-/// A reply kind a handler did not ask for (a bug): an error, never a panic.
-pub fn unexpected(reply: Reply) -> Frame {
-    Frame::error(format!("ERR internal: unexpected reply {reply:?}"))
-}
-
-/// Checks a key against the limits HTTP applies (1..=MAX_KEY_BYTES).
-pub fn check_key(session: &Session, key: &[u8]) -> Result<(), Frame> {
-    session.node().check_key(key, "key").map_err(|e| error_frame(&e))
-}
-
-/// Checks a value against MAX_VALUE_BYTES.
-pub fn check_value(session: &Session, value: &[u8]) -> Result<(), Frame> {
-    let max = session.shared.config.max_value_bytes;
-    if value.len() > max {
-        return Err(Frame::error(format!("ERR the value is {} bytes; MAX_VALUE_BYTES is {max}", value.len())));
-    }
-    Ok(())
-}
-
-/// Unwraps a checked argument or returns its error frame as the plan.
-#[macro_export]
-macro_rules! try_frame {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(frame) => return $crate::api::resp::commands::Plan::Now(frame),
-        }
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND LIST`; from the table.
+pub fn command(_: &mut Session, args: &[Bytes]) -> Plan {
+    let Some(sub) = args.get(1).map(|s| s.to_ascii_lowercase()) else {
+        return Plan::Now(Frame::Array(TABLE.iter().map(command_entry).collect()));
     };
+    Plan::Now(match &sub[..] {
+        b"count" if args.len() == 2 => Frame::Integer(TABLE.len() as i64),
+        b"info" => Frame::Array(args[2..].iter().map(|n| lookup(n).map_or(Frame::Null, command_entry)).collect()),
+        b"list" if args.len() == 2 => Frame::Array(TABLE.iter().map(|s| Frame::bulk(s.name)).collect()),
+        // DOCS stays an error until real docs exist: redis-cli then falls back to its built-in help.
+        _ => Frame::unknown_subcommand(b"command", &args[1]),
+    })
 }
 
 #[cfg(test)]

@@ -31,10 +31,11 @@ use crate::error::Error;
 use crate::node::reads::{InFlight, Read};
 use crate::placement::ShardId;
 
-use super::commands::{error_frame, lookup, Plan, Spec, NOAUTH, NO_MULTI, WRITE};
+use super::commands::{lookup, Spec, NOAUTH, NO_MULTI, WRITE};
 use super::dboutique;
 use super::frame::{Frame, Proto};
 use super::parse::{Kind, Limits, ParseError, Parser, Request};
+use super::plan::{error_frame, Plan};
 use super::session::{Multi, Session, Shared};
 
 /// Most commands of one connection waiting for their replies.
@@ -323,7 +324,7 @@ impl Conn {
                 };
                 let outs = match outcome {
                     Ok(Reply::Batch(outs)) => outs,
-                    Ok(other) => return super::commands::unexpected(other),
+                    Ok(other) => return super::plan::unexpected(other),
                     Err(e) => return error_frame(&e),
                 };
                 for (slot, range, finish) in parts {

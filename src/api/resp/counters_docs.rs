@@ -8,10 +8,9 @@ use crate::command::{parse_i64_strict, Command, Reply, Space};
 use crate::record::counter_value;
 use crate::try_frame;
 
-use super::commands::{check_key, check_value, error_frame, unexpected, Plan};
 use super::frame::Frame;
+use super::plan::{check_key, check_value, error_frame, integer_frame, unexpected, Plan};
 use super::session::Session;
-use super::strings::integer_frame;
 
 /// `CTR.INCRBY name n`: adds `n` to the counter (absent = 0) and answers the new value.
 pub fn ctr_incrby(session: &mut Session, args: &[Bytes]) -> Plan {
@@ -59,7 +58,7 @@ pub fn doc_get(session: &mut Session, args: &[Bytes]) -> Plan {
     let node = session.shared.node.clone();
     Plan::Task(Box::pin(async move {
         match node.get(Space::Doc, Bytes::copy_from_slice(&id.to_be_bytes())).await {
-            Ok(rec) => super::commands::value_frame(rec),
+            Ok(rec) => super::plan::value_frame(rec),
             Err(e) => error_frame(&e),
         }
     }))

@@ -16,9 +16,9 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::try_frame;
 
-use super::commands::{check_key, check_value, error_frame, Plan};
 use super::frame::Frame;
 use super::parse::Kind;
+use super::plan::{check_key, check_value, error_frame, Plan};
 use super::session::Session;
 
 /// D-Boutique's verbs, upper-case only (as the original server), when sent inline.

@@ -11,8 +11,8 @@ use crate::command::{parse_i64_strict, Command, Reply, Space};
 use crate::placement::ShardId;
 use crate::try_frame;
 
-use super::commands::{check_key, error_frame, unexpected, Plan};
 use super::frame::Frame;
+use super::plan::{check_key, error_frame, unexpected, Plan};
 use super::session::{ScanCursor, Session};
 
 /// Most keys `KEYS` answers; past it the client is pointed to `SCAN`.

@@ -17,6 +17,7 @@ pub mod dboutique;
 pub mod frame;
 pub mod keys;
 pub mod parse;
+pub mod plan;
 pub mod session;
 pub mod strings;
 

@@ -13,8 +13,8 @@ use crate::command::{parse_i64_strict, Command, Reply, SetCond, Space};
 use crate::error::Error;
 use crate::try_frame;
 
-use super::commands::{check_key, check_value, error_frame, read_frame, unexpected, Plan};
 use super::frame::Frame;
+use super::plan::{check_key, check_value, error_frame, integer_frame, read_frame, unexpected, Plan};
 use super::session::Session;
 
 /// `GET key` (D-Boutique's three-word `GET bucket key` is routed to `dboutique::get` by the connection).
@@ -96,15 +96,6 @@ pub fn decrby(session: &mut Session, args: &[Bytes]) -> Plan {
 fn add(session: &Session, key: &Bytes, delta: i64) -> Plan {
     try_frame!(check_key(session, key));
     Plan::one(Command::KvIncr { key: key.clone(), delta }, integer_frame)
-}
-
-/// The reply of a command answering an integer.
-pub fn integer_frame(out: Result<Reply, Error>) -> Frame {
-    match out {
-        Ok(Reply::Counter(n)) => Frame::Integer(n),
-        Ok(other) => unexpected(other),
-        Err(e) => error_frame(&e),
-    }
 }
 
 /// `MGET key...`: one read per key (cache hits answer at once).
