@@ -1,9 +1,9 @@
 //! Where a read that missed the cache reads the shard file: on the calling thread, or on tokio's blocking pool.
 //!
-//! A redb read whose pages are in memory (redb's page cache or the OS's) takes a few µs. Handing it to the blocking
-//! pool and back costs two thread wake-ups, about 25 µs of CPU on this 2-core machine: uncached GET ran 1.6x faster
-//! with the read on the HTTP worker (BENCHMARKS.md, session 4). But a read that waits for the disk on an HTTP
-//! worker stalls every other connection of that worker. So:
+//! A redb read whose pages are in memory (redb's page cache or the OS's) is short. Handing it to the blocking pool
+//! and back costs two thread wake-ups, several times the read itself, so a miss that stays in memory is read on the
+//! calling thread (figures in BENCHMARKS.md). But a read that waits for the disk on an HTTP worker stalls every
+//! other connection of that worker. So:
 //!
 //! - Misses read on the calling thread, and each such read checks whether its thread read from the block device
 //!   meanwhile (`getrusage(RUSAGE_THREAD).ru_inblock`, which counts only reads that reached the device, not page
@@ -11,8 +11,8 @@
 //! - After a read that did, every miss goes to the blocking pool for a window; then the calling thread is tried
 //!   again. The window starts at [`MIN_OFFLOAD`] and doubles, up to [`MAX_OFFLOAD`], each time the disk is reached
 //!   again within one window of the last one's end; a quiet spell resets it. A data set that lives in memory but
-//!   now and then reads a page from the disk (one 4 KiB read in a 5 s run, here) thus loses 50 ms of inline reads
-//!   for it, while one that does not fit in memory converges to one stalled read per worker thread and second.
+//!   now and then reads a page from the disk thus loses one short window of inline reads for it, while one that
+//!   does not fit in memory converges to one stalled read per worker thread and second.
 //! - Where the count cannot be read (not Linux, or the call fails), every read is taken as having reached the disk.
 
 use std::sync::atomic::{AtomicU64, Ordering};
