@@ -1,0 +1,224 @@
+//! Linearizability of what concurrent clients see, checked by a history checker (`common/linearizability.rs`),
+//! and the checker's own tests: it accepts legal histories, including ones with operations whose outcome is
+//! unknown, and rejects stale reads, lost compare-and-sets and miscounted counters, on made-up histories and on
+//! a history recorded from a real server with one stale read added.
+
+mod common;
+#[path = "common/linearizability.rs"]
+mod linearizability;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client, temp_dir, TestServer};
+use linearizability::{check, Event, Op};
+use reqwest::StatusCode;
+use shale::Config;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn ev(key: &str, op: Op, call: u64, ret: Option<u64>) -> Event {
+    Event { key: key.into(), op, call: ms(call), ret: ret.map(ms) }
+}
+
+// ---- the checker on made-up histories ----
+
+#[test]
+fn a_sequential_history_and_overlapping_reads_are_linearizable() {
+    let history = [
+        ev("a", Op::Write { value: 1 }, 0, Some(10)),
+        ev("a", Op::Read { seen: Some(1) }, 20, Some(30)),
+        // A write and two reads overlapping it: one sees the old value, one the new; either order is legal.
+        ev("a", Op::Write { value: 2 }, 40, Some(60)),
+        ev("a", Op::Read { seen: Some(2) }, 41, Some(45)),
+        ev("a", Op::Read { seen: Some(1) }, 42, Some(59)),
+        ev("a", Op::Cas { expect: Some(2), value: 3, done: true }, 70, Some(80)),
+        ev("a", Op::Cas { expect: Some(2), value: 4, done: false }, 90, Some(95)),
+        ev("c", Op::Add { delta: 2 }, 0, Some(10)),
+        ev("c", Op::Add { delta: 3 }, 5, Some(15)),
+        ev("c", Op::Count { seen: 2 }, 6, Some(20)),
+        ev("c", Op::Count { seen: 5 }, 30, Some(31)),
+    ];
+    check(&history).expect("linearizable");
+}
+
+#[test]
+fn an_operation_with_an_unknown_outcome_may_apply_late_or_never() {
+    // The write timed out: a later read may see it, or not, but not both orders in sequence.
+    let applied = [ev("a", Op::Write { value: 7 }, 0, None), ev("a", Op::Read { seen: Some(7) }, 100, Some(110))];
+    check(&applied).expect("the unknown write took effect");
+    let lost = [ev("a", Op::Write { value: 7 }, 0, None), ev("a", Op::Read { seen: None }, 100, Some(110))];
+    check(&lost).expect("the unknown write never took effect");
+    let flicker = [
+        ev("a", Op::Write { value: 7 }, 0, None),
+        ev("a", Op::Read { seen: Some(7) }, 100, Some(110)),
+        ev("a", Op::Read { seen: None }, 120, Some(130)),
+    ];
+    check(&flicker).expect_err("a value cannot vanish once seen");
+}
+
+#[test]
+fn a_stale_read_is_rejected() {
+    let history = [
+        ev("a", Op::Write { value: 1 }, 0, Some(10)),
+        ev("a", Op::Write { value: 2 }, 20, Some(30)),
+        ev("a", Op::Read { seen: Some(1) }, 40, Some(50)),
+    ];
+    let v = check(&history).expect_err("the read began after value 2 was acknowledged");
+    assert_eq!(v.key, "a");
+}
+
+#[test]
+fn two_compare_and_sets_from_the_same_value_cannot_both_win() {
+    let history = [
+        ev("a", Op::Write { value: 1 }, 0, Some(10)),
+        ev("a", Op::Cas { expect: Some(1), value: 2, done: true }, 20, Some(40)),
+        ev("a", Op::Cas { expect: Some(1), value: 3, done: true }, 21, Some(41)),
+    ];
+    check(&history).expect_err("a lost update");
+    let create_twice = [
+        ev("b", Op::Cas { expect: None, value: 1, done: true }, 0, Some(10)),
+        ev("b", Op::Cas { expect: None, value: 2, done: true }, 5, Some(15)),
+    ];
+    check(&create_twice).expect_err("If-None-Match: * won twice");
+}
+
+#[test]
+fn an_increment_counted_twice_or_lost_is_rejected() {
+    let twice = [ev("c", Op::Add { delta: 1 }, 0, Some(10)), ev("c", Op::Count { seen: 2 }, 20, Some(30))];
+    check(&twice).expect_err("one increment of 1 cannot make 2");
+    let lost = [
+        ev("c", Op::Add { delta: 1 }, 0, Some(10)),
+        ev("c", Op::Add { delta: 1 }, 0, Some(10)),
+        ev("c", Op::Count { seen: 1 }, 20, Some(30)),
+    ];
+    check(&lost).expect_err("an acknowledged increment was lost");
+}
+
+// ---- a history recorded from a server ----
+
+/// Registers and counters the clients share, so their operations overlap on every key.
+const REGISTERS: [&str; 3] = ["r0", "r1", "r2"];
+const COUNTER: &str = "c0";
+const CLIENTS: u64 = 8;
+const OPS_PER_CLIENT: u64 = 60;
+
+/// One client's operations: reads, writes of values unique to it, compare-and-sets from what it last read, and
+/// counter increments and reads, in a fixed pseudo-random order.
+async fn run_client(base: String, id: u64, started: Instant, history: Arc<Mutex<Vec<Event>>>) {
+    let http = client();
+    let mut rng = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // What this client last read of each register: (value, ETag).
+    let mut last: [Option<(Option<u64>, Option<String>)>; REGISTERS.len()] = Default::default();
+    for seq in 0..OPS_PER_CLIENT {
+        let r = (next() % REGISTERS.len() as u64) as usize;
+        let key = REGISTERS[r];
+        let value = (id << 32) | (seq + 1);
+        let call = started.elapsed();
+        let (name, op) = match next() % 6 {
+            0 | 1 => {
+                let res = http.get(format!("{base}/kv/{key}")).send().await.expect("GET");
+                let etag = res.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
+                let seen = match res.status() {
+                    StatusCode::OK => Some(res.text().await.unwrap().parse::<u64>().expect("a value we wrote")),
+                    StatusCode::NOT_FOUND => None,
+                    s => panic!("GET answered {s}"),
+                };
+                last[r] = Some((seen, etag));
+                (key, Op::Read { seen })
+            }
+            2 => {
+                let res = http.put(format!("{base}/kv/{key}")).body(value.to_string()).send().await.expect("PUT");
+                assert!(res.status().is_success(), "PUT answered {}", res.status());
+                (key, Op::Write { value })
+            }
+            3 => {
+                let Some((expect, etag)) = last[r].clone() else { continue };
+                let req = http.put(format!("{base}/kv/{key}")).body(value.to_string());
+                let req = match &etag {
+                    Some(etag) => req.header("If-Match", etag),
+                    None => req.header("If-None-Match", "*"),
+                };
+                let res = req.send().await.expect("conditional PUT");
+                let done = match res.status() {
+                    s if s.is_success() => true,
+                    StatusCode::PRECONDITION_FAILED => false,
+                    s => panic!("conditional PUT answered {s}"),
+                };
+                (key, Op::Cas { expect, value, done })
+            }
+            4 => {
+                let delta = (next() % 3 + 1) as i64;
+                let res =
+                    http.post(format!("{base}/counter/{COUNTER}")).body(delta.to_string()).send().await.expect("POST");
+                assert!(res.status().is_success(), "POST /counter answered {}", res.status());
+                (COUNTER, Op::Add { delta })
+            }
+            _ => {
+                let res = http.get(format!("{base}/counter/{COUNTER}/value")).send().await.expect("GET counter");
+                assert_eq!(res.status(), StatusCode::OK);
+                (COUNTER, Op::Count { seen: res.text().await.unwrap().trim().parse().expect("an integer") })
+            }
+        };
+        let ret = Some(started.elapsed());
+        history.lock().unwrap().push(Event { key: name.into(), op, call, ret });
+    }
+}
+
+/// Runs every client against `base` at once and returns what they saw.
+async fn record(base: String) -> Vec<Event> {
+    let started = Instant::now();
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let tasks: Vec<_> =
+        (0..CLIENTS).map(|id| tokio::spawn(run_client(base.clone(), id + 1, started, history.clone()))).collect();
+    for t in tasks {
+        t.await.expect("a client task");
+    }
+    Arc::try_unwrap(history).expect("the clients are done").into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_of_one_node_see_a_linearizable_history_and_a_stale_read_breaks_it() {
+    let dir = temp_dir();
+    // A small cache, so reads also take the miss path while writes commit.
+    let server = TestServer::start(Config { cache_bytes: 4096, ..Config::for_test(dir.path()) });
+    let mut history = record(server.base()).await;
+    assert!(history.len() as u64 >= CLIENTS * OPS_PER_CLIENT * 3 / 4, "{} operations", history.len());
+    check(&history).unwrap_or_else(|v| panic!("not linearizable on {}: {:#?}", v.key, v.events));
+
+    // The negative control, on the real history: after everything, a read reports a value that a later
+    // acknowledged write replaced. The checker must refuse it.
+    let end = history.iter().filter_map(|e| e.ret).max().expect("completed operations");
+    let stale = history
+        .iter()
+        .filter_map(|a| match a.op {
+            Op::Write { value } => Some((a, value)),
+            _ => None,
+        })
+        .find(|(a, _)| {
+            history.iter().any(|b| {
+                b.key == a.key
+                    && matches!(b.op, Op::Write { .. } | Op::Cas { done: true, .. })
+                    && b.call > a.ret.expect("completed")
+            })
+        })
+        .map(|(a, value)| (a.key.clone(), value))
+        .expect("some write was overwritten by a later one");
+    history.push(Event {
+        key: stale.0.clone(),
+        op: Op::Read { seen: Some(stale.1) },
+        call: end + ms(1),
+        ret: Some(end + ms(2)),
+    });
+    let v = check(&history).expect_err("a read of an overwritten value after everything is stale");
+    assert_eq!(v.key, stale.0);
+    server.stop();
+}
