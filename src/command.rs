@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::error::Error;
 
 /// A keyspace: each is its own redb table and its own slice of the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum Space {
     /// Raw key-values of `/kv`.
@@ -29,7 +29,7 @@ impl Space {
 }
 
 /// Which ETags an `If-Match` / `If-None-Match` header names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EtagMatch {
     /// `*`: any current record.
     Any,
@@ -48,7 +48,7 @@ impl EtagMatch {
 }
 
 /// A condition on the current record, checked inside the shard's write transaction (so it is atomic).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Precondition {
     /// `If-Match`: the current record must be named (412 when absent).
     pub if_match: Option<EtagMatch>,
@@ -83,7 +83,7 @@ impl Precondition {
 }
 
 /// A write, applied by the shard that owns its key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Store `value` under `key`.
     Put {
@@ -155,7 +155,7 @@ pub enum Command {
 }
 
 /// When a [`Command::Set`] writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SetCond {
     /// Always.
     Always,
@@ -231,7 +231,7 @@ impl Command {
 }
 
 /// What a successful command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reply {
     /// A put stored its value; `created` when the key was absent before.
     Stored {

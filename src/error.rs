@@ -7,7 +7,7 @@
 //! shard is reopening it), anything else [`Error::Internal`].
 
 /// Everything that can go wrong while serving a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// The request is malformed (400).
     #[error("{0}")]

@@ -23,7 +23,7 @@ pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 pub const MAX_CONTENT_TYPE: usize = u8::MAX as usize;
 
 /// An encoded record. Cloning is a reference-count increment.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record(Bytes);
 
 impl Record {

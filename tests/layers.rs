@@ -8,9 +8,10 @@
 //! 1. `engine`: one shard's storage (redb file, command logic, write-ahead log);
 //! 2. `shard`: the worker thread of each shard, its handle, the cache;
 //! 3. `node`: the one entry point of every protocol (placement, reads, the write seam);
-//! 4. `ops`: manifest, backup, resharding;
-//! 5. `api`: HTTP and RESP, with the authentication and TLS they share;
-//! 6. `server` and `cli`: start-up, teardown and the client.
+//! 4. `cluster`: the shards' Raft groups (their logs, and the seam's replicated side);
+//! 5. `ops`: manifest, backup, resharding;
+//! 6. `api`: HTTP and RESP, with the authentication and TLS they share;
+//! 7. `server` and `cli`: start-up, teardown and the client.
 
 use std::path::{Path, PathBuf};
 
@@ -21,9 +22,10 @@ fn layer(module: &str) -> Option<usize> {
         "engine" => 1,
         "shard" => 2,
         "node" => 3,
-        "ops" => 4,
-        "api" => 5,
-        "server" | "cli" => 6,
+        "cluster" => 4,
+        "ops" => 5,
+        "api" => 6,
+        "server" | "cli" => 7,
         _ => return None,
     })
 }

@@ -1,0 +1,514 @@
+//! The Raft log of one shard: its entries, its vote, its committed id and its purge point, in segment files that
+//! one writer thread appends in the order they were asked for.
+//!
+//! # Ordering and durability (what openraft requires of a log store)
+//! - Every change (an append, the vote, the committed id, a truncation, a purge) is applied to the in-memory
+//!   view before its call returns, so it is readable at once, and queued to the writer in call order.
+//! - The writer takes everything queued, writes it with one `write` and, when any of it must be durable, one
+//!   `fdatasync` (group commit), then reports each append durable (`IOFlushed`) in order. A report covers every
+//!   earlier write too, since all of them precede it in one file.
+//! - [`save_vote`](RaftLogStorage::save_vote) returns only after the fdatasync that covers the vote.
+//! - The committed id, a truncation and a purge are not synced on their own: the next append or vote covers them,
+//!   and losing one to a crash only brings back a state this log already had (entries that were never
+//!   committed, or entries below a snapshot).
+//! - After a failed write or fdatasync every later call fails: openraft then stops the group, and the node must
+//!   be restarted (a log whose writes failed cannot say what reached the disk).
+//!
+//! # Files
+//! `shard-<i>.raft/<seq>.seg` next to the shard's redb file. A segment is a sequence of records
+//! `[xxh3 of the rest: u64][body length: u32][kind: u8][body]`, bodies in postcard. Each segment starts with the
+//! vote, committed id and purge point as of its creation, so a purge can delete whole older segments: one whose
+//! entries are all purged is removed, and a segment past [`SEGMENT_BYTES`] is closed and a new one begun. On
+//! open, the segments are replayed in order; a record torn by a crash can only be at the end of the last one,
+//! which is cut back to it. A bad record anywhere else is damage, and the log refuses to open.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use openraft::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::oneshot;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::cluster::types::ShardRaft;
+
+type Entry = EntryOf<ShardRaft>;
+type LogId = LogIdOf<ShardRaft>;
+type Vote = VoteOf<ShardRaft>;
+
+/// A segment is closed, and a new one begun, once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Checksum, body length, kind.
+const HEADER: usize = 8 + 4 + 1;
+/// The vote, committed id and purge point as of the segment's creation (its first record).
+const KIND_STATE: u8 = 1;
+const KIND_ENTRY: u8 = 2;
+const KIND_VOTE: u8 = 3;
+const KIND_COMMITTED: u8 = 4;
+/// Every entry after the given id (all of them for `None`) is gone.
+const KIND_TRUNCATE: u8 = 5;
+/// Every entry up to the given id is gone.
+const KIND_PURGE: u8 = 6;
+
+/// What a segment's first record holds.
+type SegmentState = (Option<Vote>, Option<LogId>, Option<LogId>);
+
+/// The log as every reader sees it.
+#[derive(Default)]
+struct View {
+    entries: BTreeMap<u64, Entry>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+}
+
+impl View {
+    fn truncate_after(&mut self, last: Option<&LogId>) {
+        let from = last.map_or(0, |l| l.index + 1);
+        let _gone = self.entries.split_off(&from);
+    }
+
+    fn purge(&mut self, upto: &LogId) {
+        self.entries = self.entries.split_off(&(upto.index + 1));
+        if self.purged.as_ref().is_none_or(|p| p.index < upto.index) {
+            self.purged = Some(*upto);
+        }
+    }
+
+    /// Replays one record read from a segment.
+    fn replay(&mut self, kind: u8, body: &[u8]) -> io::Result<()> {
+        match kind {
+            KIND_STATE => {
+                let (vote, committed, purged): SegmentState = decode(body)?;
+                self.vote = vote;
+                self.committed = committed;
+                if let Some(p) = purged {
+                    self.purge(&p);
+                }
+            }
+            KIND_ENTRY => {
+                let entry: Entry = decode(body)?;
+                self.entries.insert(entry.index(), entry);
+            }
+            KIND_VOTE => self.vote = Some(decode(body)?),
+            KIND_COMMITTED => self.committed = decode(body)?,
+            KIND_TRUNCATE => self.truncate_after(decode::<Option<LogId>>(body)?.as_ref()),
+            KIND_PURGE => self.purge(&decode(body)?),
+            other => return Err(damaged(format!("unknown record kind {other}"))),
+        }
+        Ok(())
+    }
+}
+
+/// The Raft log of one shard; cheap to clone (every clone is the same log).
+#[derive(Clone)]
+pub struct RaftLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    view: RwLock<View>,
+    writer: Option<Sender<Write_>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// Lets the writer finish what was queued, sync it and close its file, so the log can be opened again at once.
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl RaftLog {
+    /// Opens (or creates) the log in the folder `dir`, replaying it.
+    pub fn open(dir: &Path) -> io::Result<RaftLog> {
+        RaftLog::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// [`RaftLog::open`] with segments of `segment_bytes` (tests use small ones).
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> io::Result<RaftLog> {
+        std::fs::create_dir_all(dir)?;
+        let mut segments = list_segments(dir)?;
+        let mut view = View::default();
+        if segments.is_empty() {
+            segments.push(Segment::create(dir, 1, &(None, None, None))?);
+            sync_dir(dir)?;
+        }
+        let last = segments.len() - 1;
+        for (i, seg) in segments.iter_mut().enumerate() {
+            seg.replay(&mut view, i == last)?;
+        }
+        // A state record may name a purge point past entries of earlier segments.
+        if let Some(p) = view.purged {
+            view.purge(&p);
+        }
+        let current = segments.pop().expect("at least one segment");
+        let file = OpenOptions::new().append(true).open(&current.path)?;
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            closed: segments,
+            current,
+            file,
+            vote: view.vote,
+            committed: view.committed,
+            purged: view.purged,
+            failed: None,
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let name = dir.file_name().map_or_else(|| "raft-log".into(), |n| n.to_string_lossy().into_owned());
+        let thread = std::thread::Builder::new().name(name).spawn(move || writer.run(rx))?;
+        Ok(RaftLog { inner: Arc::new(Inner { view: RwLock::new(view), writer: Some(tx), thread: Some(thread) }) })
+    }
+
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.inner.view.read().expect("the view lock is never held across a panic")
+    }
+
+    fn view_mut(&self) -> std::sync::RwLockWriteGuard<'_, View> {
+        self.inner.view.write().expect("the view lock is never held across a panic")
+    }
+
+    fn queue(&self, write: Write_) -> io::Result<()> {
+        let writer = self.inner.writer.as_ref().expect("the writer lives as long as the log");
+        writer.send(write).map_err(|_| io::Error::other("the log writer stopped"))
+    }
+}
+
+impl RaftLogReader<ShardRaft> for RaftLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.view().entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.view().vote)
+    }
+}
+
+impl RaftLogStorage<ShardRaft> for RaftLog {
+    type LogReader = RaftLog;
+
+    async fn get_log_state(&mut self) -> Result<LogState<ShardRaft>, io::Error> {
+        let view = self.view();
+        let last = view.entries.values().next_back().map(|e| e.log_id()).or_else(|| view.purged);
+        Ok(LogState { last_purged_log_id: view.purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> RaftLog {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let bytes = record(KIND_VOTE, &encode(vote)?);
+        self.view_mut().vote = Some(*vote);
+        let (done, synced) = oneshot::channel();
+        self.queue(Write_ { bytes, sync: true, done: Done::Vote(done), change: Change::Vote(*vote) })?;
+        synced.await.map_err(|_| io::Error::other("the log writer stopped"))?
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let bytes = record(KIND_COMMITTED, &encode(&committed)?);
+        self.view_mut().committed = committed;
+        self.queue(Write_ { bytes, sync: false, done: Done::Nothing, change: Change::Committed(committed) })
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.view().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<ShardRaft>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut bytes = Vec::new();
+        let mut last = None;
+        {
+            let mut view = self.view_mut();
+            for entry in entries {
+                bytes.extend_from_slice(&record(KIND_ENTRY, &encode(&entry)?));
+                last = Some(entry.index());
+                view.entries.insert(entry.index(), entry);
+            }
+        }
+        self.queue(Write_ { bytes, sync: true, done: Done::Flushed(callback), change: Change::Entries { last } })
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let bytes = record(KIND_TRUNCATE, &encode(&last_log_id)?);
+        self.view_mut().truncate_after(last_log_id.as_ref());
+        self.queue(Write_ { bytes, sync: false, done: Done::Nothing, change: Change::None })
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let bytes = record(KIND_PURGE, &encode(&log_id)?);
+        self.view_mut().purge(&log_id);
+        self.queue(Write_ { bytes, sync: false, done: Done::Nothing, change: Change::Purge(log_id) })
+    }
+}
+
+// ---- the writer thread ----
+
+/// One change for the writer: its records, whether it must be durable before it is reported, and whom to tell.
+struct Write_ {
+    bytes: Vec<u8>,
+    sync: bool,
+    done: Done,
+    change: Change,
+}
+
+/// Whom to tell once a write is on disk.
+enum Done {
+    Nothing,
+    Flushed(IOFlushed<ShardRaft>),
+    Vote(oneshot::Sender<io::Result<()>>),
+}
+
+/// What a write changes that the writer keeps track of (for segment headers and deletions).
+enum Change {
+    None,
+    Entries { last: Option<u64> },
+    Vote(Vote),
+    Committed(Option<LogId>),
+    Purge(LogId),
+}
+
+struct Writer {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// Older segments, oldest first.
+    closed: Vec<Segment>,
+    current: Segment,
+    file: File,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+    /// The first failure: every later write fails with it.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Write_>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(4096));
+            let outcome = self.write(&batch);
+            if let Err(e) = &outcome {
+                tracing::error!(dir = %self.dir.display(), error = %e, "writing the Raft log failed");
+                self.failed.get_or_insert((e.kind(), e.to_string()));
+            }
+            for w in batch {
+                let result = match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                match w.done {
+                    Done::Nothing => {}
+                    Done::Flushed(callback) => callback.io_completed(result),
+                    Done::Vote(tx) => {
+                        let _ = tx.send(result);
+                    }
+                }
+            }
+        }
+        // Every sender is gone: make what was written durable before the file is closed.
+        if self.failed.is_none() {
+            let _ = self.file.sync_data();
+        }
+    }
+
+    /// Writes a batch with one write and at most one fdatasync, then closes or deletes segments as it allows.
+    fn write(&mut self, batch: &[Write_]) -> io::Result<()> {
+        if let Some((kind, text)) = &self.failed {
+            return Err(io::Error::new(*kind, format!("an earlier write failed: {text}")));
+        }
+        let mut bytes = Vec::with_capacity(batch.iter().map(|w| w.bytes.len()).sum());
+        let mut purged = false;
+        for w in batch {
+            bytes.extend_from_slice(&w.bytes);
+            match &w.change {
+                Change::None => {}
+                Change::Entries { last } => {
+                    self.current.last_entry = self.current.last_entry.max(*last);
+                }
+                Change::Vote(v) => self.vote = Some(*v),
+                Change::Committed(c) => self.committed = *c,
+                Change::Purge(p) => {
+                    if self.purged.as_ref().is_none_or(|old| old.index < p.index) {
+                        self.purged = Some(*p);
+                    }
+                    purged = true;
+                }
+            }
+        }
+        self.file.write_all(&bytes)?;
+        self.current.len += bytes.len() as u64;
+        if batch.iter().any(|w| w.sync) {
+            self.file.sync_data()?;
+        }
+        if self.current.len >= self.segment_bytes {
+            self.begin_segment()?;
+        }
+        if purged {
+            self.delete_purged()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the current segment and begins the next, headed by the current vote, committed id and purge point.
+    fn begin_segment(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        let state: SegmentState = (self.vote, self.committed, self.purged);
+        let next = Segment::create(&self.dir, self.current.seq + 1, &state)?;
+        sync_dir(&self.dir)?;
+        self.file = OpenOptions::new().append(true).open(&next.path)?;
+        self.closed.push(std::mem::replace(&mut self.current, next));
+        Ok(())
+    }
+
+    /// Deletes the closed segments whose entries are all purged (their state is in every later segment's header).
+    fn delete_purged(&mut self) -> io::Result<()> {
+        let Some(upto) = self.purged.as_ref().map(|p| p.index) else { return Ok(()) };
+        let before = self.closed.len();
+        let mut kept = Vec::with_capacity(before);
+        for seg in self.closed.drain(..) {
+            if seg.last_entry.is_none_or(|last| last <= upto) {
+                std::fs::remove_file(&seg.path)?;
+            } else {
+                kept.push(seg);
+            }
+        }
+        self.closed = kept;
+        if self.closed.len() != before {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+// ---- segments ----
+
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    len: u64,
+    /// The highest entry index written to it.
+    last_entry: Option<u64>,
+}
+
+impl Segment {
+    fn name(seq: u64) -> String {
+        format!("{seq:020}.seg")
+    }
+
+    /// A new segment holding only its header, fdatasynced.
+    fn create(dir: &Path, seq: u64, state: &SegmentState) -> io::Result<Segment> {
+        let path = dir.join(Segment::name(seq));
+        let header = record(KIND_STATE, &encode(state)?);
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        f.write_all(&header)?;
+        f.sync_data()?;
+        Ok(Segment { seq, path, len: header.len() as u64, last_entry: None })
+    }
+
+    /// Replays the segment into `view`. In the `last` segment a bad record ends the log (a write torn by a crash)
+    /// and the file is cut back to it; in another one it is damage.
+    fn replay(&mut self, view: &mut View, last: bool) -> io::Result<()> {
+        let data = std::fs::read(&self.path)?;
+        let mut at = 0;
+        while at < data.len() {
+            let Some((kind, body, end)) = read_record(&data, at) else {
+                if !last {
+                    return Err(damaged(format!("{} is damaged at byte {at}", self.path.display())));
+                }
+                tracing::warn!(path = %self.path.display(), at, "the Raft log ends in a torn record; cutting it off");
+                let f = OpenOptions::new().write(true).open(&self.path)?;
+                f.set_len(at as u64)?;
+                f.sync_all()?;
+                break;
+            };
+            if kind == KIND_ENTRY {
+                let entry: Entry = decode(body)?;
+                self.last_entry = self.last_entry.max(Some(entry.index()));
+            }
+            view.replay(kind, body)?;
+            at = end;
+        }
+        self.len = at as u64;
+        Ok(())
+    }
+}
+
+/// The segments of `dir`, oldest first.
+fn list_segments(dir: &Path) -> io::Result<Vec<Segment>> {
+    let mut segs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            segs.push(Segment { seq, path, len: 0, last_entry: None });
+        }
+    }
+    segs.sort_by_key(|s| s.seq);
+    Ok(segs)
+}
+
+// ---- records ----
+
+fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(HEADER + body.len());
+    r.extend_from_slice(&[0; 8]);
+    r.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    r.push(kind);
+    r.extend_from_slice(body);
+    let sum = xxh3_64(&r[8..]);
+    r[..8].copy_from_slice(&sum.to_le_bytes());
+    r
+}
+
+/// The record at `at`: its kind, its body and where the next one begins; `None` if it is torn or damaged.
+fn read_record(data: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+    let head = data.get(at..at + HEADER)?;
+    let sum = u64::from_le_bytes(head[..8].try_into().ok()?);
+    let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
+    let end = at.checked_add(HEADER)?.checked_add(len)?;
+    let covered = data.get(at + 8..end)?;
+    (xxh3_64(covered) == sum).then(|| (head[12], &data[at + HEADER..end], end))
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|e| io::Error::other(format!("encoding a Raft log record: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(body).map_err(|e| damaged(format!("decoding a Raft log record: {e}")))
+}
+
+fn damaged(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
