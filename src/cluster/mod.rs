@@ -1,5 +1,6 @@
 //! Cluster mode: every shard a Raft group run by `openraft`. This layer holds the groups' type configuration
-//! ([`types`]) and each shard's Raft log ([`log`]).
+//! ([`types`]), each shard's Raft log ([`log`]) and its state machine, the shard file ([`state`]).
 
 pub mod log;
+pub mod state;
 pub mod types;

@@ -21,9 +21,10 @@ impl fmt::Display for Proposal {
     }
 }
 
-/// What applying a proposal answered; the same on every replica.
+/// What applying an entry answered, the same on every replica: its command's outcome (`None` for an entry that
+/// carries no command: a blank or membership entry).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Applied(pub Result<Reply, Error>);
+pub struct Applied(pub Option<Result<Reply, Error>>);
 
 /// Where a node is reached.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod change;
 pub mod compact;
+pub mod copy;
 pub mod durability;
 pub mod held;
 pub mod open;

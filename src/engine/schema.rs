@@ -23,6 +23,12 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub const TABLES_BYTES: [TableDefinition<&[u8], &[u8]>; 4] = [KV, DOCS, COUNTERS, BUCKETS];
 /// The metadata table.
 pub const TABLE_META: TableDefinition<&str, u64> = META;
+/// A cluster shard's Raft state (absent on a single node): [`RAFT_APPLIED`] and [`RAFT_MEMBERSHIP`].
+pub const TABLE_RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
+/// raft key: the id of the last log entry applied to this file.
+pub const RAFT_APPLIED: &str = "applied";
+/// raft key: the membership as of the last membership entry applied.
+pub const RAFT_MEMBERSHIP: &str = "membership";
 /// meta key: the last revision handed out in this file.
 pub const META_REV: &str = "rev";
 

@@ -51,12 +51,34 @@ use crate::engine::durability::{Log, HOLD_TIME};
 use crate::engine::held::Held;
 use crate::engine::open::{open_checked, open_file};
 use crate::engine::room::free_bytes;
-use crate::engine::schema::{table, META, META_REV, META_WAL_SEQ};
+use crate::engine::schema::{
+    create_tables, table, META, META_REV, META_WAL_SEQ, RAFT_APPLIED, RAFT_MEMBERSHIP, TABLE_RAFT,
+};
 use crate::engine::storage;
 use crate::engine::wal::{self, Wal};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::record::Record;
+
+/// One committed entry of a shard's Raft log, to apply to the shard file (cluster mode).
+#[derive(Debug, Clone)]
+pub struct Replicated {
+    /// The write it carries (blank and membership entries carry none).
+    pub command: Option<Command>,
+    /// The entry's id, as the cluster layer encodes it: recorded as the last applied.
+    pub applied: Vec<u8>,
+    /// The membership it sets, as the cluster layer encodes it.
+    pub membership: Option<Vec<u8>>,
+}
+
+/// Where a cluster shard's file stands in its Raft log, as the cluster layer encoded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftState {
+    /// The id of the last entry applied (`None` before the first).
+    pub applied: Option<Vec<u8>>,
+    /// The membership of the last membership entry applied.
+    pub membership: Option<Vec<u8>>,
+}
 
 /// One shard's database.
 pub struct Store {
@@ -685,23 +707,7 @@ impl Store {
         }
         // A held transaction's batches are in the log; the replay below brings them back.
         drop(self.held.lock().expect("held lock is never held across a panic").take());
-        let old = self.db.write().expect("db lock is never held across a panic").take();
-        if let Some(mut old) = old {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => {
-                        drop(db);
-                        break;
-                    }
-                    Err(still_shared) if Instant::now() < deadline => {
-                        old = still_shared;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(_) => return Err(Error::Internal(format!("shard {}: readers hold the database", self.shard))),
-                }
-            }
-        }
+        self.take_db()?;
         // The tables exist: the file was opened by `open_checked` before.
         let (db, _) = open_file(&self.path, self.shard, self.cache_size)
             .map_err(|e| Error::storage(&format!("shard {}: cannot reopen {}", self.shard, self.path.display()), e))?;
@@ -715,6 +721,105 @@ impl Store {
         self.needs_reopen.store(false, Ordering::Release);
         self.pending.store(false, Ordering::Release);
         tracing::warn!(shard = self.shard.0, "shard database reopened after a failed transaction");
+        Ok(())
+    }
+
+    /// Closes the database, waiting (up to 10 s) for readers to let go of it.
+    fn take_db(&self) -> Result<()> {
+        let old = self.db.write().expect("db lock is never held across a panic").take();
+        let Some(mut old) = old else { return Ok(()) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    return Ok(());
+                }
+                Err(still_shared) if Instant::now() < deadline => {
+                    old = still_shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return Err(Error::Internal(format!("shard {}: readers hold the database", self.shard))),
+            }
+        }
+    }
+
+    // ---- a shard of a cluster: its file is the state machine of the shard's Raft group ----
+
+    /// Applies committed entries of the shard's Raft log in ONE write transaction, each command checked and
+    /// applied as in [`Store::apply_batch`], and records the last entry as applied (and the newest membership
+    /// among them) in the same transaction. The commit is not fsynced: the Raft log keeps the entries until a
+    /// durable snapshot covers them. `Err` means the transaction failed: nothing of it is stored, and the store
+    /// must be reopened.
+    pub fn apply_replicated(&self, entries: &[Replicated], next_rev: &mut u64) -> Result<Vec<Option<Outcome>>> {
+        self.reopen()?;
+        let storage_err = storage(self.shard, "apply");
+        let err = |e: redb::Error| self.write_failed(storage_err(e));
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+        txn.set_durability(Durability::None).map_err(|e| err(e.into()))?;
+        let mut rev = *next_rev;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        {
+            let mut tables = Tables::new(&txn);
+            for e in entries {
+                outcomes.push(match &e.command {
+                    Some(cmd) => Some(apply_one(&mut tables, cmd, &mut rev).map_err(&err)?),
+                    None => None,
+                });
+            }
+        }
+        {
+            let mut raft = txn.open_table(TABLE_RAFT).map_err(|e| err(e.into()))?;
+            if let Some(last) = entries.last() {
+                raft.insert(RAFT_APPLIED, &last.applied[..]).map_err(|e| err(e.into()))?;
+            }
+            if let Some(m) = entries.iter().rev().find_map(|e| e.membership.as_ref()) {
+                raft.insert(RAFT_MEMBERSHIP, &m[..]).map_err(|e| err(e.into()))?;
+            }
+            if rev != *next_rev {
+                let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+                meta.insert(META_REV, rev - 1).map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        *next_rev = rev;
+        Ok(outcomes)
+    }
+
+    /// A cluster shard's Raft state, as [`Store::apply_replicated`] recorded it.
+    pub fn raft_state(&self) -> Result<RaftState> {
+        let err = storage(self.shard, "read");
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let t = match txn.open_table(TABLE_RAFT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(RaftState::default()),
+            Err(e) => return Err(err(e.into())),
+        };
+        let get = |key: &str| t.get(key).map(|g| g.map(|v| v.value().to_vec())).map_err(|e| err(e.into()));
+        Ok(RaftState { applied: get(RAFT_APPLIED)?, membership: get(RAFT_MEMBERSHIP)? })
+    }
+
+    /// Replaces the shard file with a copy of `from` (a Raft snapshot being installed) and opens the copy. For the
+    /// shard thread. The copy is durable, under its final name, before the old file is gone.
+    pub fn replace_file(&self, from: &Path) -> Result<()> {
+        let io = |what: &str, e: std::io::Error| Error::storage(&format!("shard {}: {what}", self.shard), e);
+        drop(self.held.lock().expect("held lock is never held across a panic").take());
+        self.take_db()?;
+        let incoming = self.path.with_extension("redb.incoming");
+        std::fs::copy(from, &incoming).map_err(|e| io("copying the snapshot", e))?;
+        std::fs::File::open(&incoming).and_then(|f| f.sync_all()).map_err(|e| io("syncing the snapshot", e))?;
+        std::fs::rename(&incoming, &self.path).map_err(|e| io("installing the snapshot", e))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the data dir", e))?;
+        }
+        let (db, _) = open_file(&self.path, self.shard, self.cache_size)
+            .map_err(|e| Error::storage(&format!("shard {}: opening the installed snapshot", self.shard), e))?;
+        create_tables(&db, self.shard)?;
+        *self.db.write().expect("db lock is never held across a panic") = Some(Arc::new(db));
+        self.needs_reopen.store(false, Ordering::Release);
+        self.pending.store(false, Ordering::Release);
         Ok(())
     }
 

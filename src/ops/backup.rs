@@ -20,11 +20,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable};
+use redb::Database;
 use sha2::{Digest, Sha256};
 
 use crate::engine::compact::compact_db;
-use crate::engine::schema::{shard_file, META_REV, TABLES_BYTES, TABLE_META};
+use crate::engine::copy::copy_file;
+use crate::engine::schema::shard_file;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::ops::manifest::{self, Manifest};
@@ -33,8 +34,6 @@ use crate::shard::snapshot::{Rendezvous, Snapshot, SnapshotRequest, RENDEZVOUS_T
 
 /// Name of the checksum file of a backup.
 pub const CHECKSUMS: &str = "SHA256SUMS";
-/// Entries copied per (non-durable) transaction into a backup file; the last commit is durable.
-const COPY_CHUNK: usize = 50_000;
 
 // ---- backup ----
 
@@ -141,46 +140,7 @@ pub fn take(node: &Node, data_dir: &Path, out: &Path) -> Result<BackupReport> {
 
 /// Copies every table of a snapshot into a new redb file; returns the number of records.
 fn copy_snapshot(Snapshot { txn, last_rev }: &Snapshot, path: &Path) -> Result<u64> {
-    let err = |e: redb::Error| Error::storage(&format!("backup {}", path.display()), e);
-    let db = Database::create(path).map_err(|e| err(e.into()))?;
-    let mut n = 0u64;
-    for def in TABLES_BYTES {
-        let src = txn.open_table(def).map_err(|e| err(e.into()))?;
-        let mut iter = src.iter().map_err(|e| err(e.into()))?.peekable();
-        loop {
-            let mut w = db.begin_write().map_err(|e| err(e.into()))?;
-            w.set_durability(Durability::None).map_err(|e| err(e.into()))?;
-            {
-                let mut dst = w.open_table(def).map_err(|e| err(e.into()))?;
-                for item in iter.by_ref().take(COPY_CHUNK) {
-                    let (k, v) = item.map_err(|e| err(e.into()))?;
-                    dst.insert(k.value(), v.value()).map_err(|e| err(e.into()))?;
-                    n += 1;
-                }
-            }
-            w.commit().map_err(|e| err(e.into()))?;
-            if iter.peek().is_none() {
-                break;
-            }
-        }
-    }
-    let w = db.begin_write().map_err(|e| err(e.into()))?;
-    {
-        let src = txn.open_table(TABLE_META).map_err(|e| err(e.into()))?;
-        let mut dst = w.open_table(TABLE_META).map_err(|e| err(e.into()))?;
-        for item in src.iter().map_err(|e| err(e.into()))? {
-            let (k, v) = item.map_err(|e| err(e.into()))?;
-            // The log position belongs to the live file and its log, not to the copy (which starts a new log).
-            if k.value().starts_with("wal_") {
-                continue;
-            }
-            dst.insert(k.value(), v.value()).map_err(|e| err(e.into()))?;
-        }
-        dst.insert(META_REV, *last_rev).map_err(|e| err(e.into()))?;
-    }
-    w.commit().map_err(|e| err(e.into()))?; // durable: everything above is on disk
-    drop(db);
-    Ok(n)
+    copy_file(txn, path, *last_rev)
 }
 
 fn sha256_file(path: &Path) -> Result<(String, u64)> {

@@ -1,5 +1,6 @@
 //! The sending side of a shard worker: cloneable, held by the node; every message to a worker goes through it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use crate::command::{Command, Reply, Space};
-use crate::engine::store::Store;
+use crate::engine::store::{Replicated, Store};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::shard::cache::FillRequest;
@@ -60,6 +61,41 @@ impl ShardHandle {
             Err(TrySendError::Full(_)) => unreachable!("a write was sent"),
             Err(TrySendError::Disconnected(_)) => Err(Refusal::Stopped),
         }
+    }
+
+    /// Cluster mode: has the worker apply committed entries of the shard's Raft log, in order after everything
+    /// queued before, and returns each entry's outcome. Waits for room in the queue as long as the worker runs:
+    /// committed entries are never dropped.
+    pub async fn apply(&self, entries: Vec<Replicated>) -> Result<Vec<Option<Result<Reply>>>> {
+        let (reply, rx) = oneshot::channel();
+        self.send_patiently(ShardMsg::Apply { entries, reply }).await?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Cluster mode: has the worker replace the shard file with the Raft snapshot at `from`.
+    pub async fn install(&self, from: PathBuf) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send_patiently(ShardMsg::Install { from, reply }).await?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    async fn send_patiently(&self, mut msg: ShardMsg) -> Result<()> {
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    msg = back;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(self.stopped()),
+            }
+        }
+    }
+
+    fn stopped(&self) -> Error {
+        Error::Unavailable(format!("shard {} is not running", self.id))
     }
 
     /// Asks the worker to take part in a backup; waits up to a second for room in the queue.

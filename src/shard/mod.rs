@@ -32,6 +32,7 @@ pub mod readiness;
 pub mod snapshot;
 mod worker;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,7 +41,7 @@ use tokio::sync::oneshot;
 
 use crate::command::{Command, Reply};
 use crate::config::{Config, Durability, DEFAULT_MAX_BATCH_BYTES};
-use crate::engine::store::Store;
+use crate::engine::store::{Replicated, Store};
 use crate::error::Result;
 use crate::shard::cache::{Cache, FillRequest};
 use snapshot::SnapshotRequest;
@@ -62,6 +63,20 @@ pub enum ShardMsg {
     Fill(FillRequest),
     /// A backup: after committing what came before, meet the other shards and hand over a snapshot.
     Snapshot(SnapshotRequest),
+    /// Cluster mode: apply committed entries of the shard's Raft log (after the writes queued before them).
+    Apply {
+        /// The entries, in log order.
+        entries: Vec<Replicated>,
+        /// Each entry's outcome (`None` for one without a command), or the failure of the whole transaction.
+        reply: oneshot::Sender<Result<Vec<Option<Result<Reply>>>>>,
+    },
+    /// Cluster mode: replace the shard file with a Raft snapshot.
+    Install {
+        /// The snapshot file (it stays where it is).
+        from: PathBuf,
+        /// Whether it was installed.
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// How a shard worker batches and commits.

@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::shard::cache::{Cache, FillRequest};
 use crate::shard::readiness::Readiness;
-use crate::shard::snapshot::SnapshotRequest;
 use crate::shard::{ShardMsg, ShardOptions};
 
 pub(super) struct Worker {
@@ -92,7 +91,7 @@ impl Worker {
                     Err(_) => break,
                 }
             };
-            let snapshot = self.collect(first, &mut writes, &mut fills);
+            let after = self.collect(first, &mut writes, &mut fills);
             if !writes.is_empty() {
                 let durable = policy.commit_is_durable();
                 let no_room = self.commit_batch(&mut writes, &mut next_rev, durable);
@@ -114,8 +113,8 @@ impl Worker {
             for fill in fills.drain(..) {
                 self.fill(fill);
             }
-            if let Some(req) = snapshot {
-                req.serve(&self.store);
+            if let Some(msg) = after {
+                self.serve_after(msg, &mut next_rev);
             }
         }
         // A clean stop leaves nothing to replay: the last batches are checkpointed into the file.
@@ -155,14 +154,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes `first` and everything already queued, up to the batch caps, without waiting. Stops at a
-    /// snapshot request, which is returned so it is served after the writes queued before it are committed.
+    /// Takes `first` and everything already queued, up to the batch caps, without waiting. Stops at a message
+    /// that must follow the writes queued before it (a backup's snapshot, replicated entries, a snapshot to
+    /// install), which is returned to be served after they are committed.
     fn collect(
         &self,
         first: ShardMsg,
         writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
         fills: &mut Vec<FillRequest>,
-    ) -> Option<SnapshotRequest> {
+    ) -> Option<ShardMsg> {
         let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -172,7 +172,9 @@ impl Worker {
                     writes.push((cmd, reply));
                 }
                 ShardMsg::Fill(f) => fills.push(f),
-                ShardMsg::Snapshot(req) => return Some(req),
+                after @ (ShardMsg::Snapshot(_) | ShardMsg::Apply { .. } | ShardMsg::Install { .. }) => {
+                    return Some(after)
+                }
             }
             if writes.len() >= self.options.max_batch || bytes >= self.options.max_batch_bytes {
                 break;
@@ -180,6 +182,55 @@ impl Worker {
             next = self.rx.try_recv().ok();
         }
         None
+    }
+
+    /// Serves a message that [`Worker::collect`] held back until the writes before it were committed.
+    fn serve_after(&self, msg: ShardMsg, next_rev: &mut u64) {
+        match msg {
+            ShardMsg::Snapshot(req) => req.serve(&self.store),
+            ShardMsg::Apply { entries, reply } => {
+                let applied = self.store.apply_replicated(&entries, next_rev);
+                let answer = match applied {
+                    Ok(outcomes) => Ok(outcomes
+                        .into_iter()
+                        .map(|o| {
+                            o.map(|outcome| {
+                                outcome.map(|(r, change)| {
+                                    self.cache.apply(change);
+                                    r
+                                })
+                            })
+                        })
+                        .collect()),
+                    Err(e) => {
+                        tracing::error!(shard = self.store.shard().0, error = %e, "applying replicated entries failed");
+                        // What reached the file is unknown: the next reads go to the file.
+                        self.cache.clear();
+                        self.reopen(next_rev);
+                        Err(e)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            ShardMsg::Install { from, reply } => {
+                let installed = self.store.replace_file(&from).and_then(|()| self.store.last_rev());
+                // Every entry of the old file is stale now (removing entries never makes a read stale).
+                self.cache.clear();
+                let answer = match installed {
+                    Ok(last) => {
+                        *next_rev = last + 1;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = self.store.shard().0, error = %e, "installing a snapshot failed");
+                        self.reopen(next_rev);
+                        Err(e)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            ShardMsg::Write { .. } | ShardMsg::Fill(_) => unreachable!("collect serves these itself"),
+        }
     }
 
     /// Applies and commits one batch, then updates the cache, then answers; see the module doc. Returns whether

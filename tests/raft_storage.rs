@@ -1,98 +1,66 @@
-//! The Raft log of a shard (`cluster::log`): openraft's own storage test suite, and what the suite does not
-//! check: that the log comes back from its files after a restart (entries, vote, committed id, purge point), that
-//! an append reported durable is in the file, that a record torn by a crash at the end is cut off while damage
-//! elsewhere refuses the open, and that purging deletes whole segments.
-//!
-//! The suite also needs a state machine; `Memory` below is a test-only one (registers applied in memory).
+//! The Raft storage of a shard: its log (`cluster::log`) and its state machine (`cluster::state`, the shard file
+//! through the shard's worker), under openraft's own storage test suite. Then what the suite does not check: that applied
+//! commands and their log position travel with a snapshot to another replica; that the log comes back from its
+//! files after a restart (entries, vote, committed id, purge point); that an append reported durable is in the
+//! file; that a record torn by a crash at the end is cut off while damage elsewhere refuses the open; and that
+//! purging deletes whole segments.
 
 use std::collections::BTreeSet;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures_util::TryStreamExt;
-use openraft::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf};
+use bytes::Bytes;
+use openraft::alias::{EntryOf, VoteOf};
 use openraft::entry::RaftEntry;
-use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::testing::{blank_ent, log_id, membership_ent};
 use openraft::type_config::TypeConfigExt;
-use openraft::{EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, StorageError};
+use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageError};
 use shale::cluster::log::RaftLog;
-use shale::cluster::types::{Applied, ShardRaft};
-use shale::command::Reply;
+use shale::cluster::state::ShardState;
+use shale::cluster::types::{Proposal, ShardRaft};
+use shale::command::{Command, Precondition, Space};
+use shale::engine::durability::Log;
+use shale::engine::store::Store;
+use shale::placement::ShardId;
+use shale::shard::cache::Cache;
+use shale::shard::{Readiness, ShardHandle, ShardOptions};
+use shale::Config;
 
 // ---- openraft's suite ----
 
-/// The last applied log id and the membership.
-type AppliedState = (Option<LogIdOf<ShardRaft>>, StoredMembershipOf<ShardRaft>);
-
-/// A state machine in memory, only for the suite: it records what was applied and the membership.
-#[derive(Clone, Default)]
-struct Memory {
-    state: Arc<Mutex<AppliedState>>,
-    snapshot: Arc<Mutex<Option<SnapshotMetaOf<ShardRaft>>>>,
+/// A shard as a cluster runs it: its file without a write-ahead log, its worker, and a cache.
+struct Shard {
+    dir: tempfile::TempDir,
+    handle: ShardHandle,
 }
 
-impl RaftSnapshotBuilder<ShardRaft> for Memory {
-    type SnapshotData = ();
-
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<ShardRaft, ()>, io::Error> {
-        let (applied, membership) = self.state.lock().unwrap().clone();
-        let meta = SnapshotMetaOf::<ShardRaft> { last_log_id: applied, last_membership: membership };
-        *self.snapshot.lock().unwrap() = Some(meta.clone());
-        Ok(SnapshotOf::<ShardRaft, ()> { meta, snapshot: () })
+fn shard() -> Shard {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = Store::open(dir.path().join("shard-0.redb"), ShardId(0), 1 << 20, Log::Off).expect("a shard file");
+    let readiness = Readiness::new(1);
+    let options = ShardOptions::from_config(&Config::for_test(dir.path()));
+    let (handle, _join) =
+        shale::shard::spawn(Arc::new(store), Cache::new(1 << 20), options, readiness.clone()).expect("a worker");
+    while !readiness.is_ready() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    Shard { dir, handle }
 }
 
-impl RaftStateMachine<ShardRaft> for Memory {
-    type SnapshotData = ();
-    type SnapshotBuilder = Memory;
-
-    async fn applied_state(&mut self) -> Result<AppliedState, io::Error> {
-        Ok(self.state.lock().unwrap().clone())
-    }
-
-    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
-    where
-        S: futures_util::Stream<Item = Result<EntryResponder<ShardRaft>, io::Error>> + Unpin + OptionalSend,
-    {
-        while let Some((entry, responder)) = entries.try_next().await? {
-            let mut state = self.state.lock().unwrap();
-            state.0 = Some(entry.log_id);
-            if let EntryPayload::Membership(m) = entry.payload {
-                state.1 = StoredMembershipOf::<ShardRaft>::new(Some(entry.log_id), m);
-            }
-            drop(state);
-            if let Some(r) = responder {
-                r.send(Applied(Ok(Reply::Deleted)));
-            }
-        }
-        Ok(())
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Memory {
-        self.clone()
-    }
-
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<ShardRaft>, _: ()) -> Result<(), io::Error> {
-        *self.state.lock().unwrap() = (meta.last_log_id, meta.last_membership.clone());
-        *self.snapshot.lock().unwrap() = Some(meta.clone());
-        Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<ShardRaft, ()>>, io::Error> {
-        let meta = self.snapshot.lock().unwrap().clone();
-        Ok(meta.map(|meta| SnapshotOf::<ShardRaft, ()> { meta, snapshot: () }))
-    }
+fn state_of(shard: &Shard) -> ShardState {
+    ShardState::new(shard.handle.clone(), shard.dir.path().join("shard-0.snapshots")).expect("a snapshot dir")
 }
 
 struct Fresh;
 
-impl StoreBuilder<ShardRaft, RaftLog, Memory, tempfile::TempDir> for Fresh {
-    async fn build(&self) -> Result<(tempfile::TempDir, RaftLog, Memory), StorageError<ShardRaft>> {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let log = RaftLog::open(&dir.path().join("shard-0.raft")).expect("a new log");
-        Ok((dir, log, Memory::default()))
+impl StoreBuilder<ShardRaft, RaftLog, ShardState, tempfile::TempDir> for Fresh {
+    async fn build(&self) -> Result<(tempfile::TempDir, RaftLog, ShardState), StorageError<ShardRaft>> {
+        let shard = shard();
+        let log = RaftLog::open(&shard.dir.path().join("shard-0.raft")).expect("a new log");
+        let state = state_of(&shard);
+        Ok((shard.dir, log, state))
     }
 }
 
@@ -100,6 +68,76 @@ impl StoreBuilder<ShardRaft, RaftLog, Memory, tempfile::TempDir> for Fresh {
 fn openraft_storage_suite_passes() {
     ShardRaft::run(async {
         Suite::test_all(Fresh).await.expect("openraft's storage suite");
+    });
+}
+
+// ---- the state machine: commands applied through the shard's worker, snapshots that carry them ----
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put {
+        space: Space::Kv,
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        content_type: Bytes::new(),
+        precondition: Precondition::NONE,
+        skip_if_unchanged: false,
+    }
+}
+
+fn proposal(index: u64, cmd: Command) -> Entry {
+    Entry {
+        log_id: log_id::<ShardRaft>(1, 1, index),
+        payload: EntryPayload::Normal(Proposal { request: index.into(), command: cmd }),
+    }
+}
+
+async fn apply(state: &mut ShardState, entries: Vec<Entry>) {
+    let stream = futures_util::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    state.apply(stream).await.expect("applied");
+}
+
+fn value(shard: &Shard, key: &str) -> Option<Vec<u8>> {
+    shard.handle.store().get(Space::Kv, key.as_bytes()).unwrap().map(|r| r.value().to_vec())
+}
+
+#[test]
+fn applied_commands_and_their_position_move_with_a_snapshot_to_another_replica() {
+    run(async {
+        let a = shard();
+        let mut sa = state_of(&a);
+        let members = membership_ent::<ShardRaft>(1, 1, 1, vec![BTreeSet::from([1, 2, 3])]);
+        apply(&mut sa, vec![members, proposal(2, put("k", "one")), proposal(3, put("k", "two"))]).await;
+        apply(&mut sa, vec![proposal(4, put("j", "three"))]).await;
+        assert_eq!(value(&a, "k").as_deref(), Some(&b"two"[..]));
+        let (applied, membership) = sa.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id::<ShardRaft>(1, 1, 4)));
+        assert_eq!(membership.log_id(), &Some(log_id::<ShardRaft>(1, 1, 1)));
+
+        let snapshot = sa.build_snapshot().await.expect("a snapshot");
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id::<ShardRaft>(1, 1, 4)));
+        // Writes after the snapshot are not in it.
+        apply(&mut sa, vec![proposal(5, put("k", "four"))]).await;
+        let current = sa.get_current_snapshot().await.unwrap().expect("the built snapshot is current");
+        assert_eq!(current.meta, snapshot.meta);
+
+        let b = shard();
+        let mut sb = state_of(&b);
+        apply(&mut sb, vec![proposal(1, put("stale", "x"))]).await;
+        sb.install_snapshot(&current.meta, current.snapshot).await.expect("installed");
+        assert_eq!(value(&b, "k").as_deref(), Some(&b"two"[..]), "the snapshot's value, not the later one");
+        assert_eq!(value(&b, "j").as_deref(), Some(&b"three"[..]));
+        assert_eq!(value(&b, "stale"), None, "the replica's own state is replaced");
+        assert_eq!(
+            sb.applied_state().await.unwrap(),
+            (snapshot.meta.last_log_id, snapshot.meta.last_membership.clone())
+        );
+        let theirs = sb.get_current_snapshot().await.unwrap().expect("the installed snapshot is current");
+        assert_eq!(theirs.meta, snapshot.meta);
+        // The installed replica goes on from there, with revisions after the snapshot's.
+        apply(&mut sb, vec![proposal(5, put("k", "four"))]).await;
+        let rev_a = a.handle.store().get(Space::Kv, b"k").unwrap().unwrap().rev();
+        let rev_b = b.handle.store().get(Space::Kv, b"k").unwrap().unwrap().rev();
+        assert_eq!(rev_a, rev_b, "both replicas gave the same write the same revision");
     });
 }
 

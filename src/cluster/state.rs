@@ -1,0 +1,218 @@
+//! The state machine of a shard's Raft group: the shard's redb file, which only the shard's worker writes.
+//!
+//! - Apply: committed entries go to the worker in log order ([`ShardHandle::apply`]). It applies their commands
+//!   with the command logic of a single node (`engine::apply`) in one transaction, records the last applied entry
+//!   and the membership in the same transaction, updates the cache, and answers each command's outcome, which is
+//!   what the client that proposed it gets.
+//! - Snapshot: a copy of the shard file from one read transaction taken between the worker's batches (the
+//!   backup's rendezvous, for one shard), written to `shard-<i>.snapshots/snapshot-<index>.redb` and made durable
+//!   there. Its metadata (last applied entry, membership) is read from the copy itself. The newest one is the
+//!   current snapshot; older ones are deleted once a newer one is durable. Since openraft purges the log only
+//!   below a snapshot, and every snapshot is durable, a crash never needs an entry the log no longer has.
+//! - Install: a received snapshot is kept as the current one, and the worker replaces the shard file with a copy.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, ReadTransaction, ReadableDatabase};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::cluster::types::{Applied, ShardRaft};
+use crate::engine::copy::copy_file;
+use crate::engine::schema::{RAFT_APPLIED, RAFT_MEMBERSHIP, TABLE_RAFT};
+use crate::engine::store::{Replicated, Store};
+use crate::error::Error;
+use crate::shard::snapshot::{Rendezvous, SnapshotRequest};
+use crate::shard::ShardHandle;
+
+type LogId = LogIdOf<ShardRaft>;
+type Membership = StoredMembershipOf<ShardRaft>;
+type Meta = SnapshotMetaOf<ShardRaft>;
+
+/// A snapshot: a copy of a shard file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile(pub PathBuf);
+
+/// The state machine of one shard's group.
+#[derive(Clone)]
+pub struct ShardState {
+    shard: ShardHandle,
+    store: Arc<Store>,
+    /// Where its snapshots are kept.
+    dir: PathBuf,
+}
+
+impl ShardState {
+    /// The state machine of the shard whose worker `shard` reaches, keeping its snapshots in `dir`.
+    pub fn new(shard: ShardHandle, dir: PathBuf) -> io::Result<ShardState> {
+        std::fs::create_dir_all(&dir)?;
+        let store = shard.store().clone();
+        Ok(ShardState { shard, store, dir })
+    }
+
+    /// The snapshot files, oldest first.
+    fn snapshots(&self) -> io::Result<Vec<PathBuf>> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snapshot-")))
+            .filter(|p| p.extension().is_some_and(|x| x == "redb"))
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    fn name_for(&self, meta: &Meta) -> PathBuf {
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        self.dir.join(format!("snapshot-{index:020}.redb"))
+    }
+
+    /// Deletes every snapshot but `keep`.
+    fn delete_others(&self, keep: &Path) -> io::Result<()> {
+        for old in self.snapshots()? {
+            if old != keep {
+                std::fs::remove_file(&old)?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+impl RaftStateMachine<ShardRaft> for ShardState {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = ShardState;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
+        let store = self.store.clone();
+        let state = blocking(move || store.raft_state().map_err(io_error)).await?;
+        let applied = state.applied.as_deref().map(decode).transpose()?;
+        Ok((applied, state.membership.as_deref().map(decode).transpose()?.unwrap_or_default()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: futures_util::Stream<Item = Result<EntryResponder<ShardRaft>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let applied = encode(&entry.log_id)?;
+            let (command, membership) = match entry.payload {
+                EntryPayload::Blank => (None, None),
+                EntryPayload::Normal(proposal) => (Some(proposal.command), None),
+                EntryPayload::Membership(m) => (None, Some(encode(&Membership::new(Some(entry.log_id), m))?)),
+            };
+            batch.push(Replicated { command, applied, membership });
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // A failed transaction stops the group: the entries are committed, and must be applied before any later.
+        let outcomes = self.shard.apply(batch).await.map_err(io_error)?;
+        for (responder, outcome) in responders.into_iter().zip(outcomes) {
+            if let Some(r) = responder {
+                r.send(Applied(outcome));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> ShardState {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        let current = self.name_for(meta);
+        if snapshot.0 != current {
+            let incoming = current.with_extension("incoming");
+            std::fs::copy(&snapshot.0, &incoming)?;
+            std::fs::File::open(&incoming)?.sync_all()?;
+            std::fs::rename(&incoming, &current)?;
+            sync_dir(&self.dir)?;
+        }
+        self.shard.install(current.clone()).await.map_err(io_error)?;
+        self.delete_others(&current)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<ShardRaft, SnapshotFile>>, io::Error> {
+        let Some(newest) = self.snapshots()?.pop() else { return Ok(None) };
+        let path = newest.clone();
+        let meta = blocking(move || {
+            let db = Database::open(&path).map_err(|e| io::Error::other(e.to_string()))?;
+            let txn = db.begin_read().map_err(|e| io::Error::other(e.to_string()))?;
+            meta_of(&txn)
+        })
+        .await?;
+        Ok(Some(SnapshotOf::<ShardRaft, SnapshotFile> { meta, snapshot: SnapshotFile(newest) }))
+    }
+}
+
+impl RaftSnapshotBuilder<ShardRaft> for ShardState {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<ShardRaft, SnapshotFile>, io::Error> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.shard.request_snapshot(SnapshotRequest { rendezvous: Rendezvous::new(1), reply }).map_err(io_error)?;
+        let this = self.clone();
+        let (meta, path) = blocking(move || {
+            let (_, snapshot) = answer.recv().map_err(|_| io::Error::other("the shard stopped"))?;
+            let snapshot = snapshot.map_err(io_error)?;
+            let meta = meta_of(&snapshot.txn)?;
+            let path = this.name_for(&meta);
+            let building = path.with_extension("building");
+            let _ = std::fs::remove_file(&building);
+            copy_file(&snapshot.txn, &building, snapshot.last_rev).map_err(io_error)?;
+            std::fs::rename(&building, &path)?;
+            sync_dir(&this.dir)?;
+            this.delete_others(&path)?;
+            Ok((meta, path))
+        })
+        .await?;
+        Ok(SnapshotOf::<ShardRaft, SnapshotFile> { meta, snapshot: SnapshotFile(path) })
+    }
+}
+
+/// The snapshot metadata a shard file (or a copy of one) records.
+fn meta_of(txn: &ReadTransaction) -> io::Result<Meta> {
+    let (applied, membership) = match txn.open_table(TABLE_RAFT) {
+        Ok(t) => {
+            let get = |key: &str| -> io::Result<Option<Vec<u8>>> {
+                Ok(t.get(key).map_err(|e| io::Error::other(e.to_string()))?.map(|v| v.value().to_vec()))
+            };
+            (get(RAFT_APPLIED)?, get(RAFT_MEMBERSHIP)?)
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+    Ok(Meta {
+        last_log_id: applied.as_deref().map(decode).transpose()?,
+        last_membership: membership.as_deref().map(decode).transpose()?.unwrap_or_default(),
+    })
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| io::Error::other(format!("a blocking task failed: {e}")))?
+}
+
+fn io_error(e: Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|e| io::Error::other(format!("encoding Raft state: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decoding Raft state: {e}")))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
