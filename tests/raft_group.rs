@@ -1,0 +1,232 @@
+//! Three replicas of one shard, each with its own data dir, shard worker, Raft log and state machine, under real
+//! Raft (openraft) in one process, connected by an in-memory network (the test's stand-in for the cluster port).
+//! They elect a leader; a write is answered with the outcome decided in the replicated apply (a failed
+//! precondition too), identically on every replica; and a replica that was down while the leader's log was purged
+//! catches up from a snapshot after a restart.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{Config, OptionalSend};
+use shale::cluster::log::RaftLog;
+use shale::cluster::state::{ShardState, SnapshotFile};
+use shale::cluster::types::{Applied, NodeAddr, Proposal, ShardRaft};
+use shale::command::{Command, EtagMatch, Precondition, Reply, Space};
+use shale::engine::durability::Log;
+use shale::engine::store::Store;
+use shale::error::Error;
+use shale::placement::ShardId;
+use shale::shard::cache::Cache;
+use shale::shard::{Readiness, ShardHandle, ShardOptions};
+
+type Raft = openraft::Raft<ShardRaft, ShardState>;
+
+// ---- the in-memory network ----
+
+/// The replicas that are up, by node id.
+#[derive(Clone, Default)]
+struct Net {
+    up: Arc<Mutex<BTreeMap<u64, Raft>>>,
+}
+
+struct Conn {
+    target: u64,
+    net: Net,
+}
+
+impl RaftNetworkFactory<ShardRaft> for Net {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: u64, _node: &NodeAddr) -> Conn {
+        Conn { target, net: self.clone() }
+    }
+}
+
+impl Conn {
+    fn raft(&self) -> Result<Raft, Unreachable<ShardRaft>> {
+        self.net.up.lock().unwrap().get(&self.target).cloned().ok_or_else(|| Unreachable::from_string("down"))
+    }
+}
+
+impl RaftNetworkV2<ShardRaft> for Conn {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<ShardRaft>,
+        _: RPCOption,
+    ) -> Result<AppendEntriesResponse<ShardRaft>, RPCError<ShardRaft>> {
+        let raft = self.raft().map_err(RPCError::Unreachable)?;
+        raft.append_entries(rpc).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<ShardRaft>,
+        _: RPCOption,
+    ) -> Result<VoteResponse<ShardRaft>, RPCError<ShardRaft>> {
+        let raft = self.raft().map_err(RPCError::Unreachable)?;
+        raft.vote(rpc).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<ShardRaft>,
+        snapshot: SnapshotOf<ShardRaft, SnapshotFile>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _: RPCOption,
+    ) -> Result<SnapshotResponse<ShardRaft>, StreamingError<ShardRaft>> {
+        let raft = self.raft().map_err(StreamingError::Unreachable)?;
+        raft.install_full_snapshot(vote, snapshot).await.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+// ---- replicas ----
+
+struct Replica {
+    raft: Raft,
+    handle: ShardHandle,
+    worker: std::thread::JoinHandle<()>,
+}
+
+/// Starts (or restarts) replica `id` on `dir`.
+async fn start(id: u64, dir: &Path, net: &Net) -> Replica {
+    let store = Store::open(dir.join("shard-0.redb"), ShardId(0), 1 << 20, Log::Off).expect("the shard file");
+    let readiness = Readiness::new(1);
+    let options = ShardOptions::from_config(&shale::Config::for_test(dir));
+    let (handle, worker) =
+        shale::shard::spawn(Arc::new(store), Cache::new(1 << 20), options, readiness.clone()).expect("a worker");
+    while !readiness.is_ready() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let log = RaftLog::open(&dir.join("shard-0.raft")).expect("the Raft log");
+    let state = ShardState::new(handle.clone(), dir.join("shard-0.snapshots")).expect("the snapshot dir");
+    let config = Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        max_in_snapshot_log_to_keep: 0,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate().expect("a valid config"));
+    let raft = Raft::new(id, config, net.clone(), log, state).await.expect("a Raft node");
+    net.up.lock().unwrap().insert(id, raft.clone());
+    Replica { raft, handle, worker }
+}
+
+/// Stops a replica: off the network, its Raft tasks ended, its worker joined (so its files can be opened again).
+async fn stop(id: u64, replica: Replica, net: &Net) {
+    net.up.lock().unwrap().remove(&id);
+    replica.raft.shutdown().await.expect("shutdown");
+    drop(replica.raft);
+    drop(replica.handle);
+    tokio::task::spawn_blocking(move || replica.worker.join().expect("the worker exits cleanly"))
+        .await
+        .expect("joined");
+}
+
+fn put(key: &str, value: &str, precondition: Precondition) -> Command {
+    Command::Put {
+        space: Space::Kv,
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        content_type: Bytes::new(),
+        precondition,
+        skip_if_unchanged: false,
+    }
+}
+
+fn value(replica: &Replica, key: &str) -> Option<(Vec<u8>, u64)> {
+    replica.handle.store().get(Space::Kv, key.as_bytes()).unwrap().map(|r| (r.value().to_vec(), r.rev()))
+}
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(20));
+
+/// Proposes `command` through `raft`, retrying while the leader is not yet sure of its majority (openraft answers
+/// `ForwardToLeader` without a leader until a quorum acknowledged it): what the node's write path will do within
+/// `REQUEST_TIMEOUT_MS`.
+async fn write(raft: &Raft, request: u128, command: Command) -> openraft::raft::ClientWriteResponse<ShardRaft> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match raft.client_write(Proposal { request, command: command.clone() }).await {
+            Ok(w) => return w,
+            Err(e) if std::time::Instant::now() < deadline && e.forward_to_leader().is_some() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("request {request}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_agree_and_a_restarted_one_catches_up_from_a_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = Net::default();
+    let mut replicas = BTreeMap::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        replicas.insert(i as u64 + 1, start(i as u64 + 1, dir.path(), &net).await);
+    }
+    let members: BTreeMap<u64, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
+    replicas[&1].raft.initialize(members).await.expect("initialized");
+    let metrics = replicas[&1].raft.wait(WAIT).metrics(|m| m.current_leader.is_some(), "a leader").await.unwrap();
+    let leader = metrics.current_leader.unwrap();
+
+    // A write, and a compare-and-set that fails: both outcomes are decided in the apply.
+    let created = write(&replicas[&leader].raft, 1, put("k", "one", Precondition::NONE)).await;
+    let Applied(Some(Ok(Reply::Stored { created: true, rev }))) = created.data else { panic!("{:?}", created.data) };
+    let if_absent = Precondition { if_none_match: Some(EtagMatch::Any), ..Precondition::NONE };
+    let refused = write(&replicas[&leader].raft, 2, put("k", "two", if_absent)).await;
+    assert!(matches!(refused.data, Applied(Some(Err(Error::PreconditionFailed(_))))), "{:?}", refused.data);
+    for r in replicas.values() {
+        r.raft.wait(WAIT).applied_index_at_least(Some(refused.log_id.index), "applied").await.unwrap();
+        assert_eq!(value(r, "k"), Some((b"one".to_vec(), rev)), "the same record, revision included, everywhere");
+    }
+
+    // A follower goes down; the others go on, and the leader's log is purged below a snapshot.
+    let down = (1..=3).find(|id| *id != leader).unwrap();
+    let replica = replicas.remove(&down).unwrap();
+    stop(down, replica, &net).await;
+    let mut last = refused.log_id.index;
+    for i in 0..20u64 {
+        let w =
+            write(&replicas[&leader].raft, 10 + u128::from(i), put(&format!("k{i}"), "v", Precondition::NONE)).await;
+        last = w.log_id.index;
+    }
+    replicas[&leader].raft.trigger().snapshot().await.unwrap();
+    replicas[&leader]
+        .raft
+        .wait(WAIT)
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "a snapshot of every write")
+        .await
+        .unwrap();
+    replicas[&leader].raft.trigger().purge_log(last).await.unwrap();
+    replicas[&leader]
+        .raft
+        .wait(WAIT)
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "the log purged")
+        .await
+        .unwrap();
+
+    // Back up: the entries it missed are gone from the leader's log, so it gets the snapshot.
+    let back = start(down, dirs[down as usize - 1].path(), &net).await;
+    back.raft.wait(WAIT).applied_index_at_least(Some(last), "caught up").await.unwrap();
+    let installed = std::fs::read_dir(dirs[down as usize - 1].path().join("shard-0.snapshots")).unwrap().count();
+    assert_eq!(installed, 1, "it caught up by installing the leader's snapshot");
+    for i in 0..20u64 {
+        let key = format!("k{i}");
+        assert_eq!(value(&back, &key), value(&replicas[&leader], &key), "{key}");
+    }
+    assert_eq!(value(&back, "k"), Some((b"one".to_vec(), rev)));
+    replicas.insert(down, back);
+    for (id, r) in std::mem::take(&mut replicas) {
+        stop(id, r, &net).await;
+    }
+}
