@@ -177,6 +177,18 @@ impl SetCond {
 }
 
 impl Command {
+    /// A put of `value` under `key` in `/kv`, with no content type, under `precondition`.
+    pub fn kv_put(key: &[u8], value: &[u8], precondition: Precondition) -> Command {
+        Command::Put {
+            space: Space::Kv,
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+            content_type: Bytes::new(),
+            precondition,
+            skip_if_unchanged: false,
+        }
+    }
+
     /// The key that decides which shard applies this command.
     ///
     /// A [`Command::Batch`] is placed by its first command; a [`Command::Clear`] has no key (it is sent to a shard

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -134,14 +133,7 @@ async fn stop(id: u64, replica: Replica, net: &Net) {
 }
 
 fn put(key: &str, value: &str, precondition: Precondition) -> Command {
-    Command::Put {
-        space: Space::Kv,
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        content_type: Bytes::new(),
-        precondition,
-        skip_if_unchanged: false,
-    }
+    Command::kv_put(key.as_bytes(), value.as_bytes(), precondition)
 }
 
 fn value(replica: &Replica, key: &str) -> Option<(Vec<u8>, u64)> {

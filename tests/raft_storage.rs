@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use openraft::alias::{EntryOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
@@ -74,14 +73,7 @@ fn openraft_storage_suite_passes() {
 // ---- the state machine: commands applied through the shard's worker, snapshots that carry them ----
 
 fn put(key: &str, value: &str) -> Command {
-    Command::Put {
-        space: Space::Kv,
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        content_type: Bytes::new(),
-        precondition: Precondition::NONE,
-        skip_if_unchanged: false,
-    }
+    Command::kv_put(key.as_bytes(), value.as_bytes(), Precondition::NONE)
 }
 
 fn proposal(index: u64, cmd: Command) -> Entry {

@@ -843,14 +843,7 @@ mod tests {
     use crate::record::counter_value;
 
     fn put(key: &str, value: &str, precondition: Precondition) -> Command {
-        Command::Put {
-            space: Space::Kv,
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            content_type: Bytes::new(),
-            precondition,
-            skip_if_unchanged: false,
-        }
+        Command::kv_put(key.as_bytes(), value.as_bytes(), precondition)
     }
 
     fn absent() -> Precondition {
