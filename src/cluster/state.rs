@@ -156,10 +156,12 @@ impl RaftSnapshotBuilder<ShardRaft> for ShardState {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<ShardRaft, SnapshotFile>, io::Error> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.shard.request_snapshot(SnapshotRequest { rendezvous: Rendezvous::new(1), reply }).map_err(io_error)?;
         let this = self.clone();
         let (meta, path) = blocking(move || {
+            // Queued behind the shard's writes (waiting for room blocks, so it runs off the async workers).
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let request = SnapshotRequest { rendezvous: Rendezvous::new(1), reply };
+            this.shard.request_snapshot(request).map_err(io_error)?;
             let (_, snapshot) = answer.recv().map_err(|_| io::Error::other("the shard stopped"))?;
             let snapshot = snapshot.map_err(io_error)?;
             let meta = meta_of(&snapshot.txn)?;

@@ -1,6 +1,7 @@
 //! The loop of a shard worker: batch, apply, log, answer, fill the cache, checkpoint (see the module doc of
 //! [`crate::shard`]). The durability rules it follows are [`crate::engine::durability`]'s.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,12 +10,22 @@ use tokio::sync::oneshot;
 
 use crate::command::{Command, Reply, Space};
 use crate::engine::durability::{Log, Policy};
-use crate::engine::store::Store;
+use crate::engine::store::{Replicated, Store};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
 use crate::shard::cache::{Cache, FillRequest};
 use crate::shard::readiness::Readiness;
 use crate::shard::{ShardMsg, ShardOptions};
+
+/// A message that must follow the writes queued before it: served once they are committed.
+enum After {
+    /// A backup's snapshot (see [`crate::shard::snapshot`]).
+    Backup(crate::shard::snapshot::SnapshotRequest),
+    /// Committed entries of the shard's Raft log, and where their outcomes go.
+    Apply(Vec<Replicated>, oneshot::Sender<Result<Vec<Option<Result<Reply>>>>>),
+    /// A Raft snapshot to install, and where to say whether it was.
+    Install(PathBuf, oneshot::Sender<Result<()>>),
+}
 
 pub(super) struct Worker {
     pub(super) store: Arc<Store>,
@@ -162,7 +173,7 @@ impl Worker {
         first: ShardMsg,
         writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
         fills: &mut Vec<FillRequest>,
-    ) -> Option<ShardMsg> {
+    ) -> Option<After> {
         let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -172,9 +183,9 @@ impl Worker {
                     writes.push((cmd, reply));
                 }
                 ShardMsg::Fill(f) => fills.push(f),
-                after @ (ShardMsg::Snapshot(_) | ShardMsg::Apply { .. } | ShardMsg::Install { .. }) => {
-                    return Some(after)
-                }
+                ShardMsg::Snapshot(req) => return Some(After::Backup(req)),
+                ShardMsg::Apply { entries, reply } => return Some(After::Apply(entries, reply)),
+                ShardMsg::Install { from, reply } => return Some(After::Install(from, reply)),
             }
             if writes.len() >= self.options.max_batch || bytes >= self.options.max_batch_bytes {
                 break;
@@ -185,10 +196,10 @@ impl Worker {
     }
 
     /// Serves a message that [`Worker::collect`] held back until the writes before it were committed.
-    fn serve_after(&self, msg: ShardMsg, next_rev: &mut u64) {
-        match msg {
-            ShardMsg::Snapshot(req) => req.serve(&self.store),
-            ShardMsg::Apply { entries, reply } => {
+    fn serve_after(&self, after: After, next_rev: &mut u64) {
+        match after {
+            After::Backup(req) => req.serve(&self.store),
+            After::Apply(entries, reply) => {
                 let applied = self.store.apply_replicated(&entries, next_rev);
                 let answer = match applied {
                     Ok(outcomes) => Ok(outcomes
@@ -212,7 +223,7 @@ impl Worker {
                 };
                 let _ = reply.send(answer);
             }
-            ShardMsg::Install { from, reply } => {
+            After::Install(from, reply) => {
                 let installed = self.store.replace_file(&from).and_then(|()| self.store.last_rev());
                 // Every entry of the old file is stale now (removing entries never makes a read stale).
                 self.cache.clear();
@@ -229,7 +240,6 @@ impl Worker {
                 };
                 let _ = reply.send(answer);
             }
-            ShardMsg::Write { .. } | ShardMsg::Fill(_) => unreachable!("collect serves these itself"),
         }
     }
 
