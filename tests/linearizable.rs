@@ -1,11 +1,14 @@
-//! Linearizability of what concurrent clients see, checked by a history checker (`common/linearizability.rs`),
-//! and the checker's own tests: it accepts legal histories, including ones with operations whose outcome is
+//! Linearizability of what concurrent clients see, HTTP and Redis-protocol clients on the same keys at once
+//! (pipelined RESP connections included), checked by a history checker (`common/linearizability.rs`), and the
+//! checker's own tests: it accepts legal histories, including ones with operations whose outcome is
 //! unknown, and rejects stale reads, lost compare-and-sets and miscounted counters, on made-up histories and on
 //! a history recorded from a real server with one stale read added.
 
 mod common;
 #[path = "common/linearizability.rs"]
 mod linearizability;
+#[path = "common/resp.rs"]
+mod resp_client;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +16,8 @@ use std::time::{Duration, Instant};
 use common::{client, temp_dir, TestServer};
 use linearizability::{check, Event, Op};
 use reqwest::StatusCode;
+use resp_client::{command, Resp, RespClient};
+use shale::config::RespPort;
 use shale::Config;
 
 fn ms(n: u64) -> Duration {
@@ -95,6 +100,16 @@ fn an_increment_counted_twice_or_lost_is_rejected() {
         ev("c", Op::Count { seen: 1 }, 20, Some(30)),
     ];
     check(&lost).expect_err("an acknowledged increment was lost");
+    let same_answer = [
+        ev("c", Op::AddGet { delta: 1, seen: 1 }, 0, Some(10)),
+        ev("c", Op::AddGet { delta: 1, seen: 1 }, 5, Some(15)),
+    ];
+    check(&same_answer).expect_err("two increments cannot both answer 1");
+    let either_order = [
+        ev("c", Op::AddGet { delta: 1, seen: 2 }, 0, Some(10)),
+        ev("c", Op::AddGet { delta: 1, seen: 1 }, 5, Some(15)),
+    ];
+    check(&either_order).expect("overlapping increments may answer in either order");
 }
 
 // ---- a history recorded from a server ----
@@ -173,24 +188,97 @@ async fn run_client(base: String, id: u64, started: Instant, history: Arc<Mutex<
     }
 }
 
-/// Runs every client against `base` at once and returns what they saw.
-async fn record(base: String) -> Vec<Event> {
+/// A counter that only the RESP clients increment, with Redis's `INCRBY` on a `/kv` value.
+const KV_COUNTER: &str = "n0";
+/// Commands per pipeline of a RESP client.
+const PIPELINE: usize = 8;
+const RESP_CLIENTS: u64 = 4;
+const PIPELINES_PER_CLIENT: u64 = 12;
+
+/// One RESP connection's operations on the same keys as the HTTP clients, sent as pipelines: every command of a
+/// pipeline is invoked when the pipeline is sent, and completes when its own reply arrives.
+fn run_resp_client(addr: std::net::SocketAddr, id: u64, started: Instant, history: Arc<Mutex<Vec<Event>>>) {
+    let mut conn = RespClient::connect(addr);
+    let mut rng = id.wrapping_mul(0xD6E8_FEB8_6659_FD93) | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for p in 0..PIPELINES_PER_CLIENT {
+        let mut sent = Vec::new();
+        let mut bytes = Vec::new();
+        for c in 0..PIPELINE as u64 {
+            let key = REGISTERS[(next() % REGISTERS.len() as u64) as usize];
+            let value = (id << 32) | (p * PIPELINE as u64 + c + 1);
+            let delta = (next() % 3 + 1) as i64;
+            let (args, key, op): (Vec<String>, &str, Op) = match next() % 5 {
+                0 | 1 => (vec!["GET".into(), key.into()], key, Op::Read { seen: None }),
+                2 => (vec!["SET".into(), key.into(), value.to_string()], key, Op::Write { value }),
+                3 => (
+                    vec!["CTR.INCRBY".into(), COUNTER.into(), delta.to_string()],
+                    COUNTER,
+                    Op::AddGet { delta, seen: 0 },
+                ),
+                _ => (
+                    vec!["INCRBY".into(), KV_COUNTER.into(), delta.to_string()],
+                    KV_COUNTER,
+                    Op::AddGet { delta, seen: 0 },
+                ),
+            };
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            bytes.extend_from_slice(&command(&args));
+            sent.push((key, op));
+        }
+        let call = started.elapsed();
+        conn.send(&bytes);
+        for (key, op) in sent {
+            let reply = conn.read();
+            let ret = Some(started.elapsed());
+            let op = match (op, reply) {
+                (Op::Read { .. }, Resp::Bulk(v)) => {
+                    Op::Read { seen: Some(String::from_utf8(v).unwrap().parse().expect("a value we wrote")) }
+                }
+                (Op::Read { .. }, Resp::Nil | Resp::Null) => Op::Read { seen: None },
+                (op @ Op::Write { .. }, Resp::Simple(s)) if s == "OK" => op,
+                (Op::AddGet { delta, .. }, Resp::Int(n)) => Op::AddGet { delta, seen: n },
+                (op, reply) => panic!("{op:?} answered {reply:?}"),
+            };
+            history.lock().unwrap().push(Event { key: key.into(), op, call, ret });
+        }
+    }
+}
+
+/// Runs every client, HTTP against `base` and RESP against `resp`, at once and returns what they saw.
+async fn record(base: String, resp: std::net::SocketAddr) -> Vec<Event> {
     let started = Instant::now();
     let history = Arc::new(Mutex::new(Vec::new()));
+    let resp_clients: Vec<_> = (0..RESP_CLIENTS)
+        .map(|id| {
+            let history = history.clone();
+            tokio::task::spawn_blocking(move || run_resp_client(resp, 100 + id, started, history))
+        })
+        .collect();
     let tasks: Vec<_> =
         (0..CLIENTS).map(|id| tokio::spawn(run_client(base.clone(), id + 1, started, history.clone()))).collect();
     for t in tasks {
         t.await.expect("a client task");
     }
+    for t in resp_clients {
+        t.await.expect("a RESP client");
+    }
     Arc::try_unwrap(history).expect("the clients are done").into_inner().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_clients_of_one_node_see_a_linearizable_history_and_a_stale_read_breaks_it() {
+async fn concurrent_http_and_resp_clients_of_one_node_see_a_linearizable_history_and_a_stale_read_breaks_it() {
     let dir = temp_dir();
     // A small cache, so reads also take the miss path while writes commit.
-    let server = TestServer::start(Config { cache_bytes: 4096, ..Config::for_test(dir.path()) });
-    let mut history = record(server.base()).await;
+    let config = Config { cache_bytes: 4096, resp_port: RespPort::Any, ..Config::for_test(dir.path()) };
+    let server = TestServer::start(config);
+    let resp = server.resp_addr.expect("the RESP listener");
+    let mut history = record(server.base(), resp).await;
     assert!(history.len() as u64 >= CLIENTS * OPS_PER_CLIENT * 3 / 4, "{} operations", history.len());
     check(&history).unwrap_or_else(|v| panic!("not linearizable on {}: {:#?}", v.key, v.events));
 

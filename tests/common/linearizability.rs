@@ -27,6 +27,8 @@ pub enum Op {
     Add { delta: i64 },
     /// A read of a counter.
     Count { seen: i64 },
+    /// An increment of a counter that answers the new value (Redis `INCRBY`, `CTR.INCRBY`).
+    AddGet { delta: i64, seen: i64 },
 }
 
 /// One recorded operation.
@@ -67,6 +69,11 @@ fn step(state: State, op: &Op, completed: bool) -> Option<State> {
         }
         (State::Counter(n), Op::Add { delta }) => Some(State::Counter(n.wrapping_add(*delta))),
         (State::Counter(n), Op::Count { seen }) => (n == *seen).then_some(state),
+        (State::Counter(n), Op::AddGet { delta, seen }) => {
+            let next = n.wrapping_add(*delta);
+            // Unknown outcome: it may have applied; its answer was never seen.
+            (!completed || next == *seen).then_some(State::Counter(next))
+        }
         _ => None,
     }
 }
@@ -95,7 +102,7 @@ pub fn check(history: &[Event]) -> Result<(), Violation> {
 
 /// The search for one key.
 fn check_key(events: &[Event]) -> bool {
-    let counter = events.iter().any(|e| matches!(e.op, Op::Add { .. } | Op::Count { .. }));
+    let counter = events.iter().any(|e| matches!(e.op, Op::Add { .. } | Op::Count { .. } | Op::AddGet { .. }));
     let start = if counter { State::Counter(0) } else { State::Register(None) };
     let mut events = events.to_vec();
     events.sort_by_key(|e| e.call);
