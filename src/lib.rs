@@ -14,7 +14,8 @@
 //! - [`node`]: the one entry point of every protocol: placement, the one read path and read-your-writes rule
 //!   ([`node::reads`]), and the write seam ([`node::writes`]: where a shard's writes go).
 //! - [`cluster`]: cluster mode's Raft groups, one per shard (so far their type configuration and each shard's
-//!   Raft storage: its log and its state machine; no server start uses them yet).
+//!   Raft storage, its log and its state machine, and the cluster port between nodes; no server start uses them
+//!   yet).
 //! - [`ops`]: the manifest of the data dir, backup and restore, resharding.
 //! - [`api`]: the edges: HTTP ([`api::http`]) and RESP ([`api::resp`]), each mapping requests to commands and
 //!   errors to its own answers.

@@ -1,21 +1,19 @@
-//! Three replicas of one shard, each with its own data dir, shard worker, Raft log and state machine, under real
-//! Raft (openraft) in one process, connected by an in-memory network (the test's stand-in for the cluster port).
-//! They elect a leader; a write is answered with the outcome decided in the replicated apply (a failed
-//! precondition too), identically on every replica; and a replica that was down while the leader's log was purged
-//! catches up from a snapshot after a restart.
+//! Three replicas of one shard, each with its own data dir, shard worker, Raft log, state machine and cluster port,
+//! under real Raft (openraft) in one process, talking over TCP on loopback through the cluster transport. They
+//! elect a leader; a write is answered with the outcome decided in the replicated apply (a failed precondition
+//! too), identically on every replica; a replica that was down while the leader's log was purged catches up from a
+//! snapshot sent in chunks after a restart; and a node that does not know the cluster secret is refused.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::alias::{SnapshotOf, VoteOf};
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::{Config, OptionalSend};
+use openraft::Config;
 use shale::cluster::log::RaftLog;
-use shale::cluster::state::{ShardState, SnapshotFile};
+use shale::cluster::state::ShardState;
+use shale::cluster::transport::{serve, Groups, Peers};
 use shale::cluster::types::{Applied, NodeAddr, Proposal, ShardRaft};
 use shale::command::{Command, EtagMatch, Precondition, Reply, Space};
 use shale::engine::durability::Log;
@@ -24,68 +22,9 @@ use shale::error::Error;
 use shale::placement::ShardId;
 use shale::shard::cache::Cache;
 use shale::shard::{Readiness, ShardHandle, ShardOptions};
+use tokio::net::TcpListener;
 
 type Raft = openraft::Raft<ShardRaft, ShardState>;
-
-// ---- the in-memory network ----
-
-/// The replicas that are up, by node id.
-#[derive(Clone, Default)]
-struct Net {
-    up: Arc<Mutex<BTreeMap<u64, Raft>>>,
-}
-
-struct Conn {
-    target: u64,
-    net: Net,
-}
-
-impl RaftNetworkFactory<ShardRaft> for Net {
-    type Network = Conn;
-
-    async fn new_client(&mut self, target: u64, _node: &NodeAddr) -> Conn {
-        Conn { target, net: self.clone() }
-    }
-}
-
-impl Conn {
-    fn raft(&self) -> Result<Raft, Unreachable<ShardRaft>> {
-        self.net.up.lock().unwrap().get(&self.target).cloned().ok_or_else(|| Unreachable::from_string("down"))
-    }
-}
-
-impl RaftNetworkV2<ShardRaft> for Conn {
-    type SnapshotData = SnapshotFile;
-
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<ShardRaft>,
-        _: RPCOption,
-    ) -> Result<AppendEntriesResponse<ShardRaft>, RPCError<ShardRaft>> {
-        let raft = self.raft().map_err(RPCError::Unreachable)?;
-        raft.append_entries(rpc).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<ShardRaft>,
-        _: RPCOption,
-    ) -> Result<VoteResponse<ShardRaft>, RPCError<ShardRaft>> {
-        let raft = self.raft().map_err(RPCError::Unreachable)?;
-        raft.vote(rpc).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        vote: VoteOf<ShardRaft>,
-        snapshot: SnapshotOf<ShardRaft, SnapshotFile>,
-        _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _: RPCOption,
-    ) -> Result<SnapshotResponse<ShardRaft>, StreamingError<ShardRaft>> {
-        let raft = self.raft().map_err(StreamingError::Unreachable)?;
-        raft.install_full_snapshot(vote, snapshot).await.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
-    }
-}
 
 // ---- replicas ----
 
@@ -93,10 +32,13 @@ struct Replica {
     raft: Raft,
     handle: ShardHandle,
     worker: std::thread::JoinHandle<()>,
+    /// Its cluster port.
+    addr: SocketAddr,
+    serving: tokio::task::JoinHandle<()>,
 }
 
-/// Starts (or restarts) replica `id` on `dir`.
-async fn start(id: u64, dir: &Path, net: &Net) -> Replica {
+/// Starts (or restarts) replica `id` on `dir`, its cluster port at `addr` (any free port when `None`).
+async fn start(id: u64, dir: &Path, addr: Option<SocketAddr>, secret: &[u8]) -> Replica {
     let store = Store::open(dir.join("shard-0.redb"), ShardId(0), 1 << 20, Log::Off).expect("the shard file");
     let readiness = Readiness::new(1);
     let options = ShardOptions::from_config(&shale::Config::for_test(dir));
@@ -106,30 +48,45 @@ async fn start(id: u64, dir: &Path, net: &Net) -> Replica {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let log = RaftLog::open(&dir.join("shard-0.raft")).expect("the Raft log");
-    let state = ShardState::new(handle.clone(), dir.join("shard-0.snapshots")).expect("the snapshot dir");
+    let snapshots = dir.join("shard-0.snapshots");
+    let state = ShardState::new(handle.clone(), snapshots.clone()).expect("the snapshot dir");
     let config = Config {
         heartbeat_interval: 50,
         election_timeout_min: 300,
         election_timeout_max: 600,
         max_in_snapshot_log_to_keep: 0,
         snapshot_policy: openraft::SnapshotPolicy::Never,
+        // Small chunks, so a snapshot crosses the connection in several.
+        snapshot_max_chunk_size: 4096,
         ..Default::default()
     };
     let config = Arc::new(config.validate().expect("a valid config"));
-    let raft = Raft::new(id, config, net.clone(), log, state).await.expect("a Raft node");
-    net.up.lock().unwrap().insert(id, raft.clone());
-    Replica { raft, handle, worker }
+    let secret: Arc<[u8]> = secret.into();
+    let peers = Peers::new(id, secret.clone());
+    let raft = Raft::new(id, config, peers.network(0), log, state).await.expect("a Raft node");
+    let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("a port");
+    let addr = listener.local_addr().unwrap();
+    let groups = Groups::default();
+    groups.insert(0, raft.clone(), snapshots);
+    let serving = tokio::spawn(serve(listener, groups, secret));
+    Replica { raft, handle, worker, addr, serving }
 }
 
-/// Stops a replica: off the network, its Raft tasks ended, its worker joined (so its files can be opened again).
-async fn stop(id: u64, replica: Replica, net: &Net) {
-    net.up.lock().unwrap().remove(&id);
+/// Stops a replica: its cluster port closed, its Raft tasks ended, its worker joined (so its files can be opened
+/// again).
+async fn stop(replica: Replica) {
+    replica.serving.abort();
+    let _ = replica.serving.await;
     replica.raft.shutdown().await.expect("shutdown");
     drop(replica.raft);
     drop(replica.handle);
     tokio::task::spawn_blocking(move || replica.worker.join().expect("the worker exits cleanly"))
         .await
         .expect("joined");
+}
+
+fn members(replicas: &BTreeMap<u64, Replica>) -> BTreeMap<u64, NodeAddr> {
+    replicas.iter().map(|(id, r)| (*id, NodeAddr { cluster: r.addr.to_string(), api: String::new() })).collect()
 }
 
 fn put(key: &str, value: &str, precondition: Precondition) -> Command {
@@ -141,6 +98,7 @@ fn value(replica: &Replica, key: &str) -> Option<(Vec<u8>, u64)> {
 }
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
+const SECRET: &[u8] = b"the cluster secret";
 
 /// Proposes `command` through `raft`, retrying while the leader is not yet sure of its majority (openraft answers
 /// `ForwardToLeader` without a leader until a quorum acknowledged it): what the node's write path will do within
@@ -161,13 +119,11 @@ async fn write(raft: &Raft, request: u128, command: Command) -> openraft::raft::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_agree_and_a_restarted_one_catches_up_from_a_snapshot() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let net = Net::default();
     let mut replicas = BTreeMap::new();
     for (i, dir) in dirs.iter().enumerate() {
-        replicas.insert(i as u64 + 1, start(i as u64 + 1, dir.path(), &net).await);
+        replicas.insert(i as u64 + 1, start(i as u64 + 1, dir.path(), None, SECRET).await);
     }
-    let members: BTreeMap<u64, NodeAddr> = (1..=3).map(|id| (id, NodeAddr::default())).collect();
-    replicas[&1].raft.initialize(members).await.expect("initialized");
+    replicas[&1].raft.initialize(members(&replicas)).await.expect("initialized");
     let metrics = replicas[&1].raft.wait(WAIT).metrics(|m| m.current_leader.is_some(), "a leader").await.unwrap();
     let leader = metrics.current_leader.unwrap();
 
@@ -185,7 +141,8 @@ async fn three_replicas_agree_and_a_restarted_one_catches_up_from_a_snapshot() {
     // A follower goes down; the others go on, and the leader's log is purged below a snapshot.
     let down = (1..=3).find(|id| *id != leader).unwrap();
     let replica = replicas.remove(&down).unwrap();
-    stop(down, replica, &net).await;
+    let down_addr = replica.addr;
+    stop(replica).await;
     let mut last = refused.log_id.index;
     for i in 0..20u64 {
         let w =
@@ -208,9 +165,12 @@ async fn three_replicas_agree_and_a_restarted_one_catches_up_from_a_snapshot() {
         .unwrap();
 
     // Back up: the entries it missed are gone from the leader's log, so it gets the snapshot.
-    let back = start(down, dirs[down as usize - 1].path(), &net).await;
+    let back = start(down, dirs[down as usize - 1].path(), Some(down_addr), SECRET).await;
     back.raft.wait(WAIT).applied_index_at_least(Some(last), "caught up").await.unwrap();
-    let installed = std::fs::read_dir(dirs[down as usize - 1].path().join("shard-0.snapshots")).unwrap().count();
+    let installed = std::fs::read_dir(dirs[down as usize - 1].path().join("shard-0.snapshots"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("snapshot-"))
+        .count();
     assert_eq!(installed, 1, "it caught up by installing the leader's snapshot");
     for i in 0..20u64 {
         let key = format!("k{i}");
@@ -218,7 +178,23 @@ async fn three_replicas_agree_and_a_restarted_one_catches_up_from_a_snapshot() {
     }
     assert_eq!(value(&back, "k"), Some((b"one".to_vec(), rev)));
     replicas.insert(down, back);
-    for (id, r) in std::mem::take(&mut replicas) {
-        stop(id, r, &net).await;
+    for (_, r) in std::mem::take(&mut replicas) {
+        stop(r).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_know_the_secret_is_refused() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = BTreeMap::new();
+    replicas.insert(1, start(1, dirs[0].path(), None, SECRET).await);
+    replicas.insert(2, start(2, dirs[1].path(), None, b"another secret").await);
+    replicas[&1].raft.initialize(members(&replicas)).await.expect("initialized");
+    // Two voters: a leader needs both, and neither accepts the other's connections.
+    let waited =
+        replicas[&1].raft.wait(Some(Duration::from_secs(3))).metrics(|m| m.current_leader.is_some(), "a leader").await;
+    assert!(waited.is_err(), "a leader was elected across a refused connection: {waited:?}");
+    for (_, r) in replicas {
+        stop(r).await;
     }
 }

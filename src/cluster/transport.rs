@@ -1,0 +1,506 @@
+//! The cluster port: one TCP connection from each node to each peer, shared by all the shards' Raft groups, whose
+//! frames name the shard.
+//!
+//! # Connection
+//! Frames are `[length: u32 LE][postcard body]`, at most [`MAX_FRAME`] bytes. The accepting node first sends a
+//! random challenge; the connecting node answers with its node id and HMAC-SHA256(`CLUSTER_SECRET`, challenge).
+//! A wrong proof closes the connection (and is logged) before any frame reaches a Raft group. Then the connecting
+//! node sends requests, each with an id and a shard, and the accepting node answers each one when its group has,
+//! in any order (one task per request, so a slow snapshot install never holds up heartbeats).
+//!
+//! # Requests
+//! AppendEntries, Vote and PreVote carry openraft's own messages. A snapshot travels as chunks of
+//! `snapshot_max_chunk_size` bytes written to a file next to the receiving shard's snapshots, then a last request
+//! with the vote and the snapshot's metadata, on which the receiver installs it.
+//!
+//! A request fails as `Unreachable` (openraft backs off and retries) when the peer cannot be reached, the
+//! connection breaks, or no answer comes within the time openraft allows the request.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::OptionalSend;
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::state::{ShardState, SnapshotFile};
+use crate::cluster::types::{NodeAddr, ShardRaft};
+
+/// A shard's Raft group.
+pub type Group = openraft::Raft<ShardRaft, ShardState>;
+
+/// The largest frame either side accepts.
+pub const MAX_FRAME: usize = 64 << 20;
+/// How long a connection attempt or a handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+// ---- frames ----
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Frame {
+    Challenge([u8; 32]),
+    Hello { node: u64, proof: [u8; 32] },
+    Request { id: u64, shard: u32, rpc: Rpc },
+    Response { id: u64, reply: Result<Reply, String> },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Rpc {
+    Append(AppendEntriesRequest<ShardRaft>),
+    Vote(VoteRequest<ShardRaft>),
+    PreVote(VoteRequest<ShardRaft>),
+    /// Bytes of snapshot transfer `transfer` at `offset`.
+    SnapshotChunk {
+        transfer: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// The whole snapshot has been sent: install it.
+    SnapshotDone {
+        transfer: u64,
+        vote: VoteOf<ShardRaft>,
+        meta: SnapshotMetaOf<ShardRaft>,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Reply {
+    Append(AppendEntriesResponse<ShardRaft>),
+    Vote(VoteResponse<ShardRaft>),
+    Chunk,
+    Snapshot(SnapshotResponse<ShardRaft>),
+}
+
+async fn write_frame(w: &mut OwnedWriteHalf, frame: &Frame) -> io::Result<()> {
+    let body = postcard::to_allocvec(frame).map_err(|e| io::Error::other(format!("encoding a frame: {e}")))?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a {} byte frame", body.len())));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    w.write_all(&out).await
+}
+
+async fn read_frame(r: &mut OwnedReadHalf) -> io::Result<Frame> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a bad frame: {e}")))
+}
+
+/// HMAC-SHA256(`secret`, `challenge`).
+fn proof(secret: &[u8], challenge: &[u8; 32]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(challenge);
+    mac.finalize().into_bytes().into()
+}
+
+// ---- the accepting side ----
+
+/// The Raft groups of this node, by shard, with the folder where each keeps its snapshots.
+#[derive(Clone, Default)]
+pub struct Groups {
+    inner: Arc<RwLock<HashMap<u32, (Group, PathBuf)>>>,
+}
+
+impl Groups {
+    /// Serves shard `shard`'s group, which keeps its snapshots in `snapshots`.
+    pub fn insert(&self, shard: u32, group: Group, snapshots: PathBuf) {
+        self.inner.write().expect("groups lock").insert(shard, (group, snapshots));
+    }
+
+    /// Stops serving shard `shard`.
+    pub fn remove(&self, shard: u32) {
+        self.inner.write().expect("groups lock").remove(&shard);
+    }
+
+    fn get(&self, shard: u32) -> Option<(Group, PathBuf)> {
+        self.inner.read().expect("groups lock").get(&shard).cloned()
+    }
+}
+
+/// Accepts cluster connections on `listener` until the task is dropped, serving `groups` to peers that prove
+/// `secret`. Dropping it also closes every connection it accepted.
+pub async fn serve(listener: TcpListener, groups: Groups, secret: Arc<[u8]>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a cluster connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (groups, secret) = (groups.clone(), secret.clone());
+        connections.spawn(async move {
+            if let Err(e) = serve_connection(stream, peer, groups, secret).await {
+                tracing::debug!(%peer, error = %e, "cluster connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, groups: Groups, secret: Arc<[u8]>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut r, mut w) = stream.into_split();
+    let challenge = crate::random::os_bytes::<32>().ok_or_else(|| io::Error::other("no randomness for a challenge"))?;
+    write_frame(&mut w, &Frame::Challenge(challenge)).await?;
+    let hello = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut r)).await.map_err(|_| timed_out())??;
+    let Frame::Hello { node, proof: given } = hello else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "no hello"));
+    };
+    let expected = proof(&secret, &challenge);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(&given[..], &expected[..])) {
+        tracing::warn!(%peer, node, "refused a cluster connection: it does not know CLUSTER_SECRET");
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "bad cluster secret"));
+    }
+    // Answers go out through one writer task, in the order they are ready.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if write_frame(&mut w, &frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let incoming = Arc::new(Mutex::new(HashMap::<u64, PathBuf>::new()));
+    let mut requests = tokio::task::JoinSet::new();
+    let result = loop {
+        let frame = match read_frame(&mut r).await {
+            Ok(f) => f,
+            Err(e) => break Err(e),
+        };
+        let Frame::Request { id, shard, rpc } = frame else {
+            break Err(io::Error::new(io::ErrorKind::InvalidData, "not a request"));
+        };
+        let (groups, tx, incoming) = (groups.clone(), tx.clone(), incoming.clone());
+        requests.spawn(async move {
+            let reply = answer(&groups, node, shard, rpc, &incoming).await;
+            let _ = tx.send(Frame::Response { id, reply });
+        });
+        while requests.try_join_next().is_some() {}
+    };
+    requests.abort_all();
+    drop(tx);
+    let _ = writer.await;
+    for (_, path) in incoming.lock().expect("incoming lock").drain() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Hands one request to its shard's group.
+async fn answer(
+    groups: &Groups,
+    peer: u64,
+    shard: u32,
+    rpc: Rpc,
+    incoming: &Mutex<HashMap<u64, PathBuf>>,
+) -> Result<Reply, String> {
+    let (group, snapshots) = groups.get(shard).ok_or_else(|| format!("no shard {shard} here"))?;
+    match rpc {
+        Rpc::Append(req) => group.append_entries(req).await.map(Reply::Append).map_err(|e| e.to_string()),
+        Rpc::Vote(req) => group.vote(req).await.map(Reply::Vote).map_err(|e| e.to_string()),
+        Rpc::PreVote(req) => group.pre_vote(req).await.map(Reply::Vote).map_err(|e| e.to_string()),
+        Rpc::SnapshotChunk { transfer, offset, data } => {
+            let path = incoming
+                .lock()
+                .expect("incoming lock")
+                .entry(transfer)
+                .or_insert_with(|| snapshots.join(format!("receiving-{peer}-{shard}-{transfer}.redb")))
+                .clone();
+            tokio::task::spawn_blocking(move || write_at(&path, offset, &data))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            Ok(Reply::Chunk)
+        }
+        Rpc::SnapshotDone { transfer, vote, meta } => {
+            let path = incoming.lock().expect("incoming lock").remove(&transfer).ok_or("no snapshot was received")?;
+            let snapshot = SnapshotOf::<ShardRaft, SnapshotFile> { meta, snapshot: SnapshotFile(path.clone()) };
+            let installed = group.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
+            let _ = std::fs::remove_file(&path);
+            installed.map(Reply::Snapshot)
+        }
+    }
+}
+
+/// Writes a received chunk (not synced: the install copies the whole file and makes the copy durable).
+fn write_at(path: &std::path::Path, offset: u64, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().create(true).write(true).truncate(offset == 0).open(path)?;
+    f.write_all_at(data, offset)
+}
+
+// ---- the connecting side ----
+
+/// This node's connections to its peers, one per peer, shared by every shard's group.
+pub struct Peers {
+    node: u64,
+    secret: Arc<[u8]>,
+    connections: Mutex<HashMap<u64, Arc<Connection>>>,
+    next_transfer: AtomicU64,
+}
+
+impl Peers {
+    /// The connections of node `node`, which proves `secret` to its peers.
+    pub fn new(node: u64, secret: Arc<[u8]>) -> Arc<Peers> {
+        Arc::new(Peers { node, secret, connections: Mutex::new(HashMap::new()), next_transfer: AtomicU64::new(1) })
+    }
+
+    /// The network of shard `shard`'s group.
+    pub fn network(self: &Arc<Self>, shard: u32) -> ShardNetwork {
+        ShardNetwork { shard, peers: self.clone() }
+    }
+
+    /// The live connection to `target` at `addr`, connecting (and proving the secret) when there is none.
+    async fn connection(&self, target: u64, addr: &str) -> Result<Arc<Connection>, Unreachable<ShardRaft>> {
+        if let Some(c) = self.connections.lock().expect("connections lock").get(&target) {
+            if !c.closed() {
+                return Ok(c.clone());
+            }
+        }
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(addr, self.node, &self.secret))
+            .await
+            .map_err(|_| Unreachable::from_string(format!("connecting to {addr} timed out")))?
+            .map_err(|e| Unreachable::from_string(format!("connecting to {addr}: {e}")))?;
+        let c = Arc::new(c);
+        self.connections.lock().expect("connections lock").insert(target, c.clone());
+        Ok(c)
+    }
+
+    async fn call(
+        &self,
+        target: u64,
+        node: &NodeAddr,
+        shard: u32,
+        rpc: Rpc,
+        ttl: Duration,
+    ) -> Result<Reply, Unreachable<ShardRaft>> {
+        let c = self.connection(target, &node.cluster).await?;
+        match tokio::time::timeout(ttl, c.call(shard, rpc)).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(remote))) => Err(Unreachable::from_string(format!("node {target}: {remote}"))),
+            Ok(Err(e)) => Err(Unreachable::from_string(format!("node {target}: {e}"))),
+            Err(_) => Err(Unreachable::from_string(format!("node {target} did not answer within {ttl:?}"))),
+        }
+    }
+}
+
+/// One authenticated connection to a peer: requests go out through a writer task, answers come back through a
+/// reader task that hands each to its caller.
+/// The calls waiting for their answers, by request id.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>>;
+
+struct Connection {
+    tx: mpsc::UnboundedSender<Frame>,
+    pending: Pending,
+    next_id: AtomicU64,
+    /// The reader saw the connection end: the next call connects again.
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Connection {
+    async fn open(addr: &str, node: u64, secret: &[u8]) -> io::Result<Connection> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut r, mut w) = stream.into_split();
+        let Frame::Challenge(challenge) = read_frame(&mut r).await? else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "no challenge"));
+        };
+        write_frame(&mut w, &Frame::Hello { node, proof: proof(secret, &challenge) }).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if write_frame(&mut w, &frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pending: Pending = Arc::default();
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (answers, ended) = (pending.clone(), broken.clone());
+        tokio::spawn(async move {
+            while let Ok(Frame::Response { id, reply }) = read_frame(&mut r).await {
+                if let Some(caller) = answers.lock().expect("pending lock").remove(&id) {
+                    let _ = caller.send(reply);
+                }
+            }
+            // The connection broke (or was refused): it is not used again, and every call still waiting fails now.
+            ended.store(true, Ordering::Release);
+            answers.lock().expect("pending lock").clear();
+        });
+        Ok(Connection { tx, pending, next_id: AtomicU64::new(1), broken })
+    }
+
+    fn closed(&self) -> bool {
+        self.broken.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    async fn call(&self, shard: u32, rpc: Rpc) -> io::Result<Result<Reply, String>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, answer) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, done);
+        if self.closed() {
+            // The reader may have cleared the calls just before this one was added.
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection is closed"));
+        }
+        if self.tx.send(Frame::Request { id, shard, rpc }).is_err() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection is closed"));
+        }
+        answer.await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the connection broke"))
+    }
+}
+
+/// The network of one shard's group: openraft asks it for a client per peer.
+pub struct ShardNetwork {
+    shard: u32,
+    peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<ShardRaft> for ShardNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &NodeAddr) -> PeerClient {
+        PeerClient { shard: self.shard, target, node: node.clone(), peers: self.peers.clone() }
+    }
+}
+
+/// Shard `shard`'s requests to peer `target`.
+pub struct PeerClient {
+    shard: u32,
+    target: u64,
+    node: NodeAddr,
+    peers: Arc<Peers>,
+}
+
+impl PeerClient {
+    async fn call(&self, rpc: Rpc, ttl: Duration) -> Result<Reply, Unreachable<ShardRaft>> {
+        self.peers.call(self.target, &self.node, self.shard, rpc, ttl).await
+    }
+}
+
+fn unexpected() -> Unreachable<ShardRaft> {
+    Unreachable::from_string("the peer answered another kind of request")
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the handshake timed out")
+}
+
+impl RaftNetworkV2<ShardRaft> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<ShardRaft>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<ShardRaft>, RPCError<ShardRaft>> {
+        match self.call(Rpc::Append(rpc), option.hard_ttl()).await.map_err(RPCError::Unreachable)? {
+            Reply::Append(r) => Ok(r),
+            _ => Err(RPCError::Unreachable(unexpected())),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<ShardRaft>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<ShardRaft>, RPCError<ShardRaft>> {
+        match self.call(Rpc::Vote(rpc), option.hard_ttl()).await.map_err(RPCError::Unreachable)? {
+            Reply::Vote(r) => Ok(r),
+            _ => Err(RPCError::Unreachable(unexpected())),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<ShardRaft>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<ShardRaft>, RPCError<ShardRaft>> {
+        match self.call(Rpc::PreVote(rpc), option.hard_ttl()).await.map_err(RPCError::Unreachable)? {
+            Reply::Vote(r) => Ok(r),
+            _ => Err(RPCError::Unreachable(unexpected())),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<ShardRaft>,
+        snapshot: SnapshotOf<ShardRaft, SnapshotFile>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<ShardRaft>, StreamingError<ShardRaft>> {
+        let transfer = self.peers.next_transfer.fetch_add(1, Ordering::Relaxed);
+        let chunk = option.snapshot_chunk_size().unwrap_or(1 << 20).clamp(4096, MAX_FRAME / 2);
+        // Each chunk may take the time openraft allows a snapshot request: a transfer is as long as it needs.
+        let ttl = option.hard_ttl().max(Duration::from_secs(5));
+        let path = snapshot.snapshot.0.clone();
+        let len = std::fs::metadata(&path).map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?.len();
+        let mut offset = 0u64;
+        loop {
+            let (p, at) = (path.clone(), offset);
+            let data = tokio::task::spawn_blocking(move || read_at(&p, at, chunk))
+                .await
+                .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?
+                .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+            let n = data.len() as u64;
+            match self.call(Rpc::SnapshotChunk { transfer, offset, data }, ttl).await {
+                Ok(Reply::Chunk) => {}
+                Ok(_) => return Err(StreamingError::Unreachable(unexpected())),
+                Err(e) => return Err(StreamingError::Unreachable(e)),
+            }
+            offset += n;
+            if offset >= len || n == 0 {
+                break;
+            }
+        }
+        match self.call(Rpc::SnapshotDone { transfer, vote, meta: snapshot.meta }, ttl).await {
+            Ok(Reply::Snapshot(r)) => Ok(r),
+            Ok(_) => Err(StreamingError::Unreachable(unexpected())),
+            Err(e) => Err(StreamingError::Unreachable(e)),
+        }
+    }
+}
+
+fn read_at(path: &std::path::Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = f.read_at(&mut buf[filled..], offset + filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
