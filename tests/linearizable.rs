@@ -120,17 +120,22 @@ const COUNTER: &str = "c0";
 const CLIENTS: u64 = 8;
 const OPS_PER_CLIENT: u64 = 60;
 
+/// A fixed pseudo-random sequence per client `id` (xorshift64), so a failing history can be replayed.
+fn xorshift(id: u64) -> impl FnMut() -> u64 {
+    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 /// One client's operations: reads, writes of values unique to it, compare-and-sets from what it last read, and
 /// counter increments and reads, in a fixed pseudo-random order.
 async fn run_client(base: String, id: u64, started: Instant, history: Arc<Mutex<Vec<Event>>>) {
     let http = client();
-    let mut rng = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(id);
     // What this client last read of each register: (value, ETag).
     let mut last: [Option<(Option<u64>, Option<String>)>; REGISTERS.len()] = Default::default();
     for seq in 0..OPS_PER_CLIENT {
@@ -199,13 +204,7 @@ const PIPELINES_PER_CLIENT: u64 = 12;
 /// pipeline is invoked when the pipeline is sent, and completes when its own reply arrives.
 fn run_resp_client(addr: std::net::SocketAddr, id: u64, started: Instant, history: Arc<Mutex<Vec<Event>>>) {
     let mut conn = RespClient::connect(addr);
-    let mut rng = id.wrapping_mul(0xD6E8_FEB8_6659_FD93) | 1;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(id);
     for p in 0..PIPELINES_PER_CLIENT {
         let mut sent = Vec::new();
         let mut bytes = Vec::new();

@@ -404,6 +404,24 @@ impl PeerClient {
     async fn call(&self, rpc: Rpc, ttl: Duration) -> Result<Reply, Unreachable<ShardRaft>> {
         self.peers.call(self.target, &self.node, self.shard, rpc, ttl).await
     }
+
+    /// Sends `rpc` within the time openraft allows it and takes the answer `pick` expects.
+    async fn ask<T>(
+        &self,
+        rpc: Rpc,
+        option: &RPCOption,
+        pick: impl FnOnce(Reply) -> Option<T>,
+    ) -> Result<T, RPCError<ShardRaft>> {
+        let reply = self.call(rpc, option.hard_ttl()).await.map_err(RPCError::Unreachable)?;
+        pick(reply).ok_or_else(|| RPCError::Unreachable(unexpected()))
+    }
+}
+
+fn vote_reply(reply: Reply) -> Option<VoteResponse<ShardRaft>> {
+    match reply {
+        Reply::Vote(r) => Some(r),
+        _ => None,
+    }
 }
 
 fn unexpected() -> Unreachable<ShardRaft> {
@@ -422,10 +440,11 @@ impl RaftNetworkV2<ShardRaft> for PeerClient {
         rpc: AppendEntriesRequest<ShardRaft>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<ShardRaft>, RPCError<ShardRaft>> {
-        match self.call(Rpc::Append(rpc), option.hard_ttl()).await.map_err(RPCError::Unreachable)? {
-            Reply::Append(r) => Ok(r),
-            _ => Err(RPCError::Unreachable(unexpected())),
-        }
+        self.ask(Rpc::Append(rpc), &option, |reply| match reply {
+            Reply::Append(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(
@@ -433,10 +452,7 @@ impl RaftNetworkV2<ShardRaft> for PeerClient {
         rpc: VoteRequest<ShardRaft>,
         option: RPCOption,
     ) -> Result<VoteResponse<ShardRaft>, RPCError<ShardRaft>> {
-        match self.call(Rpc::Vote(rpc), option.hard_ttl()).await.map_err(RPCError::Unreachable)? {
-            Reply::Vote(r) => Ok(r),
-            _ => Err(RPCError::Unreachable(unexpected())),
-        }
+        self.ask(Rpc::Vote(rpc), &option, vote_reply).await
     }
 
     async fn pre_vote(
@@ -444,10 +460,7 @@ impl RaftNetworkV2<ShardRaft> for PeerClient {
         rpc: VoteRequest<ShardRaft>,
         option: RPCOption,
     ) -> Result<VoteResponse<ShardRaft>, RPCError<ShardRaft>> {
-        match self.call(Rpc::PreVote(rpc), option.hard_ttl()).await.map_err(RPCError::Unreachable)? {
-            Reply::Vote(r) => Ok(r),
-            _ => Err(RPCError::Unreachable(unexpected())),
-        }
+        self.ask(Rpc::PreVote(rpc), &option, vote_reply).await
     }
 
     async fn full_snapshot(
