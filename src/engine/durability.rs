@@ -20,7 +20,7 @@ use crate::config::Durability;
 /// Whether and how a store logs each batch before it is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Log {
-    /// No log: each batch is one redb commit, fsynced or not as [`commit_is_durable`] says.
+    /// No log: each batch is one redb commit, fsynced or not as [`Policy::commit_is_durable`] says.
     Off,
     /// `DURABILITY=eventual`: the batch's frame is written to the log, not fdatasynced. It survives a crash of the
     /// process (the kernel holds it); the log's next fdatasync or checkpoint makes it survive a power loss.

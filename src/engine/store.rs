@@ -4,7 +4,7 @@
 //! [`Store::reopen`]), while HTTP handlers read it through short read transactions ([`Store::get`],
 //! [`Store::list`]) that never block the writer (redb MVCC).
 //!
-//! A logged store writes each batch to its [`wal`](crate::engine::wal) before redb commits it without an fsync, and
+//! A logged store writes each batch to its [`wal`] before redb commits it without an fsync, and
 //! fdatasyncs the frame under `DURABILITY=immediate` ([`Log::Fsynced`]) or leaves it to the page cache under
 //! `eventual` ([`Log::Written`]); [`Store::flush`] is then the checkpoint. Every open replays the log, logged or not.
 //!
@@ -19,7 +19,7 @@
 //! Invariants:
 //! - While a held transaction holds answered batches, [`Store::pending`] is true (set before the answers, cleared
 //!   only after the commit returned). A reader of the committed state that sees it true must go through the
-//!   shard's queue ([`Command::Read`](crate::command::Command::Read), served inside the transaction) or settle
+//!   shard's queue ([`Command::Read`], served inside the transaction) or settle
 //!   first; readers never see a change before it is in the log.
 //! - The shard thread holds the `held` lock for a whole batch, so [`Store::settle`] waits for a batch in flight.
 //! - Every batch in a held transaction is in the log: if the transaction is lost (a failed batch, a failed
@@ -125,7 +125,7 @@ const SPACE_CHECK_MARGIN: usize = 1 << 20;
 impl Store {
     /// Opens (or creates) the shard file with ONE redb open: redb repairs it if the last close was unclean, else
     /// every page checksum is verified; then its log is replayed, it is compacted when more than half of it is
-    /// free space, and the tables are created. See [`open_checked`]. `log`: whether and how batches are logged
+    /// free space, and the tables are created. See `engine::open::open_checked`. `log`: whether and how batches are logged
     /// (see [`Store::apply_batch`]).
     pub fn open(path: PathBuf, shard: ShardId, cache_size: usize, log: Log) -> Result<Store> {
         let (db, wal) = open_checked(&path, shard, cache_size)?;
@@ -352,7 +352,7 @@ impl Store {
     /// the commit, which is then non-durable and may wait (held transaction): `Ok` means the log holds the batch.
     /// Without a log, `durable` selects an fsynced commit or redb's non-durable one.
     ///
-    /// While the disk is full, the batch is first checked against the free space ([`Store::check_space`]); a
+    /// While the disk is full, the batch is first checked against the free space (`Store::check_space`); a
     /// refusal there (507) leaves the database untouched, so the shard keeps serving reads and needs no reopen.
     pub fn apply_batch<'c>(
         &self,

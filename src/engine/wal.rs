@@ -7,7 +7,7 @@
 //! log and at a clean stop) makes the file itself durable and lets the log start over.
 //!
 //! Under `DURABILITY=eventual` the frame is written but not fdatasynced (its first payload op says so:
-//! [`OP_UNSYNCED`]), and the shard fdatasyncs the whole log at least every `FLUSH_INTERVAL_MS` ([`Wal::sync`]);
+//! `OP_UNSYNCED`), and the shard fdatasyncs the whole log at least every `FLUSH_INTERVAL_MS` ([`Wal::sync`]);
 //! the checkpoint waits for [`CHECKPOINT_BYTES`] of log. The kernel keeps a frame through a crash of the
 //! process; a power loss may lose what followed the last fdatasync. Why a log at all under `eventual`: it lets
 //! redb commit once per many batches (the held transaction of [`crate::engine::store`]) instead of once per
@@ -16,7 +16,7 @@
 //!
 //! # File
 //! `shard-<i>.wal` next to `shard-<i>.redb`: frames from offset 0, then zeros written ahead of them
-//! ([`Wal::grow`]) or frames of an earlier round; each frame is
+//! (`Wal::grow`) or frames of an earlier round; each frame is
 //! `[xxh3 of the rest: u64][payload length: u32][epoch: u64][seq: u64][payload]`, all little-endian. The payload
 //! is the batch's changes, in order: `1 space klen key vlen record` (the key now holds this record),
 //! `2 space klen key` (removed), `3 space` (every record of the space removed), `4 rev` (meta `rev`); a frame

@@ -1,4 +1,4 @@
-//! `/kv/{key}` and `/kv?prefix=` handlers: request -> [`Command`] or read -> [`Node`](crate::node::Node) -> response.
+//! `/kv/{key}` and `/kv?prefix=` handlers: request -> [`Command`] or read -> [`Node`] -> response.
 //!
 //! The key is taken from the raw request path and percent-decoded here (so `a%2Fb` and `a/b` are the same
 //! key, and `+` stays a plus); it must be 1..=MAX_KEY_BYTES bytes of UTF-8.
