@@ -9,8 +9,9 @@
 #   --units         the units to run, one test_helper process each (default: unit/protocol unit/type/incr
 #                   unit/type/string unit/keyspace)
 #   --skiplist      the skiplist (default scripts/lib/redis-tcl-skiplist.txt; /dev/null for none). One test per
-#                   line, `<exact test name> # <why>`; lines starting with `#` and blank lines are comments; a why
-#                   starting with `(conditional)` marks a test the unit defines only on some servers.
+#                   line, `<exact test name> # <why>` (`/regexp # <why>` for a pattern); lines starting with `#`
+#                   and blank lines are comments; a why starting with `(conditional)` marks a test the unit
+#                   defines only on some servers.
 #   --start redis   start the installed redis-server on a free loopback port (no persistence) and use it
 #   --start shale   build and start shale (SHALE_BIN to use another binary) with RESP_ALLOW_FLUSH=1 and
 #                   MAX_VALUE_BYTES=8 MiB (the suite stores a 4 MB value), and use its RESP port
@@ -180,8 +181,14 @@ done
 
 # Skiplist entries no test matched: stale names (or names of tests in a unit that stopped early). Entries marked
 # "(conditional)" name tests a unit defines only on some servers, so their absence says nothing.
-unused=$(sed -n 's/^\[skip\]: //p' "${run_logs[@]}" | cat - "$conditional" | sort -u | comm -13 - <(sort -u "$clean") ||
-    true)
+skipped=$(sed -n 's/^\[skip\]: //p' "${run_logs[@]}" | cat - "$conditional" | sort -u)
+unused=$(comm -13 <(printf '%s\n' "$skipped") <(sort -u "$clean") || true)
+# An entry that starts with `/` is a regular expression (test_helper's own rule): used when it matched a name.
+unused=$(while IFS= read -r entry; do
+    [[ -z "$entry" ]] && continue
+    if [[ $entry == /* ]] && grep -qE -- "${entry:1}" <<<"$skipped"; then continue; fi
+    printf '%s\n' "$entry"
+done <<<"$unused")
 echo
 printf '%s\n' "${summary[@]}"
 echo "total: $total_ok passed, $total_err failed, $total_skip skipped"
