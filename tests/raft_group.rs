@@ -198,3 +198,22 @@ async fn a_node_that_does_not_know_the_secret_is_refused() {
         stop(r).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_has_not_proven_the_secret_cannot_make_the_node_read_a_large_frame() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let replica = start(1, dir.path(), None, SECRET).await;
+    let mut conn = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).await.expect("the challenge's length");
+    let mut challenge = vec![0u8; u32::from_le_bytes(len) as usize];
+    conn.read_exact(&mut challenge).await.expect("the challenge");
+    // A hello that claims to be 32 MiB long (a size a proven peer may send): the node closes the connection
+    // instead of waiting for it.
+    conn.write_all(&(32u32 << 20).to_le_bytes()).await.unwrap();
+    let mut rest = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(500), conn.read(&mut rest)).await.expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "the connection stayed open: {read:?}");
+    stop(replica).await;
+}

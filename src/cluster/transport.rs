@@ -44,6 +44,8 @@ pub type Group = openraft::Raft<ShardRaft, ShardState>;
 
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
+/// The largest handshake frame: a peer that has not proven the secret never makes this node allocate more.
+const MAX_HANDSHAKE_FRAME: usize = 256;
 /// How long a connection attempt or a handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -95,11 +97,12 @@ async fn write_frame(w: &mut OwnedWriteHalf, frame: &Frame) -> io::Result<()> {
     w.write_all(&out).await
 }
 
-async fn read_frame(r: &mut OwnedReadHalf) -> io::Result<Frame> {
+/// Reads one frame of at most `max` bytes.
+async fn read_frame(r: &mut OwnedReadHalf, max: usize) -> io::Result<Frame> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
     }
     let mut body = vec![0u8; len];
@@ -169,7 +172,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, groups: Groups, s
     let (mut r, mut w) = stream.into_split();
     let challenge = crate::random::os_bytes::<32>().ok_or_else(|| io::Error::other("no randomness for a challenge"))?;
     write_frame(&mut w, &Frame::Challenge(challenge)).await?;
-    let hello = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut r)).await.map_err(|_| timed_out())??;
+    let hello = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut r, MAX_HANDSHAKE_FRAME))
+        .await
+        .map_err(|_| timed_out())??;
     let Frame::Hello { node, proof: given } = hello else {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "no hello"));
     };
@@ -190,7 +195,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, groups: Groups, s
     let incoming = Arc::new(Mutex::new(HashMap::<u64, PathBuf>::new()));
     let mut requests = tokio::task::JoinSet::new();
     let result = loop {
-        let frame = match read_frame(&mut r).await {
+        let frame = match read_frame(&mut r, MAX_FRAME).await {
             Ok(f) => f,
             Err(e) => break Err(e),
         };
@@ -329,7 +334,7 @@ impl Connection {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
-        let Frame::Challenge(challenge) = read_frame(&mut r).await? else {
+        let Frame::Challenge(challenge) = read_frame(&mut r, MAX_HANDSHAKE_FRAME).await? else {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "no challenge"));
         };
         write_frame(&mut w, &Frame::Hello { node, proof: proof(secret, &challenge) }).await?;
@@ -345,7 +350,7 @@ impl Connection {
         let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (answers, ended) = (pending.clone(), broken.clone());
         tokio::spawn(async move {
-            while let Ok(Frame::Response { id, reply }) = read_frame(&mut r).await {
+            while let Ok(Frame::Response { id, reply }) = read_frame(&mut r, MAX_FRAME).await {
                 if let Some(caller) = answers.lock().expect("pending lock").remove(&id) {
                     let _ = caller.send(reply);
                 }

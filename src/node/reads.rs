@@ -125,6 +125,7 @@ impl Node {
         let shard = self.shard_for(&key);
         let handle = &self.shards[shard.0 as usize];
         if handle.store().pending() {
+            self.shard_reads.increment(1);
             return self.read_by_shard(shard, space, key, READ_PATIENCE).await?.await;
         }
         let store = handle.store().clone();
@@ -144,7 +145,6 @@ impl Node {
         key: Bytes,
         patience: Duration,
     ) -> Result<BoxFuture<'static, Result<Option<Record>>>> {
-        self.shard_reads.increment(1);
         let answer = self.submit_patiently(shard, Command::Read { space, key }, patience).await?;
         Ok(Box::pin(async move {
             match writes::outcome(answer).await? {
