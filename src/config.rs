@@ -34,6 +34,13 @@ pub const DEFAULT_MAX_BATCH: usize = 512;
 /// Most value bytes one shard applies in one write transaction (a request larger than this is a batch alone).
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// Default node-to-node port in cluster mode.
+pub const DEFAULT_CLUSTER_PORT: u16 = 4100;
+/// Default copies of every shard in a cluster.
+pub const DEFAULT_REPLICAS: u32 = 3;
+/// Default longest wait for a leader or a majority before a request answers 503.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
+
 /// Default most open RESP connections (Redis's `maxclients` default).
 pub const DEFAULT_RESP_MAX_CLIENTS: usize = 10_000;
 
@@ -122,6 +129,28 @@ pub struct Config {
     /// or `inherit` (keep the policy shale was started with).
     #[arg(long, env = "THREAD_SCHEDULING", value_enum, default_value_t = ThreadScheduling::Batch)]
     pub thread_scheduling: ThreadScheduling,
+    /// `host:port` where other nodes reach this node's cluster port; set = cluster mode.
+    #[arg(long, env = "NODE_ADDR")]
+    pub node_addr: Option<String>,
+    /// Node-to-node port on `HOST` (cluster mode).
+    #[arg(long, env = "CLUSTER_PORT", default_value_t = DEFAULT_CLUSTER_PORT)]
+    pub cluster_port: u16,
+    /// Comma-separated cluster addresses (`host:port`) of the nodes to join; the same list may be given to every
+    /// node, itself included.
+    #[arg(long, env = "JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Copies of every shard, fixed by `shale cluster init`.
+    #[arg(long, env = "REPLICAS", default_value_t = DEFAULT_REPLICAS,
+          value_parser = clap::value_parser!(u32).range(1..=7))]
+    pub replicas: u32,
+    /// The secret every node-to-node connection proves; required in cluster mode unless `HOST`, `NODE_ADDR` and
+    /// every `JOIN` address are loopback.
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Longest wait, in milliseconds, for a shard's leader or majority before 503 `unavailable`.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
 }
 
 /// Where the RESP listener binds.
@@ -186,6 +215,12 @@ impl Config {
             resp_max_clients: DEFAULT_RESP_MAX_CLIENTS,
             // The test process's threads keep their policy; the binary's default is tested in tests/binary.rs.
             thread_scheduling: ThreadScheduling::Inherit,
+            node_addr: None,
+            cluster_port: DEFAULT_CLUSTER_PORT,
+            join: Vec::new(),
+            replicas: DEFAULT_REPLICAS,
+            cluster_secret: None,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
         }
     }
 
@@ -213,11 +248,53 @@ impl Config {
         if self.auth_token.iter().chain(&self.auth_read_token).any(|t| t.trim().is_empty()) {
             return Err(ConfigError("AUTH_TOKEN / AUTH_READ_TOKEN must not contain empty tokens".into()));
         }
+        if let Some(addr) = &self.node_addr {
+            if split_host_port(addr).is_none() {
+                return Err(ConfigError(format!("NODE_ADDR must be host:port, got {addr:?}")));
+            }
+            if let Some(bad) = self.join.iter().find(|a| split_host_port(a).is_none()) {
+                return Err(ConfigError(format!("JOIN must list host:port addresses, got {bad:?}")));
+            }
+            let secret = self.cluster_secret.as_deref().unwrap_or("");
+            let local = is_loopback(&self.host)
+                && std::iter::once(addr)
+                    .chain(&self.join)
+                    .all(|a| split_host_port(a).is_some_and(|(h, _)| is_loopback(h)));
+            if secret.trim().is_empty() && !local {
+                return Err(ConfigError(
+                    "CLUSTER_SECRET is required in cluster mode unless HOST, NODE_ADDR and every JOIN address are loopback"
+                        .into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether this node runs in cluster mode (`NODE_ADDR` set).
+    pub fn clustered(&self) -> bool {
+        self.node_addr.is_some()
+    }
+
+    /// The longest wait for a leader or a majority.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
     }
 
     /// The flush interval as a `Duration`.
     pub fn flush_interval(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.flush_interval_ms)
     }
+}
+
+/// `host` and `port` of a `host:port` address (`[v6]:port` too).
+pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Whether `host` is a loopback name or address.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -42,6 +42,13 @@ pub enum Error {
     /// A server-side fault; the write was not stored (500).
     #[error("{0}")]
     Internal(String),
+    /// The request conflicts with the server's state (409): a cluster initialised twice.
+    #[error("{0}")]
+    Conflict(String),
+    /// A cluster shard has no leader or no majority within `REQUEST_TIMEOUT_MS` (503 `unavailable`, RESP
+    /// `TRYAGAIN`): a write may or may not have been applied, as its message says.
+    #[error("{0}")]
+    NoQuorum(String),
 }
 
 impl Error {
@@ -56,7 +63,8 @@ impl Error {
             Error::PreconditionFailed(_) => "precondition_failed",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::KeyTooLong(_) => "key_too_long",
-            Error::Unavailable(_) => "unavailable",
+            Error::Unavailable(_) | Error::NoQuorum(_) => "unavailable",
+            Error::Conflict(_) => "conflict",
             Error::InsufficientStorage(_) => "insufficient_storage",
             Error::Internal(_) => "internal",
         }

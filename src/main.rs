@@ -45,12 +45,80 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Form, inspect and change a cluster (through any one of its nodes).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Compact every shard file of a data dir (server stopped), reclaiming free space.
     Compact {
         /// The data dir.
         #[arg(long, env = "DATA_DIR")]
         data_dir: std::path::PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Form a new cluster with this node as its first member; the nodes of its JOIN list join it by themselves.
+    Init {
+        #[command(flatten)]
+        connect: shale::cli::Connect,
+    },
+    /// Nodes, shards, the leader and replicas of each, replication lag, and whether the node is ready.
+    Status {
+        #[command(flatten)]
+        connect: shale::cli::Connect,
+        /// Print the JSON of GET /cluster/status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a dead or retired node out of every shard (its id as `status` shows it); standby nodes take its place.
+    Remove {
+        #[command(flatten)]
+        connect: shale::cli::Connect,
+        /// The node's id (16 hex digits).
+        node: String,
+    },
+}
+
+/// `shale cluster ...`: exit 0 on success, 3 when the node cannot be reached or refuses ([`shale::cli::exit_code`]).
+fn run_cluster(action: ClusterAction) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let connect = match &action {
+        ClusterAction::Init { connect }
+        | ClusterAction::Status { connect, .. }
+        | ClusterAction::Remove { connect, .. } => connect,
+    };
+    let client = match connect.client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shale: {e}");
+            return ExitCode::from(shale::cli::exit_code(&e));
+        }
+    };
+    let done = match &action {
+        ClusterAction::Init { .. } => client.cluster_init().map(|made| {
+            println!(
+                "cluster {} formed with {} as its first node ({} replicas of every shard); the nodes of its JOIN list join it by themselves",
+                made["cluster"].as_str().unwrap_or("?"),
+                client.url(),
+                made["replicas"]
+            );
+        }),
+        ClusterAction::Status { json: true, .. } => {
+            client.cluster_status().map(|s| println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()))
+        }
+        ClusterAction::Status { .. } => client.cluster_status().map(|s| print!("{}", shale::cli::cluster_status_text(&s))),
+        ClusterAction::Remove { node, .. } => client.cluster_remove(node).map(|()| println!("node {node} removed")),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shale: {e}");
+            ExitCode::from(shale::cli::exit_code(&e))
+        }
+    }
 }
 
 /// `shale backup`, `shale restore`, `shale compact`: exit 0 on success. `backup` exits 2 on a usage error (such
@@ -134,6 +202,7 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::Serve(c)) => c,
         Some(Cmd::Cli(connect)) => return shale::cli::run_shell(&connect),
         Some(Cmd::Client(cmd)) => return shale::cli::run_one(cmd),
+        Some(Cmd::Cluster { action }) => return run_cluster(action),
         Some(op @ (Cmd::Backup { .. } | Cmd::Restore { .. } | Cmd::Compact { .. })) => {
             init_tracing();
             return run_operation(op);

@@ -18,13 +18,16 @@ use actix_web::{web, HttpServer};
 
 use crate::api::auth::Tokens;
 use crate::api::http::{self, AppState};
+use crate::cluster::runtime::{Cluster, ClusterConfig};
+use crate::cluster::service::Identity;
+use crate::cluster::types::{raft_node_id, ClusterId, NodeAddr};
 use crate::command::Space;
 use crate::config::Config;
 use crate::engine::durability::Log;
 use crate::engine::schema::shard_file;
 use crate::engine::store::Store;
 use crate::node::Node;
-use crate::ops::manifest;
+use crate::ops::manifest::{self, ClusterRecord};
 use crate::placement::ShardId;
 use crate::shard::cache::Cache;
 use crate::shard::{self, Readiness, ShardOptions};
@@ -72,6 +75,7 @@ pub struct RunningServer {
     node: Arc<Node>,
     workers: Vec<JoinHandle<()>>,
     resp: Option<crate::api::resp::RespServer>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Starts shale with `config`. Must be called inside an actix system (`actix_web::rt::System`).
@@ -88,6 +92,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     crate::metrics::init();
     let started = Instant::now();
     let m = manifest::open_or_create(&config.data_dir, config.shards)?;
+    check_cluster_layout(&config, &m)?;
     let m = crate::ops::reshard::reconcile(&config.data_dir, m, config.shards)?;
     tracing::info!(data_dir = %config.data_dir.display(), shards = m.shards, node_id = %m.node_id, "data dir opened");
 
@@ -113,14 +118,28 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         handles.push(handle);
         workers.push(join);
     }
-    let node = Arc::new(Node::new(handles, cache, readiness, config.max_key_bytes).map_err(StartError::Store)?);
+    let node = Node::new(handles.clone(), cache, readiness, config.max_key_bytes).map_err(StartError::Store)?;
+    // The HTTP port is bound before the cluster starts, so the address peers are told is the bound one.
+    let http_listener = std::net::TcpListener::bind((config.host.as_str(), config.port))?;
+    let addr = http_listener.local_addr()?;
+    let (node, cluster) = match &config.node_addr {
+        None => (node, None),
+        Some(node_addr) => {
+            let cluster = start_cluster(&config, &m, node_addr, addr, &handles)?;
+            let node = node.clustered(cluster.writes(config.queue_depth), cluster.linearize());
+            (node, Some(Arc::new(cluster)))
+        }
+    };
+    drop(handles);
+    let node = Arc::new(node);
 
     let state = web::Data::new(AppState {
         node: node.clone(),
         auth: Tokens::new(&config.auth_token, &config.auth_read_token),
         config: config.clone(),
+        cluster: cluster.clone(),
     });
-    if !state.auth.enabled() && !is_loopback(&config.host) {
+    if !state.auth.enabled() && !crate::config::is_loopback(&config.host) {
         tracing::warn!(host = %config.host, "listening on a non-loopback address with no AUTH_TOKEN: anyone who can reach it can read and write");
     }
     let scheduling = config.thread_scheduling;
@@ -142,11 +161,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let server = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = crate::api::tls::server_config(cert, key)?;
-            server.bind_rustls_0_23((config.host.as_str(), config.port), tls)?
+            server.listen_rustls_0_23(http_listener, tls)?
         }
-        _ => server.bind((config.host.as_str(), config.port))?,
+        _ => server.listen(http_listener)?,
     };
-    let addr = server.addrs()[0];
     let resp = match resp_listener {
         Some(listener) => Some(crate::api::resp::RespServer::start(listener, &config, node.clone())?),
         None => None,
@@ -156,11 +174,61 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let serving = actix_web::rt::spawn(server);
     let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, ms = started.elapsed().as_millis() as u64, "listening");
-    Ok(RunningServer { addr, handle, serving, node, workers, resp })
+    Ok(RunningServer { addr, handle, serving, node, workers, resp, cluster })
 }
 
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// Refuses a data dir whose cluster membership does not match the mode it is started in, and the resharding of
+/// a cluster's data dir.
+fn check_cluster_layout(config: &Config, m: &manifest::Manifest) -> Result<(), StartError> {
+    let refuse = |message: String| Err(StartError::Config(crate::config::ConfigError(message)));
+    match (&m.cluster, config.clustered()) {
+        (Some(c), false) => refuse(format!(
+            "this data dir belongs to cluster {}: start it with NODE_ADDR, or restore a backup of it into an empty              data dir to run it as a single node",
+            c.id
+        )),
+        (_, true) if m.shards != config.shards || m.reshard.is_some() => refuse(format!(
+            "SHARD_LIMIT is {}, but this data dir has {} shards: resharding a cluster node is not supported; start              it with SHARD_LIMIT={}",
+            config.shards, m.shards, m.shards
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Starts this node's Raft groups and cluster port.
+fn start_cluster(
+    config: &Config,
+    m: &manifest::Manifest,
+    node_addr: &str,
+    api: SocketAddr,
+    shards: &[crate::shard::ShardHandle],
+) -> Result<Cluster, StartError> {
+    let node = raft_node_id(&m.node_id).ok_or_else(|| {
+        StartError::Config(crate::config::ConfigError(format!("the manifest's node id {:?} is not hex", m.node_id)))
+    })?;
+    let cluster = m.cluster.as_ref().map(|c| ClusterId { id: c.id.clone(), replicas: c.replicas });
+    let identity = Identity::new(node, NodeAddr { cluster: node_addr.to_string(), api: api.to_string() }, cluster);
+    let data_dir = config.data_dir.clone();
+    let record = Box::new(move |c: &ClusterId| {
+        manifest::record_cluster(&data_dir, ClusterRecord { id: c.id.clone(), replicas: c.replicas })
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    let config = ClusterConfig {
+        identity,
+        listen: format!("{}:{}", config.host, config.cluster_port),
+        join: config.join.clone(),
+        replicas: config.replicas,
+        secret: config.cluster_secret.clone().unwrap_or_default().into_bytes(),
+        timeout: config.request_timeout(),
+        data_dir: config.data_dir.clone(),
+        queue_depth: config.queue_depth,
+        record,
+    };
+    // On a thread of its own: the cluster's runtime cannot be built or blocked on inside the caller's.
+    let cluster = std::thread::scope(|scope| {
+        scope.spawn(|| Cluster::start(config, shards)).join().expect("starting the cluster does not panic")
+    })?;
+    tracing::info!(node = format!("{node:016x}"), cluster_port = %cluster.addr(), %node_addr, "cluster mode");
+    Ok(cluster)
 }
 
 /// Opens every shard file on its own thread (a file that needs repair after a crash takes a while).
@@ -169,7 +237,8 @@ fn open_stores(config: &Config, redb_cache: usize) -> Result<Vec<Arc<Store>>, St
         let opening: Vec<_> = (0..config.shards)
             .map(|i| {
                 let path = shard_file(&config.data_dir, ShardId(i));
-                let log = Log::for_durability(config.durability);
+                // A cluster's shard file is its Raft group's state machine: the Raft log is its write-ahead log.
+                let log = if config.clustered() { Log::Off } else { Log::for_durability(config.durability) };
                 scope.spawn(move || Store::open(path, ShardId(i), redb_cache, log))
             })
             .collect();
@@ -210,12 +279,21 @@ impl RunningServer {
 
     /// Graceful stop: finish in-flight requests, commit every queued write, close every file.
     pub async fn stop(self) {
-        let RunningServer { handle, serving, node, workers, resp, .. } = self;
+        let RunningServer { handle, serving, node, workers, resp, cluster, .. } = self;
         node.readiness().set_stopping();
         handle.stop(true).await;
         let _ = serving.await;
         if let Some(resp) = resp {
             let _ = tokio::task::spawn_blocking(move || resp.stop()).await;
+        }
+        // Raft stops before the shards it applies to.
+        if let Some(cluster) = cluster {
+            match Arc::try_unwrap(cluster) {
+                Ok(cluster) => {
+                    let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+                }
+                Err(_) => tracing::error!("the cluster is still referenced after shutdown"),
+            }
         }
         // The App instances are gone; our clone of the node holds the last shard senders.
         let mut node = node;

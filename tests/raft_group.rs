@@ -13,6 +13,7 @@ use std::time::Duration;
 use openraft::Config;
 use shale::cluster::log::RaftLog;
 use shale::cluster::state::ShardState;
+use shale::cluster::service::Identity;
 use shale::cluster::transport::{serve, Groups, Peers};
 use shale::cluster::types::{Applied, NodeAddr, Proposal, ShardRaft};
 use shale::command::{Command, EtagMatch, Precondition, Reply, Space};
@@ -66,7 +67,7 @@ async fn start(id: u64, dir: &Path, addr: Option<SocketAddr>, secret: &[u8]) -> 
     let raft = Raft::new(id, config, peers.network(0), log, state).await.expect("a Raft node");
     let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("a port");
     let addr = listener.local_addr().unwrap();
-    let groups = Groups::default();
+    let groups = Groups::new(Identity::new(id, NodeAddr::default(), None));
     groups.insert(0, raft.clone(), snapshots);
     let serving = tokio::spawn(serve(listener, groups, secret));
     Replica { raft, handle, worker, addr, serving }

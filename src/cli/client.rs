@@ -294,6 +294,35 @@ impl Client {
         read_json::<serde_json::Value>(&mut resp, &self.base)
     }
 
+    /// `POST /cluster/init`: forms a cluster with the server as its first node; its id and replica count.
+    pub fn cluster_init(&self) -> Result<serde_json::Value, Error> {
+        let req = self.agent.post(format!("{}/cluster/init", self.base));
+        let mut resp = self.send(req, String::new())?;
+        if resp.status().as_u16() != 200 {
+            return Err(self.failure(resp));
+        }
+        read_json::<serde_json::Value>(&mut resp, &self.base)
+    }
+
+    /// `GET /cluster/status`: the server's view of the cluster.
+    pub fn cluster_status(&self) -> Result<serde_json::Value, Error> {
+        let mut resp = self.call(self.agent.get(format!("{}/cluster/status", self.base)))?;
+        if resp.status().as_u16() != 200 {
+            return Err(self.failure(resp));
+        }
+        read_json::<serde_json::Value>(&mut resp, &self.base)
+    }
+
+    /// `DELETE /cluster/nodes/{id}`: takes a node out of the cluster.
+    pub fn cluster_remove(&self, node: &str) -> Result<(), Error> {
+        let url = format!("{}/cluster/nodes/{}", self.base, utf8_percent_encode(node, SEGMENT_CHARS));
+        let resp = self.call(self.agent.delete(url))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            _ => Err(self.failure(resp)),
+        }
+    }
+
     /// `GET /healthz`: `Ok` when the server answers at all.
     pub fn ping(&self) -> Result<(), Error> {
         let resp = self.call(self.agent.get(format!("{}/healthz", self.base)))?;

@@ -383,3 +383,56 @@ pub fn history_path() -> Option<PathBuf> {
     }
     var("HOME").map(|home| home.join(".shale_history"))
 }
+
+/// `shale cluster status` for a person: the cluster, each node, and each shard's leader, replicas and lag.
+pub fn cluster_status_text(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {}  replicas {}  this node {}  {}",
+        text(&status["cluster"]),
+        text(&status["replicas"]),
+        text(&status["node"]),
+        text(&status["ready"])
+    );
+    let _ = writeln!(out, "\n{:<18} {:<24} {:<24} REACHABLE", "NODE", "CLUSTER ADDR", "API ADDR");
+    for n in status["nodes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<24} {:<24} {}",
+            text(&n["id"]),
+            text(&n["cluster_addr"]),
+            text(&n["api_addr"]),
+            text(&n["reachable"])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<6} {:<18} {:>6} {:>10} {:>10}  VOTERS / LEARNERS / LAG",
+        "SHARD", "LEADER", "TERM", "COMMITTED", "APPLIED"
+    );
+    for s in status["shards"].as_array().into_iter().flatten() {
+        let list = |v: &serde_json::Value| {
+            v.as_array().map_or_else(String::new, |a| a.iter().map(text).collect::<Vec<_>>().join(","))
+        };
+        let lag = s["lag"].as_object().map_or_else(
+            || "-".to_string(),
+            |m| m.iter().map(|(id, n)| format!("{id}:{n}")).collect::<Vec<_>>().join(","),
+        );
+        let _ = writeln!(
+            out,
+            "{:<6} {:<18} {:>6} {:>10} {:>10}  {} / {} / {}",
+            text(&s["shard"]),
+            text(&s["leader"]),
+            text(&s["term"]),
+            text(&s["committed"]),
+            text(&s["applied"]),
+            list(&s["voters"]),
+            list(&s["learners"]),
+            lag
+        );
+    }
+    out
+}

@@ -34,6 +34,9 @@ type LogId = LogIdOf<ShardRaft>;
 type Membership = StoredMembershipOf<ShardRaft>;
 type Meta = SnapshotMetaOf<ShardRaft>;
 
+/// A shard's Raft group.
+pub type Group = openraft::Raft<ShardRaft, ShardState>;
+
 /// A snapshot: a copy of a shard file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotFile(pub PathBuf);

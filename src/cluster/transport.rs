@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -36,11 +37,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::state::{ShardState, SnapshotFile};
+use crate::cluster::service::{self, Identity, Request, Response};
+pub use crate::cluster::state::Group;
+use crate::cluster::state::SnapshotFile;
 use crate::cluster::types::{NodeAddr, ShardRaft};
-
-/// A shard's Raft group.
-pub type Group = openraft::Raft<ShardRaft, ShardState>;
 
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -76,6 +76,8 @@ enum Rpc {
         vote: VoteOf<ShardRaft>,
         meta: SnapshotMetaOf<ShardRaft>,
     },
+    /// A request of shale's own ([`service`]).
+    Service(Request),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -84,6 +86,7 @@ enum Reply {
     Vote(VoteResponse<ShardRaft>),
     Chunk,
     Snapshot(SnapshotResponse<ShardRaft>),
+    Service(Response),
 }
 
 async fn write_frame(w: &mut OwnedWriteHalf, frame: &Frame) -> io::Result<()> {
@@ -119,13 +122,19 @@ fn proof(secret: &[u8], challenge: &[u8; 32]) -> [u8; 32] {
 
 // ---- the accepting side ----
 
-/// The Raft groups of this node, by shard, with the folder where each keeps its snapshots.
-#[derive(Clone, Default)]
+/// The Raft groups of this node, by shard, with the folder where each keeps its snapshots, and who the node is.
+#[derive(Clone)]
 pub struct Groups {
     inner: Arc<RwLock<HashMap<u32, (Group, PathBuf)>>>,
+    identity: Arc<Identity>,
 }
 
 impl Groups {
+    /// No groups yet, on the node `identity` describes.
+    pub fn new(identity: Arc<Identity>) -> Groups {
+        Groups { inner: Arc::default(), identity }
+    }
+
     /// Serves shard `shard`'s group, which keeps its snapshots in `snapshots`.
     pub fn insert(&self, shard: u32, group: Group, snapshots: PathBuf) {
         self.inner.write().expect("groups lock").insert(shard, (group, snapshots));
@@ -202,6 +211,23 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, groups: Groups, s
         let Frame::Request { id, shard, rpc } = frame else {
             break Err(io::Error::new(io::ErrorKind::InvalidData, "not a request"));
         };
+        if let Rpc::Service(Request::Write(proposals)) = rpc {
+            // Proposed before the next frame is read, so writes forwarded over one connection keep their order.
+            let pending = match groups.get(shard) {
+                Some((group, _)) => Ok(service::propose(&group, proposals).await),
+                None => Err(format!("no shard {shard} here")),
+            };
+            let tx = tx.clone();
+            requests.spawn(async move {
+                let reply = match pending {
+                    Ok(pending) => Ok(Reply::Service(Response::Written(futures_util::future::join_all(pending).await))),
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send(Frame::Response { id, reply });
+            });
+            while requests.try_join_next().is_some() {}
+            continue;
+        }
         let (groups, tx, incoming) = (groups.clone(), tx.clone(), incoming.clone());
         requests.spawn(async move {
             let reply = answer(&groups, node, shard, rpc, &incoming).await;
@@ -226,8 +252,12 @@ async fn answer(
     rpc: Rpc,
     incoming: &Mutex<HashMap<u64, PathBuf>>,
 ) -> Result<Reply, String> {
+    if let Rpc::Service(Request::Info) = rpc {
+        return Ok(Reply::Service(Response::Info(groups.identity.info())));
+    }
     let (group, snapshots) = groups.get(shard).ok_or_else(|| format!("no shard {shard} here"))?;
     match rpc {
+        Rpc::Service(request) => Ok(Reply::Service(service::answer(&group, &groups.identity, request).await)),
         Rpc::Append(req) => group.append_entries(req).await.map(Reply::Append).map_err(|e| e.to_string()),
         Rpc::Vote(req) => group.vote(req).await.map(Reply::Vote).map_err(|e| e.to_string()),
         Rpc::PreVote(req) => group.pre_vote(req).await.map(Reply::Vote).map_err(|e| e.to_string()),
@@ -267,7 +297,8 @@ fn write_at(path: &std::path::Path, offset: u64, data: &[u8]) -> io::Result<()> 
 pub struct Peers {
     node: u64,
     secret: Arc<[u8]>,
-    connections: Mutex<HashMap<u64, Arc<Connection>>>,
+    /// By the peer's cluster address.
+    connections: Mutex<HashMap<String, Arc<Connection>>>,
     next_transfer: AtomicU64,
 }
 
@@ -282,9 +313,9 @@ impl Peers {
         ShardNetwork { shard, peers: self.clone() }
     }
 
-    /// The live connection to `target` at `addr`, connecting (and proving the secret) when there is none.
-    async fn connection(&self, target: u64, addr: &str) -> Result<Arc<Connection>, Unreachable<ShardRaft>> {
-        if let Some(c) = self.connections.lock().expect("connections lock").get(&target) {
+    /// The live connection to the node at `addr`, connecting (and proving the secret) when there is none.
+    async fn connection(&self, addr: &str) -> Result<Arc<Connection>, Unreachable<ShardRaft>> {
+        if let Some(c) = self.connections.lock().expect("connections lock").get(addr) {
             if !c.closed() {
                 return Ok(c.clone());
             }
@@ -294,8 +325,37 @@ impl Peers {
             .map_err(|_| Unreachable::from_string(format!("connecting to {addr} timed out")))?
             .map_err(|e| Unreachable::from_string(format!("connecting to {addr}: {e}")))?;
         let c = Arc::new(c);
-        self.connections.lock().expect("connections lock").insert(target, c.clone());
+        self.connections.lock().expect("connections lock").insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// Sends `request` about shard `shard` to the node at `addr` and waits up to `ttl` for its answer.
+    pub async fn ask(&self, addr: &str, shard: u32, request: Request, ttl: Duration) -> io::Result<Response> {
+        let answer = self.send(addr, shard, request).await?;
+        match tokio::time::timeout(ttl, answer).await {
+            Ok(answer) => answer,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("{addr} did not answer within {ttl:?}"))),
+        }
+    }
+
+    /// Sends `request` about shard `shard` to the node at `addr` now, so requests sent one after another to one
+    /// node arrive in that order; the returned future is its answer.
+    pub async fn send(
+        &self,
+        addr: &str,
+        shard: u32,
+        request: Request,
+    ) -> io::Result<BoxFuture<'static, io::Result<Response>>> {
+        let c = self.connection(addr).await.map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e.to_string()))?;
+        let answer = c.start(shard, Rpc::Service(request))?;
+        Ok(Box::pin(async move {
+            match answer.await {
+                Ok(Ok(Reply::Service(response))) => Ok(response),
+                Ok(Ok(_)) => Err(io::Error::new(io::ErrorKind::InvalidData, "the peer answered another request")),
+                Ok(Err(remote)) => Err(io::Error::other(remote)),
+                Err(_) => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection broke")),
+            }
+        }))
     }
 
     async fn call(
@@ -306,7 +366,7 @@ impl Peers {
         rpc: Rpc,
         ttl: Duration,
     ) -> Result<Reply, Unreachable<ShardRaft>> {
-        let c = self.connection(target, &node.cluster).await?;
+        let c = self.connection(&node.cluster).await?;
         match tokio::time::timeout(ttl, c.call(shard, rpc)).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(remote))) => Err(Unreachable::from_string(format!("node {target}: {remote}"))),
@@ -367,6 +427,11 @@ impl Connection {
     }
 
     async fn call(&self, shard: u32, rpc: Rpc) -> io::Result<Result<Reply, String>> {
+        self.start(shard, rpc)?.await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the connection broke"))
+    }
+
+    /// Queues `rpc` on the connection now; the receiver gets its answer.
+    fn start(&self, shard: u32, rpc: Rpc) -> io::Result<oneshot::Receiver<Result<Reply, String>>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, answer) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(id, done);
@@ -379,7 +444,7 @@ impl Connection {
             self.pending.lock().expect("pending lock").remove(&id);
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection is closed"));
         }
-        answer.await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the connection broke"))
+        Ok(answer)
     }
 }
 

@@ -43,3 +43,19 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeAddr,
 );
+
+/// The cluster a node belongs to, recorded in every member's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterId {
+    /// Random, made by `shale cluster init`.
+    pub id: String,
+    /// Copies of every shard.
+    pub replicas: u32,
+}
+
+/// The Raft node id of a node: the first 64 bits of its manifest's random 128-bit node id (hex). `None` when the
+/// id is not hex or is zero.
+pub fn raft_node_id(manifest_node_id: &str) -> Option<u64> {
+    let head = manifest_node_id.get(..16)?;
+    u64::from_str_radix(head, 16).ok().filter(|&id| id != 0)
+}

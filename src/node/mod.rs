@@ -26,6 +26,7 @@ use crate::command::{Command, Reply, Space};
 use crate::error::{Error, Result};
 use crate::node::docs::DocIds;
 use crate::node::miss_reads::MissReads;
+use crate::node::reads::{Consistency, Linearize};
 use crate::node::writes::{Answer, ShardWrites};
 use crate::placement::{shard_for, ShardId};
 use crate::shard::cache::Cache;
@@ -49,6 +50,8 @@ pub struct Node {
     shard_reads: metrics::Counter,
     /// Where a miss reads the file: on the calling thread while that stays off the disk.
     miss_reads: MissReads,
+    /// What makes reads linearizable on a cluster replica; `None` on a single node.
+    linearize: Option<Arc<dyn Linearize>>,
 }
 
 impl Node {
@@ -73,7 +76,22 @@ impl Node {
             cache_misses: metrics::counter!("shale_cache_requests_total", "result" => "miss"),
             shard_reads: metrics::counter!("shale_cache_miss_reads_total", "path" => "shard"),
             miss_reads: MissReads::default(),
+            linearize: None,
         })
+    }
+
+    /// This node as a cluster member: each shard's writes go to `writes` (in shard order), and linearizable
+    /// reads wait for `linearize`.
+    pub fn clustered(mut self, writes: Vec<Arc<dyn ShardWrites>>, linearize: Arc<dyn Linearize>) -> Node {
+        assert_eq!(writes.len(), self.shards.len(), "one write path per shard");
+        self.writes = writes;
+        self.linearize = Some(linearize);
+        self
+    }
+
+    /// Whether this node is a cluster member.
+    pub fn is_clustered(&self) -> bool {
+        self.linearize.is_some()
     }
 
     /// Number of shards.
@@ -171,7 +189,8 @@ impl Node {
 
     /// The number of records of `space` on every shard: each shard's B-tree length, read in constant time, after
     /// its held batches are committed (read-your-writes; see `engine::store`).
-    pub async fn count(&self, space: Space) -> Result<u64> {
+    pub async fn count(&self, space: Space, consistency: Consistency) -> Result<u64> {
+        self.linearize_all(consistency).await?;
         let stores: Vec<_> = self.shards.iter().map(|s| s.store().clone()).collect();
         tokio::task::spawn_blocking(move || {
             stores.iter().map(|s| s.settle().and_then(|()| s.len(space))).sum::<Result<u64>>()
@@ -188,7 +207,9 @@ impl Node {
         prefix: Bytes,
         after: Option<Bytes>,
         limit: usize,
+        consistency: Consistency,
     ) -> Result<(Vec<Bytes>, Option<Bytes>)> {
+        self.linearize_all(consistency).await?;
         let stores: Vec<_> = self.shards.iter().map(|s| s.store().clone()).collect();
         let per_shard = tokio::task::spawn_blocking(move || {
             // Settled first, so every answered write is listed (read-your-writes; see `engine::store`).

@@ -19,10 +19,42 @@ use futures_util::future::BoxFuture;
 
 use crate::command::{Command, Reply, Space};
 use crate::error::{Error, Result};
-use crate::node::writes::{self, Answer};
+use crate::node::writes::{self, Answer, ShardWrites};
 use crate::node::Node;
 use crate::placement::ShardId;
 use crate::record::{counter_value, Record};
+
+/// How current a read must be. A single node's reads are always current; on a cluster replica, a linearizable
+/// read first waits until the replica has applied everything acknowledged before it began
+/// ([`Linearize::linearize`]), and a stale one reads the replica as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began (the default).
+    #[default]
+    Linearizable,
+    /// The local replica as it is: available without a majority, possibly behind.
+    Stale,
+}
+
+impl Consistency {
+    /// Parses the `consistency` query parameter: `linearizable` or `stale`.
+    pub fn parse(value: &str) -> Result<Consistency> {
+        match value {
+            "linearizable" => Ok(Consistency::Linearizable),
+            "stale" => Ok(Consistency::Stale),
+            other => Err(Error::BadRequest(format!("consistency must be linearizable or stale, got {other:?}"))),
+        }
+    }
+}
+
+/// What makes a cluster replica's reads linearizable (a single node needs nothing: its reads are current).
+pub trait Linearize: Send + Sync {
+    /// Resolves once the local replica of `shard` has applied every write acknowledged before the call, or fails
+    /// (`NoQuorum`) when the shard's leader cannot confirm that within the request timeout.
+    fn linearize(&self, shard: ShardId) -> BoxFuture<'static, Result<()>>;
+    /// Whether the local replicas may be read at all (not before the node belongs to a cluster).
+    fn local(&self) -> Result<()>;
+}
 
 /// How long a cache miss that must be read by its shard waits for room in the shard's queue before 503.
 const READ_PATIENCE: Duration = Duration::from_secs(1);
@@ -77,8 +109,41 @@ impl InFlight {
 }
 
 impl Node {
-    /// Reads `key` for a client with no write in flight on its shard (every HTTP request).
+    /// Reads `key`, linearizably, for a client with no write in flight on its shard (every HTTP request).
     pub fn read(self: &Arc<Self>, space: Space, key: Bytes) -> Read {
+        self.read_with(space, key, Consistency::Linearizable)
+    }
+
+    /// Reads `key` as current as `consistency` asks, for a client with no write in flight on its shard.
+    pub fn read_with(self: &Arc<Self>, space: Space, key: Bytes, consistency: Consistency) -> Read {
+        let Some(linearize) = &self.linearize else { return self.read_local(space, key) };
+        if consistency == Consistency::Stale {
+            return match linearize.local() {
+                Ok(()) => self.read_local(space, key),
+                Err(e) => Read::Ready(Err(e)),
+            };
+        }
+        let caught_up = linearize.linearize(self.shard_for(&key));
+        let node = self.clone();
+        Read::Later(Box::pin(async move {
+            caught_up.await?;
+            node.read_local(space, key).outcome().await
+        }))
+    }
+
+    /// Waits until every shard's local replica has applied what was acknowledged before the call (a cluster
+    /// node's linearizable listing or count); at once on a single node or for a stale read.
+    pub async fn linearize_all(&self, consistency: Consistency) -> Result<()> {
+        let Some(linearize) = &self.linearize else { return Ok(()) };
+        if consistency == Consistency::Stale {
+            return linearize.local();
+        }
+        let waits = (0..self.shard_count()).map(|s| linearize.linearize(ShardId(s)));
+        futures_util::future::try_join_all(waits).await.map(drop)
+    }
+
+    /// Reads `key` from this node's replica: the cache, or on a miss the shard's file.
+    fn read_local(self: &Arc<Self>, space: Space, key: Bytes) -> Read {
         if let Some(rec) = self.cache.get(space, &key) {
             self.cache_hits.increment(1);
             return Read::Ready(Ok(Some(rec)));
@@ -94,14 +159,17 @@ impl Node {
         self: &Arc<Self>,
         space: Space,
         key: Bytes,
+        consistency: Consistency,
         in_flight: &InFlight,
         patience: Duration,
     ) -> Read {
         let shard = self.shard_for(&key);
         if !in_flight.busy(shard) {
-            return self.read(space, key);
+            return self.read_with(space, key, consistency);
         }
-        match self.read_by_shard(shard, space, key, patience).await {
+        // Through the shard's write path (on a cluster, its log): after the client's writes, whatever is asked.
+        let writes = self.writes[shard.0 as usize].clone();
+        match read_through(writes.as_ref(), space, key, patience).await {
             Ok(later) => Read::Later(later),
             Err(e) => Read::Ready(Err(e)),
         }
@@ -113,8 +181,8 @@ impl Node {
     }
 
     /// The value of counter `name` (0 for a counter never written).
-    pub async fn counter(self: &Arc<Self>, name: Bytes) -> Result<i64> {
-        match self.get(Space::Counter, name).await? {
+    pub async fn counter(self: &Arc<Self>, name: Bytes, consistency: Consistency) -> Result<i64> {
+        match self.read_with(Space::Counter, name, consistency).outcome().await? {
             None => Ok(0),
             Some(rec) => counter_value(&rec).ok_or_else(|| Error::Internal("damaged counter record".into())),
         }
@@ -126,7 +194,7 @@ impl Node {
         let handle = &self.shards[shard.0 as usize];
         if handle.store().pending() {
             self.shard_reads.increment(1);
-            return self.read_by_shard(shard, space, key, READ_PATIENCE).await?.await;
+            return read_through(handle, space, key, READ_PATIENCE).await?.await;
         }
         let store = handle.store().clone();
         let k = key.clone();
@@ -136,21 +204,21 @@ impl Node {
         }
         Ok(rec)
     }
+}
 
-    /// Queues a read on `shard`, answered inside its write transaction after everything queued before it.
-    async fn read_by_shard(
-        &self,
-        shard: ShardId,
-        space: Space,
-        key: Bytes,
-        patience: Duration,
-    ) -> Result<BoxFuture<'static, Result<Option<Record>>>> {
-        let answer = self.submit_patiently(shard, Command::Read { space, key }, patience).await?;
-        Ok(Box::pin(async move {
-            match writes::outcome(answer).await? {
-                Reply::Value(rec) => Ok(rec),
-                other => Err(Error::Internal(format!("a read was answered with {other:?}"))),
-            }
-        }))
-    }
+/// Queues a read where `to` takes writes, answered inside the shard's write transaction after everything queued
+/// before it.
+async fn read_through(
+    to: &dyn ShardWrites,
+    space: Space,
+    key: Bytes,
+    patience: Duration,
+) -> Result<BoxFuture<'static, Result<Option<Record>>>> {
+    let answer = writes::submit_patiently(to, Command::Read { space, key }, patience).await?;
+    Ok(Box::pin(async move {
+        match writes::outcome(answer).await? {
+            Reply::Value(rec) => Ok(rec),
+            other => Err(Error::Internal(format!("a read was answered with {other:?}"))),
+        }
+    }))
 }

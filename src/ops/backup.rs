@@ -237,7 +237,7 @@ pub fn restore(from: &Path, data_dir: &Path, force: bool) -> Result<Manifest, Re
         fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io("cannot sync", &tmp, e))?;
         fs::rename(&tmp, &dst).map_err(|e| io("cannot rename", &dst, e))?;
     }
-    let restored = Manifest { node_id: manifest::new_node_id(), ..m };
+    let restored = Manifest { node_id: manifest::new_node_id(), cluster: None, ..m };
     manifest::write(data_dir, &restored).map_err(|e| RestoreError::Io(e.to_string()))?;
     Ok(restored)
 }

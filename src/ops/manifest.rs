@@ -35,6 +35,19 @@ pub struct Manifest {
     /// A resharding in progress (see `reshard.rs`); absent when the layout is settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reshard: Option<ReshardPlan>,
+    /// The cluster this data dir belongs to (absent on a single node, and on a cluster node before it joined
+    /// one). A node never joins another cluster than the one recorded here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRecord>,
+}
+
+/// A cluster membership recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// The cluster's random id, made by `shale cluster init`.
+    pub id: String,
+    /// Copies of every shard.
+    pub replicas: u32,
 }
 
 /// A resharding recorded in the manifest before any file moves, so a crash at any step can be finished or undone.
@@ -152,9 +165,16 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, Manifest
         node_id: new_node_id(),
         placement: PLACEMENT_VERSION,
         reshard: None,
+        cluster: None,
     };
     write(data_dir, &m)?;
     Ok(m)
+}
+
+/// Records that the data dir at `data_dir` belongs to cluster `record`.
+pub fn record_cluster(data_dir: &Path, record: ClusterRecord) -> Result<(), ManifestError> {
+    let m = read(data_dir)?.ok_or_else(|| ManifestError::Missing(data_dir.display().to_string()))?;
+    write(data_dir, &Manifest { cluster: Some(record), ..m })
 }
 
 /// A random 128-bit node id in hex.

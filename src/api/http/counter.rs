@@ -10,6 +10,7 @@ use super::kv::read_body;
 use super::AppState;
 use crate::command::Command;
 use crate::error::{Error, Result};
+use crate::node::reads::Consistency;
 use crate::node::Node;
 
 /// Longest accepted increment body (an i64 with sign and surrounding whitespace fits easily).
@@ -45,11 +46,21 @@ pub async fn handle_add(req: HttpRequest, body: web::Payload, state: web::Data<A
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// `GET /counter/{name}/value` and `/consistent_value` -> the value as text (0 when never written).
-/// On a single node both read the same committed value.
+/// `GET /counter/{name}/value` -> the value as text (0 when never written): this replica's value, answered
+/// whatever else is down (on a single node, the committed value).
 pub async fn handle_value(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    value(req, state, Consistency::Stale).await
+}
+
+/// `GET /counter/{name}/consistent_value` -> the value as text, linearizable (503 when the counter's shard has no
+/// majority; on a single node, the committed value).
+pub async fn handle_consistent_value(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    value(req, state, Consistency::Linearizable).await
+}
+
+async fn value(req: HttpRequest, state: web::Data<AppState>, consistency: Consistency) -> Result<HttpResponse> {
     let name = counter_name(&req, &state.node)?;
-    let value = state.node.counter(name).await?;
+    let value = state.node.counter(name, consistency).await?;
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(value.to_string()))
 }
 

@@ -18,6 +18,7 @@ use super::AppState;
 use crate::command::Space;
 use crate::error::{Error, Result};
 use crate::node::docs::{doc_key, JSON};
+use crate::node::reads::Consistency;
 
 /// The largest id a client may write explicitly: 2^53-1, the largest integer every JSON client represents
 /// exactly. Larger explicit ids are refused, so no client can push the allocator to the end of the id space;
@@ -111,10 +112,11 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
 #[derive(Debug, serde::Deserialize)]
 pub struct IdQuery {
     id: Option<String>,
+    consistency: Option<String>,
 }
 
-async fn load(state: &AppState, id: u64) -> Result<Option<crate::record::Record>> {
-    state.node.get(Space::Doc, doc_key(id)).await
+async fn load(state: &AppState, id: u64, consistency: Consistency) -> Result<Option<crate::record::Record>> {
+    state.node.read_with(Space::Doc, doc_key(id), consistency).outcome().await
 }
 
 /// `GET /api?id=N` -> `{"id": N, "data": <document or null>}`.
@@ -123,7 +125,8 @@ pub async fn handle_get(query: web::Query<IdQuery>, state: web::Data<AppState>) 
         return Err(Error::BadRequest("missing id: use /api?id=N".into()));
     };
     let id = parse_id_str(raw)?;
-    Ok(match load(&state, id).await? {
+    let consistency = query.consistency.as_deref().map(Consistency::parse).transpose()?.unwrap_or_default();
+    Ok(match load(&state, id, consistency).await? {
         Some(rec) => doc_response(id, rec.value_ref()),
         None => doc_response(id, b"null"),
     })
@@ -156,7 +159,7 @@ async fn run_cmd(state: &AppState, params: &Value) -> Result<HttpResponse> {
         "ONLY" | "FILTER_BOOL" => {}
         other => return Err(Error::BadRequest(format!("{other} not supported"))),
     }
-    let data = match load(state, id).await? {
+    let data = match load(state, id, Consistency::Linearizable).await? {
         Some(rec) => serde_json::from_slice(rec.value_ref())
             .map_err(|e| Error::Internal(format!("stored document {id} is not JSON: {e}")))?,
         None => Value::Null,

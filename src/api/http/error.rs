@@ -16,7 +16,8 @@ pub fn status(err: &Error) -> StatusCode {
         Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::KeyTooLong(_) => StatusCode::URI_TOO_LONG,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable(_) | Error::NoQuorum(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Conflict(_) => StatusCode::CONFLICT,
         Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -32,6 +33,7 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         405 => "method_not_allowed",
         412 => "precondition_failed",
         413 => "payload_too_large",
+        409 => "conflict",
         414 => "key_too_long",
         503 => "unavailable",
         507 => "insufficient_storage",
@@ -49,7 +51,7 @@ impl actix_web::ResponseError for Error {
     fn error_response(&self) -> actix_web::HttpResponse {
         let mut res = actix_web::HttpResponse::build(status(self));
         match self {
-            Error::Unavailable(_) => {
+            Error::Unavailable(_) | Error::NoQuorum(_) => {
                 res.insert_header(("Retry-After", "1"));
             }
             Error::Unauthorized(_) => {

@@ -10,8 +10,14 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// `GET /readyz` -> 200 `ok` once every shard finished its warm-up, 503 `not ready` before (and when stopping).
+/// A cluster node is ready once it belongs to an initialised cluster, every shard has a known leader, and its
+/// replicas are caught up.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    match state.node.readiness().check() {
+    let check = state.node.readiness().check().and_then(|()| match &state.cluster {
+        Some(cluster) => cluster.ready(),
+        None => Ok(()),
+    });
+    match check {
         Ok(()) => HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok\n"),
         Err(why) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::AppState;
 use crate::command::{Command, EtagMatch, Precondition, Reply, Space};
 use crate::error::{Error, Result};
+use crate::node::reads::Consistency;
 use crate::node::Node;
 use crate::record::{etag_of, MAX_CONTENT_TYPE};
 
@@ -112,7 +113,8 @@ pub async fn handle_key(req: HttpRequest, body: web::Payload, state: web::Data<A
 /// `GET` / `HEAD /kv/{key}`: the value with its Content-Type and ETag; 304 on a matching If-None-Match.
 pub async fn handle_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let key = kv_key(&req, &state.node)?;
-    let Some(rec) = state.node.get(Space::Kv, key).await? else {
+    let consistency = super::consistency(&req)?;
+    let Some(rec) = state.node.read_with(Space::Kv, key, consistency).outcome().await? else {
         return Err(Error::NotFound("key not found".into()));
     };
     let etag = rec.etag();
@@ -165,6 +167,7 @@ pub struct ListQuery {
     prefix: Option<String>,
     after: Option<String>,
     limit: Option<String>,
+    consistency: Option<String>,
 }
 
 /// `GET /kv?prefix=P&after=K&limit=N` -> `{"keys": [...], "next": key | null}`.
@@ -182,7 +185,8 @@ pub async fn handle_list(query: web::Query<ListQuery>, state: web::Data<AppState
     };
     let prefix = Bytes::from(query.prefix.clone().unwrap_or_default());
     let after = query.after.clone().filter(|a| !a.is_empty()).map(Bytes::from);
-    let (keys, next) = state.node.list(Space::Kv, prefix, after, limit).await?;
+    let consistency = query.consistency.as_deref().map(Consistency::parse).transpose()?.unwrap_or_default();
+    let (keys, next) = state.node.list(Space::Kv, prefix, after, limit, consistency).await?;
     let text = |k: &Bytes| String::from_utf8_lossy(k).into_owned();
     let body = serde_json::json!({
         "keys": keys.iter().map(text).collect::<Vec<_>>(),

@@ -6,6 +6,7 @@
 
 pub mod admin;
 
+pub mod cluster;
 pub mod counter;
 pub mod docs;
 pub mod error;
@@ -25,6 +26,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::api::auth;
 use crate::config::Config;
 use crate::error::Error;
+use crate::node::reads::Consistency;
 use crate::node::Node;
 use error::{code_for_status, json_body};
 
@@ -36,6 +38,8 @@ pub struct AppState {
     pub config: Config,
     /// Bearer tokens.
     pub auth: auth::Tokens,
+    /// This node's cluster membership, in cluster mode.
+    pub cluster: Option<Arc<crate::cluster::runtime::Cluster>>,
 }
 
 /// Largest sum of header name and value bytes of a request (431 above). actix itself only refuses a request head
@@ -115,8 +119,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(
             resource("/counter/{name}/consistent_value")
-                .route(web::get().to(counter::handle_value))
+                .route(web::get().to(counter::handle_consistent_value))
                 .default_service(not_allowed("GET")),
+        )
+        .service(
+            resource("/cluster/init").route(web::post().to(cluster::handle_init)).default_service(not_allowed("POST")),
+        )
+        .service(
+            resource("/cluster/status")
+                .route(web::get().to(cluster::handle_status))
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            resource("/cluster/nodes/{id}")
+                .route(web::delete().to(cluster::handle_remove))
+                .default_service(not_allowed("DELETE")),
         )
         .service(
             resource("/admin/backup").route(web::post().to(admin::handle_backup)).default_service(not_allowed("POST")),
@@ -151,6 +168,14 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, Error> {
 /// The answer to a method the resource does not serve: 405 with the `Allow` header RFC 9110 requires.
 fn not_allowed(allow: &'static str) -> actix_web::Route {
     web::to(move |req: HttpRequest| async move { method_not_allowed(&req, allow) })
+}
+
+/// The `consistency` query parameter of a read: `linearizable` (the default) or `stale`.
+pub fn consistency(req: &HttpRequest) -> crate::error::Result<Consistency> {
+    match req.query_string().split('&').find_map(|pair| pair.strip_prefix("consistency=")) {
+        Some(value) => Consistency::parse(value),
+        None => Ok(Consistency::Linearizable),
+    }
 }
 
 /// 405 for `req`, naming the methods its resource serves.

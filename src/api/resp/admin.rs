@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use crate::command::{parse_i64_strict, Space};
 use crate::config::Durability;
+use crate::node::reads::Consistency;
 
 use super::frame::{Frame, Proto};
 use super::keys::glob_match;
@@ -194,7 +195,8 @@ pub fn info(session: &mut Session, args: &[Bytes]) -> Plan {
     let wanted: Vec<Vec<u8>> = args[1..].iter().map(|a| a.to_ascii_lowercase()).collect();
     let shared = session.shared.clone();
     Plan::Task(Box::pin(async move {
-        let keys = match shared.node.count(Space::Kv).await {
+        // INFO reports this replica as it is.
+        let keys = match shared.node.count(Space::Kv, Consistency::Stale).await {
             Ok(n) => n,
             Err(e) => return error_frame(&e),
         };

@@ -373,7 +373,7 @@ impl Conn {
     async fn dispatch(&mut self, cmd: Command) -> Wait {
         if let Command::Read { space, key } = cmd {
             let node = self.session.shared.node.clone();
-            return match node.read_after(space, key, &self.in_flight, QUEUE_PATIENCE).await {
+            return match node.read_after(space, key, self.session.consistency, &self.in_flight, QUEUE_PATIENCE).await {
                 Read::Ready(out) => Wait::Ready(out.map(Reply::Value)),
                 Read::Later(fut) => Wait::Later(fut.map(|out| out.map(Reply::Value)).boxed()),
             };

@@ -13,6 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::command::{Command, Precondition, SetCond, Space};
 use crate::error::Error;
+use crate::node::reads::Consistency;
 use crate::node::Node;
 use crate::try_frame;
 
@@ -96,12 +97,12 @@ fn bucket_key(bucket: &[u8], key: &[u8]) -> Bytes {
 }
 
 /// Whether `bucket` exists: created, or holding at least one key.
-async fn bucket_exists(node: &Arc<Node>, bucket: &Bytes) -> Result<bool, Error> {
-    if node.get(Space::Bucket, bucket.clone()).await?.is_some() {
+async fn bucket_exists(node: &Arc<Node>, bucket: &Bytes, consistency: Consistency) -> Result<bool, Error> {
+    if node.read_with(Space::Bucket, bucket.clone(), consistency).outcome().await?.is_some() {
         return Ok(true);
     }
     let prefix = bucket_key(bucket, b"");
-    let (keys, _) = node.list(Space::Kv, prefix, None, 1).await?;
+    let (keys, _) = node.list(Space::Kv, prefix, None, 1, consistency).await?;
     Ok(!keys.is_empty())
 }
 
@@ -143,9 +144,9 @@ where
     try_frame!(check_bucket(session, &args[1]));
     try_frame!(check_key(session, &key));
     let style = Style(session.request_kind);
-    let (node, bucket) = (session.shared.node.clone(), args[1].clone());
+    let (node, bucket, consistency) = (session.shared.node.clone(), args[1].clone(), session.consistency);
     Plan::Task(Box::pin(async move {
-        match bucket_exists(&node, &bucket).await {
+        match bucket_exists(&node, &bucket, consistency).await {
             Ok(true) => verb(node, key, style).await,
             Ok(false) => style.not_found(&bucket),
             Err(e) => style.error(&e),

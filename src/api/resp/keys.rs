@@ -84,8 +84,9 @@ pub fn type_of(session: &mut Session, args: &[Bytes]) -> Plan {
 /// `DBSIZE`: the number of `/kv` keys, from each shard's B-tree length (constant time, never a scan).
 pub fn dbsize(session: &mut Session, _args: &[Bytes]) -> Plan {
     let node = session.shared.node.clone();
+    let consistency = session.consistency;
     Plan::Task(Box::pin(async move {
-        match node.count(Space::Kv).await {
+        match node.count(Space::Kv, consistency).await {
             Ok(n) => Frame::Integer(n as i64),
             Err(e) => error_frame(&e),
         }
@@ -96,12 +97,13 @@ pub fn dbsize(session: &mut Session, _args: &[Bytes]) -> Plan {
 pub fn keys(session: &mut Session, args: &[Bytes]) -> Plan {
     let node = session.shared.node.clone();
     let pattern = args[1].clone();
+    let consistency = session.consistency;
     Plan::Task(Box::pin(async move {
         let prefix = Bytes::copy_from_slice(literal_prefix(&pattern));
         let mut after = None;
         let mut found = Vec::new();
         loop {
-            let (page, next) = match node.list(Space::Kv, prefix.clone(), after, SCAN_MAX).await {
+            let (page, next) = match node.list(Space::Kv, prefix.clone(), after, SCAN_MAX, consistency).await {
                 Ok(p) => p,
                 Err(e) => return error_frame(&e),
             };
@@ -150,9 +152,11 @@ pub fn scan(session: &mut Session, args: &[Bytes]) -> Plan {
         },
     };
     let shared = session.shared.clone();
+    let consistency = session.consistency;
     Plan::Task(Box::pin(async move {
         let prefix = pattern.as_deref().map_or(&[][..], literal_prefix);
-        let (page, next) = match shared.node.list(Space::Kv, Bytes::copy_from_slice(prefix), after, count).await {
+        let listed = shared.node.list(Space::Kv, Bytes::copy_from_slice(prefix), after, count, consistency).await;
+        let (page, next) = match listed {
             Ok(p) => p,
             Err(e) => return error_frame(&e),
         };

@@ -50,6 +50,7 @@ pub fn error_frame(e: &Error) -> Frame {
         Error::Unauthorized(_) => Frame::noauth(),
         Error::Forbidden(m) => Frame::error(format!("NOPERM {m}")),
         Error::Unavailable(m) => Frame::error(format!("BUSY {m}")),
+        Error::NoQuorum(m) => Frame::error(format!("TRYAGAIN {m}")),
         e => Frame::error(format!("ERR {e}")),
     }
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use crate::api::auth::{Access, Tokens};
 use crate::config::Config;
+use crate::node::reads::Consistency;
 use crate::node::Node;
 use crate::placement::ShardId;
 
@@ -128,6 +129,8 @@ pub struct Session {
     pub quitting: bool,
     /// How the command being handled was framed (D-Boutique verbs answer plain text to inline requests).
     pub request_kind: Kind,
+    /// `READONLY` (stale reads of the local replica) or `READWRITE` (linearizable, the default).
+    pub consistency: Consistency,
 }
 
 impl Session {
@@ -144,6 +147,7 @@ impl Session {
             multi: None,
             quitting: false,
             request_kind: Kind::Array,
+            consistency: Consistency::Linearizable,
         }
     }
 
