@@ -38,6 +38,8 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_CLUSTER_PORT: u16 = 4100;
 /// Default copies of every shard in a cluster.
 pub const DEFAULT_REPLICAS: u32 = 3;
+/// Default Raft log entries between two snapshots of a shard (a snapshot copies the shard file).
+pub const DEFAULT_RAFT_SNAPSHOT_ENTRIES: u64 = 100_000;
 /// Default longest wait for a leader or a majority before a request answers 503.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 
@@ -151,6 +153,11 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
+    /// Raft log entries after which a shard snapshots its file, so the log below can be dropped (a snapshot
+    /// copies the file; a follower too far behind gets the copy).
+    #[arg(long, env = "RAFT_SNAPSHOT_ENTRIES", default_value_t = DEFAULT_RAFT_SNAPSHOT_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub raft_snapshot_entries: u64,
 }
 
 /// Where the RESP listener binds.
@@ -221,6 +228,7 @@ impl Config {
             replicas: DEFAULT_REPLICAS,
             cluster_secret: None,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            raft_snapshot_entries: DEFAULT_RAFT_SNAPSHOT_ENTRIES,
         }
     }
 

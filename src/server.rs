@@ -221,6 +221,7 @@ fn start_cluster(
         timeout: config.request_timeout(),
         data_dir: config.data_dir.clone(),
         queue_depth: config.queue_depth,
+        snapshot_entries: config.raft_snapshot_entries,
         record,
     };
     // On a thread of its own: the cluster's runtime cannot be built or blocked on inside the caller's.

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use openraft::Config;
 use shale::cluster::log::RaftLog;
-use shale::cluster::state::ShardState;
 use shale::cluster::service::Identity;
+use shale::cluster::state::ShardState;
 use shale::cluster::transport::{serve, Groups, Peers};
 use shale::cluster::types::{Applied, NodeAddr, Proposal, ShardRaft};
 use shale::command::{Command, EtagMatch, Precondition, Reply, Space};

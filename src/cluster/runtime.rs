@@ -41,10 +41,6 @@ const HEARTBEAT_MS: u64 = 150;
 /// Several times the heartbeat, so a loaded 2-core machine does not elect needlessly; short enough that a dead
 /// leader is replaced within about two seconds.
 const ELECTION_TIMEOUT_MS: (u64, u64) = (1000, 2000);
-/// A shard snapshots itself after this many log entries since its last snapshot (a snapshot copies the file).
-const SNAPSHOT_EVERY: u64 = 100_000;
-/// Entries kept below a snapshot, so a briefly lagging follower catches up from the log, not a whole copy.
-const KEEP_BELOW_SNAPSHOT: u64 = 20_000;
 /// A learner this close to the leader's last entry is caught up and may become a voter.
 const CAUGHT_UP_ENTRIES: u64 = 100;
 /// How often a joining node asks again, and a leader looks for learners to promote.
@@ -68,6 +64,9 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// Unanswered writes one shard may queue.
     pub queue_depth: usize,
+    /// Log entries between two snapshots of a shard; a fifth of them stay below a snapshot, so a briefly lagging
+    /// follower catches up from the log rather than a whole copy.
+    pub snapshot_entries: u64,
     /// Records the cluster this node belongs to in its manifest, durably, before it acts as a member.
     pub record: Box<dyn Fn(&ClusterId) -> io::Result<()> + Send + Sync>,
 }
@@ -103,8 +102,8 @@ impl Cluster {
             heartbeat_interval: HEARTBEAT_MS,
             election_timeout_min: ELECTION_TIMEOUT_MS.0,
             election_timeout_max: ELECTION_TIMEOUT_MS.1,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-            max_in_snapshot_log_to_keep: KEEP_BELOW_SNAPSHOT,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+            max_in_snapshot_log_to_keep: config.snapshot_entries / 5,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io::Error::other)?);
@@ -352,6 +351,7 @@ impl Inner {
     async fn ask_leader(&self, i: usize, addr: &str, request: impl Fn() -> Request) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
         let mut at = addr.to_string();
+        let mut failure = None;
         while Instant::now() < deadline {
             let answer = if at == self.identity.addr().cluster {
                 Ok(service::answer(&self.groups[i], &self.identity, request()).await)
@@ -361,7 +361,11 @@ impl Inner {
             match answer {
                 Ok(Response::Done(Ok(()))) => return Ok(()),
                 Ok(Response::Done(Err(Refused::NotLeader(Some((_, leader)))))) => at = leader.cluster,
-                Ok(Response::Done(Err(Refused::Failed(why)))) => return Err(Error::Unavailable(why)),
+                // Such as a membership change racing another one (a learner being promoted): try again.
+                Ok(Response::Done(Err(Refused::Failed(why)))) => {
+                    failure = Some(why);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 _ => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     if let Some((_, leader)) = leader_of(&self.groups[i]) {
@@ -370,7 +374,10 @@ impl Inner {
                 }
             }
         }
-        Err(Error::NoQuorum(format!("shard {i}: no leader answered within {} ms", self.timeout.as_millis())))
+        Err(match failure {
+            Some(why) => Error::Unavailable(format!("shard {i}: {why}")),
+            None => Error::NoQuorum(format!("shard {i}: no leader answered within {} ms", self.timeout.as_millis())),
+        })
     }
 
     /// On shard `i`'s leader: promote caught-up learners while the shard has fewer voters than `REPLICAS`.

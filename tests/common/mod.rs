@@ -178,6 +178,13 @@ const SHALE_ENV: &[&str] = &[
     "SHARD_QUEUE_DEPTH",
     "MAX_BATCH",
     "LOG_FORMAT",
+    "NODE_ADDR",
+    "CLUSTER_PORT",
+    "JOIN",
+    "REPLICAS",
+    "CLUSTER_SECRET",
+    "REQUEST_TIMEOUT_MS",
+    "RAFT_SNAPSHOT_ENTRIES",
 ];
 
 /// A process that exited (or was killed after a timeout), with everything it printed.
@@ -373,6 +380,13 @@ impl BinaryServer {
     /// What it printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.snapshot()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(&pid).status().expect("running kill");
+        assert!(sent.success(), "kill -{signal} {pid} failed");
     }
 
     /// SIGKILL (std's `Child::kill` sends SIGKILL on Unix), then reap it.

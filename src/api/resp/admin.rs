@@ -35,6 +35,19 @@ pub fn quit(session: &mut Session, _: &[Bytes]) -> Plan {
     Plan::Close(Frame::ok())
 }
 
+/// `READONLY` (as in Redis Cluster): this connection's reads serve the local replica as it is, available without
+/// a majority and possibly behind. A single node's reads are current either way.
+pub fn readonly(session: &mut Session, _: &[Bytes]) -> Plan {
+    session.consistency = Consistency::Stale;
+    Plan::Now(Frame::ok())
+}
+
+/// `READWRITE`: undoes `READONLY`; reads are linearizable again.
+pub fn readwrite(session: &mut Session, _: &[Bytes]) -> Plan {
+    session.consistency = Consistency::Linearizable;
+    Plan::Now(Frame::ok())
+}
+
 /// `AUTH [username] token`: shale's bearer tokens (the username, if any, is ignored).
 pub fn auth(session: &mut Session, args: &[Bytes]) -> Plan {
     match args.len() {

@@ -129,6 +129,8 @@ pub static TABLE: &[Spec] = &[
     spec("ping", -1, FAST | LOADING, NONE, admin::ping),
     spec("put", 4, WRITE | NO_MULTI, NONE, dboutique::put),
     spec("quit", -1, NOAUTH | FAST | LOADING, NONE, admin::quit),
+    spec("readonly", 1, FAST | LOADING, NONE, admin::readonly),
+    spec("readwrite", 1, FAST | LOADING, NONE, admin::readwrite),
     spec("scan", -2, READONLY | NO_MULTI, NONE, keys::scan),
     spec("select", 2, LOADING | FAST, NONE, admin::select),
     spec("set", -3, WRITE, ONE, strings::set),
