@@ -1,9 +1,13 @@
 //! Documents (`/api`, RESP `DOC.*`): where their ids come from and how one is stored.
 //!
-//! New ids are 1, 2, 3, ... and never reused: the node hands out one more than the highest id ever stored or
-//! seen (found at start-up from each shard's last document key; documents are keyed by their id as 8 big-endian
-//! bytes, so the last key is the highest id). Each id is written create-only, so an id someone wrote explicitly
-//! meanwhile is skipped, never overwritten.
+//! New ids are 1, 2, 3, ... and never reused: one more than the highest id ever stored or seen (found at
+//! start-up from each shard's last document key; documents are keyed by their id as 8 big-endian bytes, so the
+//! last key is the highest id). Each id is written create-only, so an id someone wrote explicitly meanwhile is
+//! skipped, never overwritten.
+//!
+//! A single node counts in memory. A cluster's ids come from one replicated sequence, whichever node creates:
+//! the counter [`DOC_ID_SEQUENCE`], incremented in the replicated apply (so a create that completes before
+//! another begins gets the smaller id), moved past any id this node has seen stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,6 +25,10 @@ pub const JSON: &str = "application/json";
 pub fn doc_key(id: u64) -> Bytes {
     Bytes::copy_from_slice(&id.to_be_bytes())
 }
+
+/// The counter that holds a cluster's last document id. A counter name no client can use (see
+/// [`Node::check_key`]).
+pub const DOC_ID_SEQUENCE: &[u8] = b"\0shale:doc-ids";
 
 /// The next document id to hand out.
 pub struct DocIds {
@@ -46,6 +54,11 @@ impl DocIds {
         self.next.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_add(1)).ok()
     }
 
+    /// The lowest id this node has not seen stored.
+    fn floor(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
     /// Records that document `id` exists, so allocation never hands it out.
     pub fn observe(&self, id: u64) {
         self.next.fetch_max(id.saturating_add(1), Ordering::AcqRel);
@@ -56,9 +69,7 @@ impl Node {
     /// Stores `data` (compact JSON) as a new document under a fresh id and returns the id.
     pub async fn create_doc(&self, data: Bytes) -> Result<u64> {
         loop {
-            let Some(id) = self.docs.allocate() else {
-                return Err(Error::InsufficientStorage("no document id is left to allocate".into()));
-            };
+            let id = self.next_doc_id().await?;
             let cmd = Command::Put {
                 space: Space::Doc,
                 key: doc_key(id),
@@ -69,10 +80,35 @@ impl Node {
             };
             match self.dispatch(cmd).await {
                 Ok(_) => return Ok(id),
-                Err(Error::PreconditionFailed(_)) => continue,
+                Err(Error::PreconditionFailed(_)) => self.docs.observe(id),
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The next id: from memory on a single node, from the replicated sequence on a cluster.
+    async fn next_doc_id(&self) -> Result<u64> {
+        let exhausted = || Error::InsufficientStorage("no document id is left to allocate".into());
+        if !self.is_clustered() {
+            return self.docs.allocate().ok_or_else(exhausted);
+        }
+        let add = |delta: i64| {
+            let cmd = Command::CounterAdd { name: Bytes::from_static(DOC_ID_SEQUENCE), delta };
+            let added = self.dispatch(cmd);
+            async move {
+                match added.await? {
+                    crate::command::Reply::Counter(n) => u64::try_from(n).map_err(|_| exhausted()),
+                    other => Err(Error::Internal(format!("the id sequence answered {other:?}"))),
+                }
+            }
+        };
+        let id = add(1).await?;
+        let floor = self.docs.floor();
+        if id >= floor {
+            return Ok(id);
+        }
+        // Ids below `floor` are stored already (a data dir that predates the cluster, or ids written explicitly).
+        add(i64::try_from(floor - id).map_err(|_| exhausted())?).await
     }
 
     /// Stores `data` (compact JSON) as document `id`, creating or replacing it. Rewriting the same document

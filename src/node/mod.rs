@@ -120,6 +120,9 @@ impl Node {
         if key.is_empty() {
             return Err(Error::BadRequest(format!("the {what} is empty")));
         }
+        if key == docs::DOC_ID_SEQUENCE {
+            return Err(Error::BadRequest(format!("the {what} is reserved for document ids")));
+        }
         if key.len() > self.max_key_bytes {
             return Err(Error::KeyTooLong(format!(
                 "the {what} is {} bytes; the limit is {}",
