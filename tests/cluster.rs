@@ -98,6 +98,20 @@ async fn a_cluster_forms_and_every_node_serves_every_api() {
     assert_eq!(get(c.url(2, "/kv/k1?consistency=sometimes")).await.0, 400);
     let listed: serde_json::Value = client().get(c.url(1, "/kv")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["keys"], serde_json::json!(["k0", "k1", "k2"]));
+
+    // Per-shard Raft metrics on every node; exactly one node leads each shard.
+    let mut leaders = 0;
+    for i in 0..3 {
+        let (status, text) = get(c.url(i, "/metrics")).await;
+        assert_eq!(status, 200);
+        for name in
+            ["shale_raft_term", "shale_raft_commit_index", "shale_raft_applied_index", "shale_raft_append_seconds"]
+        {
+            assert!(text.contains(name), "node {i} has no {name}");
+        }
+        leaders += text.lines().filter(|l| l.starts_with("shale_raft_is_leader{shard=\"0\"} 1")).count();
+    }
+    assert_eq!(leaders, 1, "one leader of shard 0");
 }
 
 /// Writers that send unique keys and counter increments round-robin to the nodes that are up, recording what

@@ -168,6 +168,7 @@ impl RaftLog {
             committed: view.committed,
             purged: view.purged,
             failed: None,
+            append_seconds: metrics::histogram!("shale_raft_append_seconds", "log" => dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())),
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         let name = dir.file_name().map_or_else(|| "raft-log".into(), |n| n.to_string_lossy().into_owned());
@@ -302,6 +303,8 @@ struct Writer {
     purged: Option<LogId>,
     /// The first failure: every later write fails with it.
     failed: Option<(io::ErrorKind, String)>,
+    /// Time of each batch's write and fdatasync (`shale_raft_append_seconds`).
+    append_seconds: metrics::Histogram,
 }
 
 impl Writer {
@@ -309,7 +312,9 @@ impl Writer {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             batch.extend(rx.try_iter().take(4096));
+            let started = std::time::Instant::now();
             let outcome = self.write(&batch);
+            self.append_seconds.record(started.elapsed().as_secs_f64());
             if let Err(e) = &outcome {
                 tracing::error!(dir = %self.dir.display(), error = %e, "writing the Raft log failed");
                 self.failed.get_or_insert((e.kind(), e.to_string()));

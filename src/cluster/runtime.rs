@@ -211,6 +211,32 @@ impl Cluster {
         self.run(async move { inner.status().await }).await
     }
 
+    /// Sets the gauges read at scrape time, per shard: term, whether this node leads, last log, committed,
+    /// applied and snapshot indexes, and on the leader each replica's lag in entries.
+    pub fn record_gauges(&self) {
+        for (i, group) in self.inner.groups.iter().enumerate() {
+            let metrics = group.metrics();
+            let m = metrics.borrow_watched().clone();
+            let shard = i.to_string();
+            let index = |l: Option<openraft::alias::LogIdOf<crate::cluster::types::ShardRaft>>| {
+                l.map_or(0.0, |l| l.index as f64)
+            };
+            metrics::gauge!("shale_raft_term", "shard" => shard.clone()).set(m.current_term as f64);
+            let leads = m.current_leader == Some(self.inner.me());
+            metrics::gauge!("shale_raft_is_leader", "shard" => shard.clone()).set(if leads { 1.0 } else { 0.0 });
+            let last = m.last_log_index.unwrap_or(0);
+            metrics::gauge!("shale_raft_last_log_index", "shard" => shard.clone()).set(last as f64);
+            metrics::gauge!("shale_raft_commit_index", "shard" => shard.clone()).set(index(m.local_committed));
+            metrics::gauge!("shale_raft_applied_index", "shard" => shard.clone()).set(index(m.last_applied));
+            metrics::gauge!("shale_raft_snapshot_index", "shard" => shard.clone()).set(index(m.snapshot));
+            for (peer, matched) in m.replication.iter().flatten() {
+                let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                metrics::gauge!("shale_raft_replication_lag_entries", "shard" => shard.clone(), "peer" => format!("{peer:016x}"))
+                    .set(lag as f64);
+            }
+        }
+    }
+
     /// Why this node is not ready to serve (`/readyz`), or `Ok`.
     pub fn ready(&self) -> std::result::Result<(), String> {
         self.inner.ready()
@@ -383,8 +409,17 @@ impl Inner {
     /// On shard `i`'s leader: promote caught-up learners while the shard has fewer voters than `REPLICAS`.
     async fn keep(self: Arc<Self>, i: usize) {
         let group = &self.groups[i];
+        let leader_changes = metrics::counter!("shale_raft_leader_changes_total", "shard" => i.to_string());
+        let mut leader = None;
         loop {
             tokio::time::sleep(MEMBERSHIP_POLL).await;
+            let now = group.metrics().borrow_watched().current_leader;
+            if now != leader {
+                if now.is_some() {
+                    leader_changes.increment(1);
+                }
+                leader = now;
+            }
             let Some(cluster) = self.identity.cluster() else { continue };
             if !group.is_leader() {
                 continue;

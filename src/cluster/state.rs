@@ -116,7 +116,10 @@ impl RaftStateMachine<ShardRaft> for ShardState {
             return Ok(());
         }
         // A failed transaction stops the group: the entries are committed, and must be applied before any later.
+        let started = std::time::Instant::now();
         let outcomes = self.shard.apply(batch).await.map_err(io_error)?;
+        metrics::histogram!("shale_raft_apply_seconds", "shard" => self.shard.id().to_string())
+            .record(started.elapsed().as_secs_f64());
         for (responder, outcome) in responders.into_iter().zip(outcomes) {
             if let Some(r) = responder {
                 r.send(Applied(outcome));
@@ -139,6 +142,7 @@ impl RaftStateMachine<ShardRaft> for ShardState {
             sync_dir(&self.dir)?;
         }
         self.shard.install(current.clone()).await.map_err(io_error)?;
+        metrics::counter!("shale_raft_snapshots_installed_total", "shard" => self.shard.id().to_string()).increment(1);
         self.delete_others(&current)
     }
 

@@ -565,7 +565,10 @@ impl RaftNetworkV2<ShardRaft> for PeerClient {
             }
         }
         match self.call(Rpc::SnapshotDone { transfer, vote, meta: snapshot.meta }, ttl).await {
-            Ok(Reply::Snapshot(r)) => Ok(r),
+            Ok(Reply::Snapshot(r)) => {
+                metrics::counter!("shale_raft_snapshots_sent_total", "shard" => self.shard.to_string()).increment(1);
+                Ok(r)
+            }
             Ok(_) => Err(StreamingError::Unreachable(unexpected())),
             Err(e) => Err(StreamingError::Unreachable(e)),
         }

@@ -30,8 +30,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /metrics` -> Prometheus text exposition (read access when tokens are configured).
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let node = state.node.clone();
+    let cluster = state.cluster.clone();
     let text = web::block(move || {
         node.record_gauges();
+        if let Some(cluster) = cluster {
+            cluster.record_gauges();
+        }
         crate::metrics::render()
     })
     .await
