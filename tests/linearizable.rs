@@ -5,6 +5,8 @@
 //! a history recorded from a real server with one stale read added.
 
 mod common;
+#[path = "common/http_history.rs"]
+mod http_history;
 #[path = "common/linearizability.rs"]
 mod linearizability;
 #[path = "common/resp.rs"]
@@ -13,9 +15,9 @@ mod resp_client;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client, temp_dir, TestServer};
+use common::{temp_dir, TestServer};
+use http_history::{xorshift, COUNTER, REGISTERS};
 use linearizability::{check, Event, Op};
-use reqwest::StatusCode;
 use resp_client::{command, Resp, RespClient};
 use shale::config::RespPort;
 use shale::Config;
@@ -114,84 +116,8 @@ fn an_increment_counted_twice_or_lost_is_rejected() {
 
 // ---- a history recorded from a server ----
 
-/// Registers and counters the clients share, so their operations overlap on every key.
-const REGISTERS: [&str; 3] = ["r0", "r1", "r2"];
-const COUNTER: &str = "c0";
 const CLIENTS: u64 = 8;
 const OPS_PER_CLIENT: u64 = 60;
-
-/// A fixed pseudo-random sequence per client `id` (xorshift64), so a failing history can be replayed.
-fn xorshift(id: u64) -> impl FnMut() -> u64 {
-    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
-
-/// One client's operations: reads, writes of values unique to it, compare-and-sets from what it last read, and
-/// counter increments and reads, in a fixed pseudo-random order.
-async fn run_client(base: String, id: u64, started: Instant, history: Arc<Mutex<Vec<Event>>>) {
-    let http = client();
-    let mut next = xorshift(id);
-    // What this client last read of each register: (value, ETag).
-    let mut last: [Option<(Option<u64>, Option<String>)>; REGISTERS.len()] = Default::default();
-    for seq in 0..OPS_PER_CLIENT {
-        let r = (next() % REGISTERS.len() as u64) as usize;
-        let key = REGISTERS[r];
-        let value = (id << 32) | (seq + 1);
-        let call = started.elapsed();
-        let (name, op) = match next() % 6 {
-            0 | 1 => {
-                let res = http.get(format!("{base}/kv/{key}")).send().await.expect("GET");
-                let etag = res.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
-                let seen = match res.status() {
-                    StatusCode::OK => Some(res.text().await.unwrap().parse::<u64>().expect("a value we wrote")),
-                    StatusCode::NOT_FOUND => None,
-                    s => panic!("GET answered {s}"),
-                };
-                last[r] = Some((seen, etag));
-                (key, Op::Read { seen })
-            }
-            2 => {
-                let res = http.put(format!("{base}/kv/{key}")).body(value.to_string()).send().await.expect("PUT");
-                assert!(res.status().is_success(), "PUT answered {}", res.status());
-                (key, Op::Write { value })
-            }
-            3 => {
-                let Some((expect, etag)) = last[r].clone() else { continue };
-                let req = http.put(format!("{base}/kv/{key}")).body(value.to_string());
-                let req = match &etag {
-                    Some(etag) => req.header("If-Match", etag),
-                    None => req.header("If-None-Match", "*"),
-                };
-                let res = req.send().await.expect("conditional PUT");
-                let done = match res.status() {
-                    s if s.is_success() => true,
-                    StatusCode::PRECONDITION_FAILED => false,
-                    s => panic!("conditional PUT answered {s}"),
-                };
-                (key, Op::Cas { expect, value, done })
-            }
-            4 => {
-                let delta = (next() % 3 + 1) as i64;
-                let res =
-                    http.post(format!("{base}/counter/{COUNTER}")).body(delta.to_string()).send().await.expect("POST");
-                assert!(res.status().is_success(), "POST /counter answered {}", res.status());
-                (COUNTER, Op::Add { delta })
-            }
-            _ => {
-                let res = http.get(format!("{base}/counter/{COUNTER}/value")).send().await.expect("GET counter");
-                assert_eq!(res.status(), StatusCode::OK);
-                (COUNTER, Op::Count { seen: res.text().await.unwrap().trim().parse().expect("an integer") })
-            }
-        };
-        let ret = Some(started.elapsed());
-        history.lock().unwrap().push(Event { key: name.into(), op, call, ret });
-    }
-}
 
 /// A counter that only the RESP clients increment, with Redis's `INCRBY` on a `/kv` value.
 const KV_COUNTER: &str = "n0";
@@ -259,8 +185,18 @@ async fn record(base: String, resp: std::net::SocketAddr) -> Vec<Event> {
             tokio::task::spawn_blocking(move || run_resp_client(resp, 100 + id, started, history))
         })
         .collect();
-    let tasks: Vec<_> =
-        (0..CLIENTS).map(|id| tokio::spawn(run_client(base.clone(), id + 1, started, history.clone()))).collect();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let client = http_history::Client {
+                bases: vec![base.clone()],
+                id: id + 1,
+                ops: OPS_PER_CLIENT,
+                counter_read: "value",
+                faults: false,
+            };
+            tokio::spawn(client.run(started, history.clone()))
+        })
+        .collect();
     for t in tasks {
         t.await.expect("a client task");
     }
