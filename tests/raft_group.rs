@@ -63,7 +63,7 @@ async fn start(id: u64, dir: &Path, addr: Option<SocketAddr>, secret: &[u8]) -> 
     };
     let config = Arc::new(config.validate().expect("a valid config"));
     let secret: Arc<[u8]> = secret.into();
-    let peers = Peers::new(id, secret.clone());
+    let peers = Peers::new(id, secret.clone(), None);
     let raft = Raft::new(id, config, peers.network(0), log, state).await.expect("a Raft node");
     let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("a port");
     let addr = listener.local_addr().unwrap();

@@ -108,7 +108,12 @@ impl Cluster {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io::Error::other)?);
         let secret: Arc<[u8]> = config.secret.clone().into();
-        let peers = Peers::new(config.identity.node(), secret.clone());
+        // Connections to peers leave from the address the node listens on, when it names one.
+        let source = config
+            .listen
+            .rsplit_once(':')
+            .and_then(|(host, _)| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok());
+        let peers = Peers::new(config.identity.node(), secret.clone(), source.filter(|ip| !ip.is_unspecified()));
         let groups_served = Groups::new(config.identity.clone());
         let identity = config.identity.clone();
         let (groups, listener) = runtime.block_on(async {
@@ -488,7 +493,7 @@ impl Inner {
             }
             let committed = m.local_committed.map_or(0, |l| l.index);
             let applied = m.last_applied.map_or(0, |l| l.index);
-            if applied + CAUGHT_UP_ENTRIES < committed {
+            if applied < committed {
                 return Err(format!("shard {i}: catching up ({applied} of {committed} entries applied)"));
             }
         }

@@ -297,15 +297,19 @@ fn write_at(path: &std::path::Path, offset: u64, data: &[u8]) -> io::Result<()> 
 pub struct Peers {
     node: u64,
     secret: Arc<[u8]>,
+    /// The local address connections are made from (`HOST`, when it names one address).
+    source: Option<std::net::IpAddr>,
     /// By the peer's cluster address.
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     next_transfer: AtomicU64,
 }
 
 impl Peers {
-    /// The connections of node `node`, which proves `secret` to its peers.
-    pub fn new(node: u64, secret: Arc<[u8]>) -> Arc<Peers> {
-        Arc::new(Peers { node, secret, connections: Mutex::new(HashMap::new()), next_transfer: AtomicU64::new(1) })
+    /// The connections of node `node`, which proves `secret` to its peers and connects from `source` (any
+    /// local address when `None`).
+    pub fn new(node: u64, secret: Arc<[u8]>, source: Option<std::net::IpAddr>) -> Arc<Peers> {
+        let connections = Mutex::new(HashMap::new());
+        Arc::new(Peers { node, secret, source, connections, next_transfer: AtomicU64::new(1) })
     }
 
     /// The network of shard `shard`'s group.
@@ -320,7 +324,7 @@ impl Peers {
                 return Ok(c.clone());
             }
         }
-        let c = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(addr, self.node, &self.secret))
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(addr, self.source, self.node, &self.secret))
             .await
             .map_err(|_| Unreachable::from_string(format!("connecting to {addr} timed out")))?
             .map_err(|e| Unreachable::from_string(format!("connecting to {addr}: {e}")))?;
@@ -390,8 +394,20 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(addr: &str, node: u64, secret: &[u8]) -> io::Result<Connection> {
-        let stream = TcpStream::connect(addr).await?;
+    async fn open(addr: &str, source: Option<std::net::IpAddr>, node: u64, secret: &[u8]) -> io::Result<Connection> {
+        let stream = match source {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let target =
+                    tokio::net::lookup_host(addr).await?.find(|t| t.is_ipv4() == ip.is_ipv4()).ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{addr} has no address like {ip}"))
+                    })?;
+                let socket =
+                    if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(target).await?
+            }
+        };
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
         let Frame::Challenge(challenge) = read_frame(&mut r, MAX_HANDSHAKE_FRAME).await? else {

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test file uses a different part of this module
 //! Real `shale` processes forming a cluster on loopback: start, init, find a shard's leader, kill, stop, restart.
 //! Every wait is bounded in time.
 
@@ -10,9 +11,14 @@ use crate::common::{client, temp_dir, BinaryServer, Shale};
 /// How long a cluster may take to form, elect or catch up before a test gives up.
 pub const SETTLE: Duration = Duration::from_secs(60);
 
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
+/// A free TCP port on loopback address `ip` (bound, then released).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).expect("a free port").local_addr().unwrap().port()
+}
+
+/// Node `i`'s own loopback address, so that rules on addresses can cut it off (the test talks from 127.0.0.1).
+fn node_ip(i: usize) -> String {
+    format!("127.0.0.{}", 10 + i)
 }
 
 /// Nodes of one cluster, each a `shale` process with its own data dir and cluster port.
@@ -29,7 +35,7 @@ pub struct TestCluster {
 impl TestCluster {
     /// `n` nodes whose `JOIN` lists all of them, with `env` added to each (not started).
     pub fn new(n: usize, env: &[(&str, &str)]) -> TestCluster {
-        let cluster_addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let cluster_addrs: Vec<String> = (0..n).map(|i| format!("{}:{}", node_ip(i), free_port(&node_ip(i)))).collect();
         TestCluster {
             nodes: (0..n).map(|_| None).collect(),
             dirs: (0..n).map(|_| temp_dir()).collect(),
@@ -50,7 +56,8 @@ impl TestCluster {
 
     /// Adds a node with a fresh data dir whose `JOIN` lists the first nodes (not started); its index.
     pub fn add_node(&mut self) -> usize {
-        self.cluster_addrs.push(format!("127.0.0.1:{}", free_port()));
+        let i = self.nodes.len();
+        self.cluster_addrs.push(format!("{}:{}", node_ip(i), free_port(&node_ip(i))));
         self.dirs.push(temp_dir());
         self.nodes.push(None);
         self.nodes.len() - 1
@@ -62,6 +69,7 @@ impl TestCluster {
         let addr = &self.cluster_addrs[i];
         let port = addr.rsplit_once(':').unwrap().1;
         let mut s = Shale::serve(self.dirs[i].path())
+            .env("HOST", node_ip(i))
             .env("NODE_ADDR", addr)
             .env("CLUSTER_PORT", port)
             .env("JOIN", &self.join)
@@ -208,6 +216,55 @@ impl TestCluster {
                 Some(next) => after = next.to_string(),
                 None => return out,
             }
+        }
+    }
+}
+
+/// Rules that drop every packet between one node and the others, removed on drop (the heal).
+pub struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl TestCluster {
+    /// Cuts node `i` off from every other node (each direction dropped by iptables), leaving the test's own
+    /// connections to it alone. `None` when iptables cannot be used here (not root, no iptables).
+    pub fn isolate(&self, i: usize) -> Option<Partition> {
+        let usable = std::process::Command::new("iptables").args(["-L", "INPUT", "-n"]).output();
+        if !usable.is_ok_and(|o| o.status.success()) {
+            return None;
+        }
+        let mut rules = Vec::new();
+        for j in (0..self.nodes.len()).filter(|&j| j != i) {
+            for (from, to) in [(node_ip(i), node_ip(j)), (node_ip(j), node_ip(i))] {
+                let rule: Vec<String> = [
+                    "INPUT",
+                    "-s",
+                    &from,
+                    "-d",
+                    &to,
+                    "-j",
+                    "DROP",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "shale-test-partition",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                let added = std::process::Command::new("iptables").arg("-I").args(&rule).status();
+                assert!(added.is_ok_and(|s| s.success()), "iptables -I {rule:?}");
+                rules.push(rule);
+            }
+        }
+        Some(Partition { rules })
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = std::process::Command::new("iptables").arg("-D").args(rule).status();
         }
     }
 }
