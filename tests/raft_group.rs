@@ -14,7 +14,7 @@ use openraft::Config;
 use shale::cluster::log::RaftLog;
 use shale::cluster::service::Identity;
 use shale::cluster::state::ShardState;
-use shale::cluster::transport::{serve, Groups, Peers};
+use shale::cluster::transport::{serve, Groups, Peers, Security};
 use shale::cluster::types::{Applied, NodeAddr, Proposal, ShardRaft};
 use shale::command::{Command, EtagMatch, Precondition, Reply, Space};
 use shale::engine::durability::Log;
@@ -40,6 +40,17 @@ struct Replica {
 
 /// Starts (or restarts) replica `id` on `dir`, its cluster port at `addr` (any free port when `None`).
 async fn start(id: u64, dir: &Path, addr: Option<SocketAddr>, secret: &[u8]) -> Replica {
+    start_with(id, dir, addr, secret, None).await
+}
+
+/// [`start`], its cluster port speaking TLS with `tls` when given.
+async fn start_with(
+    id: u64,
+    dir: &Path,
+    addr: Option<SocketAddr>,
+    secret: &[u8],
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Replica {
     let store = Store::open(dir.join("shard-0.redb"), ShardId(0), 1 << 20, Log::Off).expect("the shard file");
     let readiness = Readiness::new(1);
     let options = ShardOptions::from_config(&shale::Config::for_test(dir));
@@ -63,13 +74,14 @@ async fn start(id: u64, dir: &Path, addr: Option<SocketAddr>, secret: &[u8]) -> 
     };
     let config = Arc::new(config.validate().expect("a valid config"));
     let secret: Arc<[u8]> = secret.into();
-    let peers = Peers::new(id, secret.clone(), None);
+    let security = Security::new(secret.clone(), tls);
+    let peers = Peers::new(id, security.clone(), None);
     let raft = Raft::new(id, config, peers.network(0), log, state).await.expect("a Raft node");
     let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("a port");
     let addr = listener.local_addr().unwrap();
     let groups = Groups::new(Identity::new(id, NodeAddr::default(), None));
     groups.insert(0, raft.clone(), snapshots);
-    let serving = tokio::spawn(serve(listener, groups, secret));
+    let serving = tokio::spawn(serve(listener, groups, security));
     Replica { raft, handle, worker, addr, serving }
 }
 
@@ -180,6 +192,53 @@ async fn three_replicas_agree_and_a_restarted_one_catches_up_from_a_snapshot() {
     assert_eq!(value(&back, "k"), Some((b"one".to_vec(), rev)));
     replicas.insert(down, back);
     for (_, r) in std::mem::take(&mut replicas) {
+        stop(r).await;
+    }
+}
+
+/// A self-signed certificate of its own for each node (the secret, not the certificate, authenticates peers).
+fn node_certificate(dir: &Path) -> Arc<rustls::ServerConfig> {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, signing_key.serialize_pem()).unwrap();
+    Arc::new(shale::api::tls::server_config(&c, &k).expect("a server config"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_agree_over_tls_and_a_node_without_the_secret_is_refused_there_too() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = BTreeMap::new();
+    for (i, dir) in dirs.iter().take(3).enumerate() {
+        let id = i as u64 + 1;
+        replicas.insert(id, start_with(id, dir.path(), None, SECRET, Some(node_certificate(dir.path()))).await);
+    }
+    replicas[&1].raft.initialize(members(&replicas)).await.expect("initialized");
+    let leader = replicas[&1].raft.wait(WAIT).metrics(|m| m.current_leader.is_some(), "a leader").await.unwrap();
+    let leader = leader.current_leader.unwrap();
+    let w = write(&replicas[&leader].raft, 1, put("k", "over tls", Precondition::NONE)).await;
+    for r in replicas.values() {
+        r.raft.wait(WAIT).applied_index_at_least(Some(w.log_id.index), "applied").await.unwrap();
+        assert_eq!(value(r, "k").map(|(v, _)| v), Some(b"over tls".to_vec()));
+    }
+    // The port speaks TLS: a plain connection gets no challenge (the node waits for a TLS ClientHello).
+    {
+        use tokio::io::AsyncReadExt;
+        let mut plain = tokio::net::TcpStream::connect(replicas[&1].addr).await.unwrap();
+        let mut buf = [0u8; 4];
+        let got = tokio::time::timeout(Duration::from_millis(300), plain.read(&mut buf)).await;
+        assert!(!matches!(got, Ok(Ok(n)) if n > 0), "a plain-text challenge on a TLS port: {got:?}");
+    }
+    // A node with TLS but another secret cannot join: added as a learner, it never receives the entries.
+    let outsider = start_with(4, dirs[3].path(), None, b"another secret", Some(node_certificate(dirs[3].path()))).await;
+    let node = NodeAddr { cluster: outsider.addr.to_string(), api: String::new() };
+    replicas[&leader].raft.add_learner(4, node, false).await.expect("a learner entry");
+    let caught =
+        outsider.raft.wait(Some(Duration::from_secs(3))).applied_index_at_least(Some(w.log_id.index), "x").await;
+    assert!(caught.is_err(), "a node without the secret received the log");
+    stop(outsider).await;
+    for (_, r) in replicas {
         stop(r).await;
     }
 }

@@ -26,7 +26,7 @@ use crate::cluster::log::RaftLog;
 use crate::cluster::reads::ReadIndexes;
 use crate::cluster::service::{self, leader_of, Identity, Refused, Request, Response};
 use crate::cluster::state::{Group, ShardState};
-use crate::cluster::transport::{serve, Groups, Peers};
+use crate::cluster::transport::{serve, Groups, Peers, Security};
 use crate::cluster::types::ClusterId;
 use crate::cluster::writes::{ReplicatedWrites, Route};
 use crate::error::{Error, Result};
@@ -58,6 +58,8 @@ pub struct ClusterConfig {
     pub replicas: u32,
     /// `CLUSTER_SECRET`.
     pub secret: Vec<u8>,
+    /// This node's certificate (`TLS_CERT`/`TLS_KEY`): the cluster port speaks TLS when it is set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `REQUEST_TIMEOUT_MS`.
     pub timeout: Duration,
     /// Where each shard's Raft log and snapshots live.
@@ -107,13 +109,13 @@ impl Cluster {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io::Error::other)?);
-        let secret: Arc<[u8]> = config.secret.clone().into();
+        let security = Security::new(config.secret.clone().into(), config.tls.clone());
         // Connections to peers leave from the address the node listens on, when it names one.
         let source = config
             .listen
             .rsplit_once(':')
             .and_then(|(host, _)| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok());
-        let peers = Peers::new(config.identity.node(), secret.clone(), source.filter(|ip| !ip.is_unspecified()));
+        let peers = Peers::new(config.identity.node(), security.clone(), source.filter(|ip| !ip.is_unspecified()));
         let groups_served = Groups::new(config.identity.clone());
         let identity = config.identity.clone();
         let (groups, listener) = runtime.block_on(async {
@@ -133,7 +135,7 @@ impl Cluster {
             io::Result::Ok((groups, listener))
         })?;
         let addr = listener.local_addr()?;
-        runtime.spawn(serve(listener, groups_served, secret));
+        runtime.spawn(serve(listener, groups_served, security));
 
         let initialised = {
             let identity = identity.clone();

@@ -2,8 +2,13 @@
 //! frames name the shard.
 //!
 //! # Connection
-//! Frames are `[length: u32 LE][postcard body]`, at most [`MAX_FRAME`] bytes. The accepting node first sends a
-//! random challenge; the connecting node answers with its node id and HMAC-SHA256(`CLUSTER_SECRET`, challenge).
+//! Plain TCP, or TLS with the node's `TLS_CERT`/`TLS_KEY` when they are set. Frames are `[length: u32 LE]
+//! [postcard body]`, at most [`MAX_FRAME`] bytes. Both sides prove `CLUSTER_SECRET`: the accepting node sends a
+//! random challenge; the connecting node answers with its node id, HMAC-SHA256(secret, "client" ‖ challenge ‖
+//! binding) and a challenge of its own; the accepting node answers HMAC-SHA256(secret, "server" ‖ that
+//! challenge ‖ binding). Under TLS the binding is keying material exported from the TLS session (RFC 5705), so a
+//! proof is good for that session only: a man in the middle, who holds two sessions, cannot relay it. That is
+//! why a TLS client accepts any certificate here: the secret, not a certificate authority, authenticates peers.
 //! A wrong proof closes the connection (and is logged) before any frame reaches a Raft group. Then the connecting
 //! node sends requests, each with an id and a shard, and the accepting node answers each one when its group has,
 //! in any order (one task per request, so a slow snapshot install never holds up heartbeats).
@@ -32,8 +37,7 @@ use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::OptionalSend;
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -54,7 +58,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Frame {
     Challenge([u8; 32]),
-    Hello { node: u64, proof: [u8; 32] },
+    Hello { node: u64, proof: [u8; 32], challenge: [u8; 32] },
+    Welcome { proof: [u8; 32] },
     Request { id: u64, shard: u32, rpc: Rpc },
     Response { id: u64, reply: Result<Reply, String> },
 }
@@ -89,7 +94,7 @@ enum Reply {
     Service(Response),
 }
 
-async fn write_frame(w: &mut OwnedWriteHalf, frame: &Frame) -> io::Result<()> {
+async fn write_frame(w: &mut Writer, frame: &Frame) -> io::Result<()> {
     let body = postcard::to_allocvec(frame).map_err(|e| io::Error::other(format!("encoding a frame: {e}")))?;
     if body.len() > MAX_FRAME {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a {} byte frame", body.len())));
@@ -101,7 +106,7 @@ async fn write_frame(w: &mut OwnedWriteHalf, frame: &Frame) -> io::Result<()> {
 }
 
 /// Reads one frame of at most `max` bytes.
-async fn read_frame(r: &mut OwnedReadHalf, max: usize) -> io::Result<Frame> {
+async fn read_frame(r: &mut Reader, max: usize) -> io::Result<Frame> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -113,11 +118,131 @@ async fn read_frame(r: &mut OwnedReadHalf, max: usize) -> io::Result<Frame> {
     postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a bad frame: {e}")))
 }
 
-/// HMAC-SHA256(`secret`, `challenge`).
-fn proof(secret: &[u8], challenge: &[u8; 32]) -> [u8; 32] {
+/// HMAC-SHA256(`secret`, `role` ‖ `challenge` ‖ `binding`).
+fn proof(secret: &[u8], role: &[u8], challenge: &[u8; 32], binding: &[u8; 32]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(role);
     mac.update(challenge);
+    mac.update(binding);
     mac.finalize().into_bytes().into()
+}
+
+fn proven(given: &[u8; 32], expected: &[u8; 32]) -> bool {
+    bool::from(subtle::ConstantTimeEq::ct_eq(&given[..], &expected[..]))
+}
+
+fn random_challenge() -> io::Result<[u8; 32]> {
+    crate::random::os_bytes::<32>().ok_or_else(|| io::Error::other("no randomness for a challenge"))
+}
+
+// ---- streams ----
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The label of the keying material a TLS session exports for the proofs.
+const BINDING_LABEL: &[u8] = b"EXPORTER-shale-cluster-port";
+
+/// How the cluster port's connections are secured: the secret both sides prove, and TLS when it is on.
+#[derive(Clone)]
+pub struct Security {
+    secret: Arc<[u8]>,
+    tls: Option<(tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector)>,
+}
+
+impl Security {
+    /// Proving `secret`, over TLS with `server` (this node's certificate) when it is given.
+    pub fn new(secret: Arc<[u8]>, server: Option<Arc<rustls::ServerConfig>>) -> Security {
+        let tls = server.map(|server| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            (tokio_rustls::TlsAcceptor::from(server), tokio_rustls::TlsConnector::from(Arc::new(client)))
+        });
+        Security { secret, tls }
+    }
+
+    /// The accepting side of a new connection: its halves and the session's binding.
+    async fn accept(&self, stream: TcpStream) -> io::Result<(Reader, Writer, [u8; 32])> {
+        stream.set_nodelay(true)?;
+        match &self.tls {
+            None => plain(stream),
+            Some((acceptor, _)) => {
+                let tls = acceptor.accept(stream).await?;
+                let binding = export(tls.get_ref().1)?;
+                let (r, w) = tokio::io::split(tls);
+                Ok((Box::new(r), Box::new(w), binding))
+            }
+        }
+    }
+
+    /// The connecting side of a new connection.
+    async fn connect(&self, stream: TcpStream) -> io::Result<(Reader, Writer, [u8; 32])> {
+        stream.set_nodelay(true)?;
+        match &self.tls {
+            None => plain(stream),
+            Some((_, connector)) => {
+                let name = rustls::pki_types::ServerName::try_from("shale-node").expect("a valid name");
+                let tls = connector.connect(name, stream).await?;
+                let binding = export(tls.get_ref().1)?;
+                let (r, w) = tokio::io::split(tls);
+                Ok((Box::new(r), Box::new(w), binding))
+            }
+        }
+    }
+}
+
+fn plain(stream: TcpStream) -> io::Result<(Reader, Writer, [u8; 32])> {
+    let (r, w) = stream.into_split();
+    Ok((Box::new(r), Box::new(w), [0; 32]))
+}
+
+fn export<D>(session: &rustls::ConnectionCommon<D>) -> io::Result<[u8; 32]> {
+    session.export_keying_material([0u8; 32], BINDING_LABEL, None).map_err(io::Error::other)
+}
+
+/// Accepts any server certificate, checking only that the server holds its key: peers are authenticated by the
+/// secret bound to the session (see the module's doc), not by a certificate authority.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 // ---- the accepting side ----
@@ -151,8 +276,8 @@ impl Groups {
 }
 
 /// Accepts cluster connections on `listener` until the task is dropped, serving `groups` to peers that prove
-/// `secret`. Dropping it also closes every connection it accepted.
-pub async fn serve(listener: TcpListener, groups: Groups, secret: Arc<[u8]>) {
+/// the secret of `security`. Dropping it also closes every connection it accepted.
+pub async fn serve(listener: TcpListener, groups: Groups, security: Security) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -167,31 +292,32 @@ pub async fn serve(listener: TcpListener, groups: Groups, secret: Arc<[u8]>) {
                 continue;
             }
         };
-        let (groups, secret) = (groups.clone(), secret.clone());
+        let (groups, security) = (groups.clone(), security.clone());
         connections.spawn(async move {
-            if let Err(e) = serve_connection(stream, peer, groups, secret).await {
+            if let Err(e) = serve_connection(stream, peer, groups, security).await {
                 tracing::debug!(%peer, error = %e, "cluster connection closed");
             }
         });
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, groups: Groups, secret: Arc<[u8]>) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (mut r, mut w) = stream.into_split();
-    let challenge = crate::random::os_bytes::<32>().ok_or_else(|| io::Error::other("no randomness for a challenge"))?;
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, groups: Groups, security: Security) -> io::Result<()> {
+    let (mut r, mut w, binding) =
+        tokio::time::timeout(CONNECT_TIMEOUT, security.accept(stream)).await.map_err(|_| timed_out())??;
+    let secret = &security.secret;
+    let challenge = random_challenge()?;
     write_frame(&mut w, &Frame::Challenge(challenge)).await?;
     let hello = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut r, MAX_HANDSHAKE_FRAME))
         .await
         .map_err(|_| timed_out())??;
-    let Frame::Hello { node, proof: given } = hello else {
+    let Frame::Hello { node, proof: given, challenge: theirs } = hello else {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "no hello"));
     };
-    let expected = proof(&secret, &challenge);
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(&given[..], &expected[..])) {
+    if !proven(&given, &proof(secret, b"client", &challenge, &binding)) {
         tracing::warn!(%peer, node, "refused a cluster connection: it does not know CLUSTER_SECRET");
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, "bad cluster secret"));
     }
+    write_frame(&mut w, &Frame::Welcome { proof: proof(secret, b"server", &theirs, &binding) }).await?;
     // Answers go out through one writer task, in the order they are ready.
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let writer = tokio::spawn(async move {
@@ -296,7 +422,7 @@ fn write_at(path: &std::path::Path, offset: u64, data: &[u8]) -> io::Result<()> 
 /// This node's connections to its peers, one per peer, shared by every shard's group.
 pub struct Peers {
     node: u64,
-    secret: Arc<[u8]>,
+    security: Security,
     /// The local address connections are made from (`HOST`, when it names one address).
     source: Option<std::net::IpAddr>,
     /// By the peer's cluster address.
@@ -305,11 +431,11 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// The connections of node `node`, which proves `secret` to its peers and connects from `source` (any
-    /// local address when `None`).
-    pub fn new(node: u64, secret: Arc<[u8]>, source: Option<std::net::IpAddr>) -> Arc<Peers> {
+    /// The connections of node `node`, secured by `security`, made from `source` (any local address when
+    /// `None`).
+    pub fn new(node: u64, security: Security, source: Option<std::net::IpAddr>) -> Arc<Peers> {
         let connections = Mutex::new(HashMap::new());
-        Arc::new(Peers { node, secret, source, connections, next_transfer: AtomicU64::new(1) })
+        Arc::new(Peers { node, security, source, connections, next_transfer: AtomicU64::new(1) })
     }
 
     /// The network of shard `shard`'s group.
@@ -324,7 +450,7 @@ impl Peers {
                 return Ok(c.clone());
             }
         }
-        let c = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(addr, self.source, self.node, &self.secret))
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(addr, self.source, self.node, &self.security))
             .await
             .map_err(|_| Unreachable::from_string(format!("connecting to {addr} timed out")))?
             .map_err(|e| Unreachable::from_string(format!("connecting to {addr}: {e}")))?;
@@ -394,7 +520,12 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(addr: &str, source: Option<std::net::IpAddr>, node: u64, secret: &[u8]) -> io::Result<Connection> {
+    async fn open(
+        addr: &str,
+        source: Option<std::net::IpAddr>,
+        node: u64,
+        security: &Security,
+    ) -> io::Result<Connection> {
         let stream = match source {
             None => TcpStream::connect(addr).await?,
             Some(ip) => {
@@ -408,12 +539,22 @@ impl Connection {
                 socket.connect(target).await?
             }
         };
-        stream.set_nodelay(true)?;
-        let (mut r, mut w) = stream.into_split();
+        let (mut r, mut w, binding) = security.connect(stream).await?;
+        let secret = &security.secret;
         let Frame::Challenge(challenge) = read_frame(&mut r, MAX_HANDSHAKE_FRAME).await? else {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "no challenge"));
         };
-        write_frame(&mut w, &Frame::Hello { node, proof: proof(secret, &challenge) }).await?;
+        let ours = random_challenge()?;
+        let hello = Frame::Hello { node, proof: proof(secret, b"client", &challenge, &binding), challenge: ours };
+        write_frame(&mut w, &hello).await?;
+        // The peer proves the secret too, before anything it says is believed.
+        let Frame::Welcome { proof: given } = read_frame(&mut r, MAX_HANDSHAKE_FRAME).await? else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "no welcome"));
+        };
+        if !proven(&given, &proof(secret, b"server", &ours, &binding)) {
+            tracing::warn!(%addr, "refused a cluster peer: it does not know CLUSTER_SECRET");
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer does not know the cluster secret"));
+        }
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
