@@ -218,6 +218,10 @@ fn start_cluster(
         join: config.join.clone(),
         replicas: config.replicas,
         secret: config.cluster_secret.clone().unwrap_or_default().into_bytes(),
+        tls: match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::api::tls::server_config(cert, key)?)),
+            _ => None,
+        },
         timeout: config.request_timeout(),
         data_dir: config.data_dir.clone(),
         queue_depth: config.queue_depth,
