@@ -36,11 +36,11 @@ use crate::placement::ShardId;
 use crate::shard::ShardHandle;
 
 /// Raft's heartbeat, in milliseconds.
-const HEARTBEAT_MS: u64 = 150;
+const HEARTBEAT_MS: u64 = 100;
 /// A follower that hears no leader for a random time in this range, in milliseconds, starts an election.
-/// Several times the heartbeat, so a loaded 2-core machine does not elect needlessly; short enough that a dead
-/// leader is replaced within about two seconds.
-const ELECTION_TIMEOUT_MS: (u64, u64) = (1000, 2000);
+/// Seven heartbeats or more, so a loaded 2-core machine does not elect needlessly; short enough that a dead
+/// leader is replaced within about a second and a half.
+const ELECTION_TIMEOUT_MS: (u64, u64) = (700, 1400);
 /// A learner this close to the leader's last entry is caught up and may become a voter.
 const CAUGHT_UP_ENTRIES: u64 = 100;
 /// How often a joining node asks again, and a leader looks for learners to promote.

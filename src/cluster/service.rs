@@ -9,11 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::StreamExt;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::impls::ProgressResponder;
-use openraft::raft::ClientWriteResult;
 use openraft::{ChangeMembers, ReadPolicy};
 
 use crate::cluster::state::Group;
@@ -128,10 +126,10 @@ fn not_leader(group: &Group) -> Refused {
     Refused::NotLeader(leader_of(group).filter(|(id, _)| id != group.node_id()))
 }
 
-/// The outcome a write's responder reports.
-pub fn outcome(result: ClientWriteResult<ShardRaft>) -> Outcome {
+/// The outcome of one write of a batch.
+fn outcome(result: openraft::raft::WriteResult<ShardRaft>) -> Outcome {
     match result {
-        Ok(response) => Ok(response.data),
+        Ok(response) => Ok(response.response),
         Err(ClientWriteError::ForwardToLeader(f)) => {
             Err(Refused::NotLeader(f.leader_id.zip(f.leader_node).filter(|(_, n)| !n.cluster.is_empty())))
         }
@@ -142,28 +140,30 @@ pub fn outcome(result: ClientWriteResult<ShardRaft>) -> Outcome {
     }
 }
 
-/// Proposes `proposals` to `group`, in order, before returning: each one's outcome arrives on its future. The
-/// order is the log's, so a client's pipelined writes to one shard apply in the order it sent them.
-pub async fn propose(group: &Group, proposals: Vec<Proposal>) -> Vec<BoxFuture<'static, Outcome>> {
-    let mut pending = Vec::with_capacity(proposals.len());
-    for proposal in proposals {
-        let (responder, answer) = ProgressResponder::<ShardRaft, ClientWriteResult<ShardRaft>>::complete_only();
-        match group.client_write_ff(proposal, Some(responder)).await {
-            Ok(()) => pending.push(
-                answer
-                    .map(|r| match r {
-                        Ok(result) => outcome(result),
-                        Err(_) => Err(Refused::Unknown("the leader stopped before answering".into())),
-                    })
-                    .boxed(),
-            ),
-            Err(fatal) => {
-                let failed = Err(Refused::Failed(format!("the shard's Raft group stopped: {fatal}")));
-                pending.push(futures_util::future::ready(failed).boxed());
+/// Proposes `proposals` to `group` as one batch, in order, before returning (one message to the Raft core); the
+/// returned future gives each one's outcome, in the same order. The order is the log's, so a client's pipelined
+/// writes to one shard apply in the order it sent them.
+pub async fn propose(group: &Group, proposals: Vec<Proposal>) -> BoxFuture<'static, Vec<Outcome>> {
+    let n = proposals.len();
+    let stopped = |why: String| vec![Err(Refused::Failed(format!("the shard's Raft group stopped: {why}"))); n];
+    match group.client_write_many(proposals).await {
+        Ok(mut results) => Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(n);
+            while let Some(result) = results.next().await {
+                outcomes.push(match result {
+                    Ok(result) => outcome(result),
+                    Err(fatal) => Err(Refused::Unknown(format!("the leader stopped: {fatal}"))),
+                });
             }
+            // A stream that ended early: the leader stopped before answering the rest.
+            outcomes.resize_with(n, || Err(Refused::Unknown("the leader stopped before answering".into())));
+            outcomes
+        }),
+        Err(fatal) => {
+            let failed = stopped(fatal.to_string());
+            Box::pin(futures_util::future::ready(failed))
         }
     }
-    pending
 }
 
 /// Confirms this replica's leadership with a majority (a read index, not a lease: no clock assumption) and
@@ -230,10 +230,7 @@ async fn membership_change(group: &Group, change: ChangeMembers<u64, NodeAddr>) 
 /// in its order before reading the next one: [`propose`]).
 pub async fn answer(group: &Group, identity: &Identity, request: Request) -> Response {
     match request {
-        Request::Write(proposals) => {
-            let pending = propose(group, proposals).await;
-            Response::Written(futures_util::future::join_all(pending).await)
-        }
+        Request::Write(proposals) => Response::Written(propose(group, proposals).await.await),
         Request::ReadIndex => Response::ReadIndex(read_index(group).await),
         Request::Join { node, addr, cluster } => {
             let ours = identity.cluster().map(|c| c.id);

@@ -346,7 +346,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, groups: Groups, s
             let tx = tx.clone();
             requests.spawn(async move {
                 let reply = match pending {
-                    Ok(pending) => Ok(Reply::Service(Response::Written(futures_util::future::join_all(pending).await))),
+                    Ok(pending) => Ok(Reply::Service(Response::Written(pending.await))),
                     Err(e) => Err(e),
                 };
                 let _ = tx.send(Frame::Response { id, reply });

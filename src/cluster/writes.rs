@@ -156,17 +156,24 @@ fn route_batch<'a>(shard: ShardId, route: &'a Route, writes: Vec<Queued>) -> Box
                     // Kept (a clone shares the value's bytes) to propose again if this replica is not yet, or no
                     // longer, the leader.
                     let proposals_again = proposals.clone();
-                    let pending = service::propose(&route.group, proposals).await;
-                    for ((w, proposal), outcome) in waiting.into_iter().zip(proposals_again).zip(pending) {
-                        tokio::spawn(settle(shard, route.clone(), w, proposal, outcome));
-                    }
+                    let outcomes = service::propose(&route.group, proposals).await;
+                    tokio::spawn(settle(shard, route.clone(), waiting, proposals_again, outcomes));
                     return;
                 }
                 Some((_, addr)) => {
                     let (proposals, waiting) = split(writes);
                     match route.peers.send(&addr.cluster, shard.0, Request::Write(proposals.clone())).await {
                         Ok(answer) => {
-                            tokio::spawn(settle_forwarded(shard, route.clone(), waiting, proposals, answer));
+                            let outcomes = Box::pin(async move {
+                                match answer.await {
+                                    Ok(Response::Written(outcomes)) => outcomes,
+                                    Ok(_) => vec![Err(Refused::Unknown("the leader answered another request".into()))],
+                                    Err(e) => {
+                                        vec![Err(Refused::Unknown(format!("the connection to the leader broke: {e}")))]
+                                    }
+                                }
+                            });
+                            tokio::spawn(settle(shard, route.clone(), waiting, proposals, outcomes));
                             return;
                         }
                         // Not sent: nothing was proposed, so the writes may go again.
@@ -201,31 +208,22 @@ fn join(proposals: Vec<Proposal>, waiting: Vec<Waiting>) -> Vec<Queued> {
         .collect()
 }
 
-/// Answers a write proposed to the local group when its outcome arrives (or its deadline passes).
-async fn settle(shard: ShardId, route: Route, w: Waiting, proposal: Proposal, outcome: BoxFuture<'static, Outcome>) {
-    let outcome = tokio::time::timeout_at(w.deadline.into(), outcome).await;
-    finish(shard, &route, w, Some(proposal), outcome.map_err(|_| ())).await;
-}
-
-/// Answers the writes of one forwarded request when its answer arrives.
-async fn settle_forwarded(
+/// Answers a batch of writes when their outcomes arrive (from the local group or the leader they were sent to),
+/// or as timed out when the batch's deadline passes first.
+async fn settle(
     shard: ShardId,
     route: Route,
     waiting: Vec<Waiting>,
     proposals: Vec<Proposal>,
-    answer: BoxFuture<'static, std::io::Result<Response>>,
+    outcomes: BoxFuture<'static, Vec<Outcome>>,
 ) {
     let deadline = waiting.iter().map(|w| w.deadline).max().unwrap_or_else(Instant::now);
-    let outcomes = match tokio::time::timeout_at(deadline.into(), answer).await {
-        Ok(Ok(Response::Written(outcomes))) if outcomes.len() == waiting.len() => {
-            outcomes.into_iter().map(Ok).collect()
-        }
-        Ok(Ok(_)) => vec![Ok(Err(Refused::Unknown("the leader answered another request".into()))); waiting.len()],
-        Ok(Err(e)) => {
-            vec![Ok(Err(Refused::Unknown(format!("the connection to the leader broke: {e}")))); waiting.len()]
-        }
-        Err(_) => vec![Err(()); waiting.len()],
+    let outcomes = match tokio::time::timeout_at(deadline.into(), outcomes).await {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(_) => Vec::new(),
     };
+    // Too few outcomes (a timeout, or an answer that does not match the request): the rest are unknown.
+    let outcomes = outcomes.into_iter().chain(std::iter::repeat_with(|| Err(())));
     for ((w, proposal), outcome) in waiting.into_iter().zip(proposals).zip(outcomes) {
         finish(shard, &route, w, Some(proposal), outcome).await;
     }
