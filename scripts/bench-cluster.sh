@@ -19,7 +19,7 @@
 #                       DURABILITY=immediate), formed by `shale cluster init` against node 1 and ready once
 #                       /readyz answers 200 on all three; every load goes to node 1. Skipped, with the reason,
 #                       when a node does not start, init fails, or a node is not ready within 120 s.
-# Loads (wrk -t2, keep-alive, the Lua scripts of scripts/lib/bench.sh and bench-compare.sh's etcd script):
+# Loads (wrk -t2, keep-alive, the Lua scripts of scripts/lib/bench.sh, etcd's as bench-compare.sh drives it):
 #   BENCH_KEYS keys (default 100000) preloaded into etcd and both shales, 32-byte values, uniform random keys:
 #   PUT -c256, PUT -c64    durable PUT replacing a preloaded key (etcd: put); the -c64 row gives the p99
 #   GET -c256              shale x1: cached GET; shale x3: linearizable GET (plain GET /kv/{key});
@@ -107,25 +107,6 @@ for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
-# start_soft NAME CMD...: like `start` (lib/bench.sh), but returns 1 instead of exiting when CMD prints no
-# LISTENING line within 60 s.
-start_soft() {
-    local name=$1 i
-    shift
-    : >"$TMP/$name.out"
-    : >"$TMP/$name.err"
-    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    for ((i = 0; i < 6000; i++)); do
-        ADDR=$(sed -n 's/^LISTENING //p' "$TMP/$name.out" | head -n1)
-        [[ -n "$ADDR" ]] && return 0
-        kill -0 "$LAST_PID" 2>/dev/null || break
-        sleep 0.01
-    done
-    return 1
-}
-
 # first_ack_ms T0_NS CMD...: from T0_NS (date +%s%N) on, starts CMD (which prints an HTTP status, and gives up
 # after FAILOVER_ATTEMPT_SECONDS) in the background every ~20 ms until one attempt answers 2xx or FAILOVER_SECONDS
 # have passed; prints the milliseconds from T0_NS to the first 2xx answer, or "none". Attempts overlap, so one
@@ -151,16 +132,7 @@ rat() {
 
 # ---- binaries and tools ------------------------------------------------------------------------------------------
 need wrk wrk || die "wrk is needed"
-HAVE_ETCD=1
-ETCD_NOTE=""
-if [[ -n "${NO_ETCD:-}" ]]; then
-    HAVE_ETCD=0
-    ETCD_NOTE="etcd skipped (NO_ETCD set)"
-elif ! need etcd etcd-server; then
-    HAVE_ETCD=0
-    ETCD_NOTE="etcd not measured: apt-get install etcd-server failed here"
-    log "$ETCD_NOTE"
-fi
+etcd_check
 HAVE_CLUSTER=1
 CLUSTER_NOTE=""
 if [[ -n "${NO_SHALE_CLUSTER:-}" ]]; then
@@ -183,87 +155,8 @@ write_lua
 sed 's/return wrk.format("GET", get_prefix .. k, nil, nil)/return wrk.format("GET", get_prefix .. k .. "?consistency=stale", nil, nil)/' \
     "$TMP/load.lua" >"$TMP/stale.lua"
 grep -q 'consistency=stale' "$TMP/stale.lua" || die "could not derive stale.lua from load.lua"
-
-# ---- etcd's Lua scripts (bench-compare.sh's, with a serializable range) ----
-B64_LUA='local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-local function b64(s)
-  local out = {}
-  for p = 1, #s, 3 do
-    local a, b, c = s:byte(p, p + 2)
-    local v = a * 65536 + (b or 0) * 256 + (c or 0)
-    local c1, c2, c3, c4 = math.floor(v / 262144) % 64, math.floor(v / 4096) % 64, math.floor(v / 64) % 64, v % 64
-    out[#out + 1] = alphabet:sub(c1 + 1, c1 + 1) .. alphabet:sub(c2 + 1, c2 + 1) ..
-      (b and alphabet:sub(c3 + 1, c3 + 1) or "=") .. (c and alphabet:sub(c4 + 1, c4 + 1) or "=")
-  end
-  return table.concat(out)
-end'
-# etcd.lua: args mode (put | get | sget: a serializable range), key count, value bytes: random keys k0..k{N-1};
-# load.lua's RESULT line.
-cat >"$TMP/etcd.lua" <<EOF
-$B64_LUA
-local next_id = 1
-function setup(thread)
-  thread:set("id", next_id)
-  next_id = next_id + 1
-end
-function init(args)
-  mode = args[1]
-  n = tonumber(args[2])
-  value = b64(string.rep("v", tonumber(args[3])))
-  math.randomseed(7919 * id + 17)
-  headers = { ["Content-Type"] = "application/json" }
-end
-function request()
-  local k = b64("k" .. math.random(0, n - 1))
-  if mode == "put" then
-    return wrk.format("POST", "/v3/kv/put", headers, '{"key":"' .. k .. '","value":"' .. value .. '"}')
-  elseif mode == "sget" then
-    return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. k .. '","serializable":true}')
-  end
-  return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. k .. '"}')
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %.1f %d %d %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
-end
-EOF
-# etcdload.lua: args key count, value bytes, done file, threads: thread t PUTs k(t-1), k(t-1+T), ... once each,
-# then writes a line to the done file and repeats its last key until stopped (SIGINT).
-cat >"$TMP/etcdload.lua" <<EOF
-$B64_LUA
-local next_id = 0
-function setup(thread)
-  thread:set("id", next_id)
-  next_id = next_id + 1
-end
-function init(args)
-  n = tonumber(args[1])
-  value = b64(string.rep("v", tonumber(args[2])))
-  done_file = args[3]
-  step = tonumber(args[4])
-  i = id
-  last = id
-  headers = { ["Content-Type"] = "application/json" }
-  first = true
-end
-function request()
-  if first then
-    first = false
-    return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. b64("k0") .. '"}')
-  end
-  if i < n then
-    last = i
-    i = i + step
-    if i >= n then
-      local f = io.open(done_file, "a")
-      f:write("done\n")
-      f:close()
-    end
-  end
-  return wrk.format("POST", "/v3/kv/put", headers, '{"key":"' .. b64("k" .. last) .. '","value":"' .. value .. '"}')
-end
-EOF
+# etcd.lua (mode sget: a serializable range) and etcdload.lua.
+write_etcd_lua
 
 # ---- start everything ----
 shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
@@ -365,34 +258,7 @@ if ((HAVE_CLUSTER)); then
         stop_cluster
     fi
 fi
-etcd_count() {
-    curl -fsS --max-time 10 -X POST -H 'Content-Type: application/json' "http://${URL[etcd3]}/v3/kv/range" \
-        -d "{\"key\":\"$(printf k | base64)\",\"range_end\":\"$(printf l | base64)\",\"count_only\":true}" |
-        sed -n 's/.*"count":"\([0-9]*\)".*/\1/p'
-}
-if ((HAVE_ETCD)); then
-    got=0
-    for ((round = 1; round <= 3; round++)); do
-        log "preloading $KEYS keys into etcd x3, round $round"
-        : >"$TMP/etcdload.done"
-        t0=$(date +%s)
-        wrk -t2 -c256 -d600s --timeout 10s -s "$TMP/etcdload.lua" "http://${URL[etcd3]}" -- \
-            "$KEYS" "$VALUE" "$TMP/etcdload.done" 2 >"$TMP/etcdload.out" 2>&1 &
-        wpid=$!
-        PIDS+=("$wpid")
-        for ((i = 0; i < 6000; i++)); do
-            (($(wc -l <"$TMP/etcdload.done") >= 2)) && break
-            kill -0 "$wpid" 2>/dev/null || break
-            sleep 0.1
-        done
-        sleep 1
-        stop_pid "$wpid" INT
-        got=$(etcd_count || true)
-        log "etcd has ${got:-?} keys after $(($(date +%s) - t0)) s"
-        [[ "${got:-0}" == "$KEYS" ]] && break
-    done
-    [[ "${got:-0}" == "$KEYS" ]] || die "could not preload etcd"
-fi
+if ((HAVE_ETCD)); then etcd_load "${URL[etcd3]}" "$KEYS" "$VALUE" "etcd x3"; fi
 
 # ---- measurement ----
 # measure SYSTEM LOAD CONNS SECONDS: prints "rps p50_us p99_us status_errors io_errors".
@@ -463,32 +329,44 @@ done
 LOADS+=("$(loadavg)")
 
 # ---- failover: kill -9 a leader, time the next acknowledged write ----
-SHALE_FAILOVER="-" SHALE_FAILOVER_NOTE="" ETCD_FAILOVER="-" ETCD_FAILOVER_NOTE=""
+# FAILOVER[SYSTEM]: the milliseconds (or "-" when not measured, "none" when no write was acknowledged);
+# FAILOVER_NOTE[SYSTEM]: what was killed and written through, or why nothing was.
+declare -A FAILOVER=([shale3]=- [etcd3]=-) FAILOVER_NOTE=([shale3]="" [etcd3]="")
+# failover SYSTEM KILLED PID THROUGH ADDR PUT WRITE: when a write `PUT ADDR before` (PUT prints the HTTP status)
+# answers 2xx, kill -9 of PID, the leader (KILLED names it, e.g. "node 2 (leader of shard 0)"), then the time to
+# the first 2xx of `PUT ADDR after` (first_ack_ms), ADDR being a surviving node (THROUGH names it, WRITE the write).
+failover() {
+    local sys=$1 killed=$2 pid=$3 through=$4 addr=$5 put=$6 write=$7 t0
+    if [[ $("$put" "$addr" before) != 2[0-9][0-9] ]]; then
+        FAILOVER_NOTE[$sys]="a ${write%% *} to $through failed before the kill"
+        return
+    fi
+    log "kill -9 of $sys $killed, $write through $through"
+    t0=$(date +%s%N)
+    kill -KILL "$pid"
+    FAILOVER[$sys]=$(first_ack_ms "$t0" "$put" "$addr" after)
+    FAILOVER_NOTE[$sys]="$killed killed, $write through $through"
+}
 shale_put_status() {
     curl -s -o /dev/null --max-time "$FAILOVER_ATTEMPT_SECONDS" -w '%{http_code}' -X PUT --data-binary "$2" "http://$1/kv/$FAILOVER_KEY"
 }
 if ((HAVE_CLUSTER)); then
-    leader="" killed="" survivor=""
+    leader="" killed=""
     for ((i = 0; i < 50; i++)); do
         leader=$(cluster_leader_of_shard0 "http://${URL[shale3]}")
         [[ -n "$leader" ]] && break
         sleep 0.1
     done
     for i in 1 2 3; do [[ "$leader" == *":${CPORT[i]}" ]] && killed=$i; done
-    for i in 1 2 3; do [[ -z "$survivor" && -n "$killed" && $i != "$killed" ]] && survivor=$i; done
-    if [[ -z "$killed" ]]; then
-        SHALE_FAILOVER_NOTE="leader of shard 0 not found in /cluster/status (got \"$leader\"): $(curl -s --max-time 5 \
-            "http://${URL[shale3]}/cluster/status" | head -c 300 | tr '\n' ' ')"
-    elif [[ $(shale_put_status "127.0.0.1:${HPORT[survivor]}" before) != 2[0-9][0-9] ]]; then
-        SHALE_FAILOVER_NOTE="a PUT to node $survivor failed before the kill"
+    if [[ -n "$killed" ]]; then
+        survivor=$((killed == 1 ? 2 : 1))
+        failover shale3 "node $killed (leader of shard 0)" "${NODE_PID[killed]}" "node $survivor" \
+            "127.0.0.1:${HPORT[survivor]}" shale_put_status "PUT /kv/$FAILOVER_KEY"
     else
-        log "kill -9 of shale node $killed (leader of shard 0), writing $FAILOVER_KEY through node $survivor"
-        t0=$(date +%s%N)
-        kill -KILL "${NODE_PID[killed]}"
-        SHALE_FAILOVER=$(first_ack_ms "$t0" shale_put_status "127.0.0.1:${HPORT[survivor]}" after)
-        SHALE_FAILOVER_NOTE="node $killed (leader of shard 0) killed, PUT /kv/$FAILOVER_KEY through node $survivor"
+        FAILOVER_NOTE[shale3]="leader of shard 0 not found in /cluster/status (got \"$leader\"): $(curl -s --max-time 5 \
+            "http://${URL[shale3]}/cluster/status" | head -c 300 | tr '\n' ' ')"
     fi
-    log "shale x3 failover: $SHALE_FAILOVER ms; $SHALE_FAILOVER_NOTE"
+    log "shale x3 failover: ${FAILOVER[shale3]} ms; ${FAILOVER_NOTE[shale3]}"
 fi
 # etcd_status URL: "member_id leader_id" from the member's /v3/maintenance/status.
 etcd_status() {
@@ -500,24 +378,19 @@ etcd_put_status() {
         "http://$1/v3/kv/put" -d "{\"key\":\"$(printf failover | base64)\",\"value\":\"$(printf %s "$2" | base64)\"}"
 }
 if ((HAVE_ETCD)); then
-    killed="" survivor=""
+    killed=""
     for i in 1 2 3; do
         read -r member leader <<<"$(etcd_status "${ETCD_URL[i]}" || true)"
         [[ -n "${member:-}" && "$member" == "${leader:-}" ]] && killed=$i
     done
-    for i in 1 2 3; do [[ -z "$survivor" && -n "$killed" && $i != "$killed" ]] && survivor=$i; done
-    if [[ -z "$killed" ]]; then
-        ETCD_FAILOVER_NOTE="no member reported itself leader"
-    elif [[ $(etcd_put_status "${ETCD_URL[survivor]}" before) != 2[0-9][0-9] ]]; then
-        ETCD_FAILOVER_NOTE="a put to member $survivor failed before the kill"
+    if [[ -n "$killed" ]]; then
+        survivor=$((killed == 1 ? 2 : 1))
+        failover etcd3 "member $killed (leader)" "${ETCD_PID[killed]}" "member $survivor" "${ETCD_URL[survivor]}" \
+            etcd_put_status put
     else
-        log "kill -9 of etcd member $killed (leader), writing through member $survivor"
-        t0=$(date +%s%N)
-        kill -KILL "${ETCD_PID[killed]}"
-        ETCD_FAILOVER=$(first_ack_ms "$t0" etcd_put_status "${ETCD_URL[survivor]}" after)
-        ETCD_FAILOVER_NOTE="member $killed (leader) killed, put through member $survivor"
+        FAILOVER_NOTE[etcd3]="no member reported itself leader"
     fi
-    log "etcd x3 failover: $ETCD_FAILOVER ms; $ETCD_FAILOVER_NOTE"
+    log "etcd x3 failover: ${FAILOVER[etcd3]} ms; ${FAILOVER_NOTE[etcd3]}"
 fi
 
 # ---- table ----
@@ -610,12 +483,12 @@ echo
 echo "From kill -9 of a leader to the first acknowledged write through a surviving node (a write started every" \
     "~20 ms, each given up after ${FAILOVER_ATTEMPT_SECONDS} s, for at most ${FAILOVER_SECONDS} s):"
 if ((HAVE_CLUSTER)); then
-    echo "- shale x3: $SHALE_FAILOVER ms ($SHALE_FAILOVER_NOTE)"
+    echo "- shale x3: ${FAILOVER[shale3]} ms (${FAILOVER_NOTE[shale3]})"
 else
     echo "- shale x3: not measured (${CLUSTER_NOTE})"
 fi
 if ((HAVE_ETCD)); then
-    echo "- etcd x3: $ETCD_FAILOVER ms ($ETCD_FAILOVER_NOTE)"
+    echo "- etcd x3: ${FAILOVER[etcd3]} ms (${FAILOVER_NOTE[etcd3]})"
 else
     echo "- etcd x3: not measured ($ETCD_NOTE)"
 fi

@@ -237,107 +237,21 @@ fi
 
 need wrk wrk || die "wrk is needed"
 HAVE_REDIS=1
-HAVE_ETCD=1
-ETCD_NOTE=""
 if [[ -n "${NO_REDIS:-}" ]]; then
     HAVE_REDIS=0
 elif ! need redis-server redis-server || ! need redis-benchmark redis-tools; then
     HAVE_REDIS=0
     log "redis-server could not be installed: Redis rows skipped"
 fi
-if [[ -n "${NO_ETCD:-}" ]]; then
-    HAVE_ETCD=0
-    ETCD_NOTE="etcd skipped (NO_ETCD set)"
-elif ! need etcd etcd-server; then
-    HAVE_ETCD=0
-    ETCD_NOTE="etcd not measured: apt-get install etcd-server failed here"
-    log "$ETCD_NOTE"
-fi
+etcd_check
 build_bins ceiling
 write_lua
+write_etcd_lua
 
 # shale's cache charges key + 1 + record (10-byte header + value) + 48 per entry; the uncached instance gets a
 # quarter of what the whole data set weighs.
 DATA_WEIGHT=$(awk -v n="$KEYS" -v v="$VALUE" 'BEGIN { for (i = 0; i < n; i++) s += 1 + length("k" i) + 10 + v + 48; printf "%d", s }')
 UNCACHED_CACHE_BYTES=$((DATA_WEIGHT / 4))
-
-# ---- etcd's Lua scripts ----
-B64_LUA='local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-local function b64(s)
-  local out = {}
-  for p = 1, #s, 3 do
-    local a, b, c = s:byte(p, p + 2)
-    local v = a * 65536 + (b or 0) * 256 + (c or 0)
-    local c1, c2, c3, c4 = math.floor(v / 262144) % 64, math.floor(v / 4096) % 64, math.floor(v / 64) % 64, v % 64
-    out[#out + 1] = alphabet:sub(c1 + 1, c1 + 1) .. alphabet:sub(c2 + 1, c2 + 1) ..
-      (b and alphabet:sub(c3 + 1, c3 + 1) or "=") .. (c and alphabet:sub(c4 + 1, c4 + 1) or "=")
-  end
-  return table.concat(out)
-end'
-# etcd.lua: args mode (put | get), key count, value bytes: random keys k0..k{N-1}; load.lua's RESULT line.
-cat >"$TMP/etcd.lua" <<EOF
-$B64_LUA
-local next_id = 1
-function setup(thread)
-  thread:set("id", next_id)
-  next_id = next_id + 1
-end
-function init(args)
-  mode = args[1]
-  n = tonumber(args[2])
-  value = b64(string.rep("v", tonumber(args[3])))
-  math.randomseed(7919 * id + 17)
-  headers = { ["Content-Type"] = "application/json" }
-end
-function request()
-  local k = b64("k" .. math.random(0, n - 1))
-  if mode == "put" then
-    return wrk.format("POST", "/v3/kv/put", headers, '{"key":"' .. k .. '","value":"' .. value .. '"}')
-  end
-  return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. k .. '"}')
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %.1f %d %d %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
-end
-EOF
-# etcdload.lua: args key count, value bytes, done file, threads: thread t PUTs k(t-1), k(t-1+T), ... once each,
-# then writes a line to the done file and repeats its last key until stopped (SIGINT from etcd_load).
-cat >"$TMP/etcdload.lua" <<EOF
-$B64_LUA
-local next_id = 0
-function setup(thread)
-  thread:set("id", next_id)
-  next_id = next_id + 1
-end
-function init(args)
-  n = tonumber(args[1])
-  value = b64(string.rep("v", tonumber(args[2])))
-  done_file = args[3]
-  step = tonumber(args[4])
-  i = id
-  last = id
-  headers = { ["Content-Type"] = "application/json" }
-  first = true
-end
-function request()
-  if first then
-    first = false
-    return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. b64("k0") .. '"}')
-  end
-  if i < n then
-    last = i
-    i = i + step
-    if i >= n then
-      local f = io.open(done_file, "a")
-      f:write("done\n")
-      f:close()
-    end
-  end
-  return wrk.format("POST", "/v3/kv/put", headers, '{"key":"' .. b64("k" .. last) .. '","value":"' .. value .. '"}')
-end
-EOF
 
 # ---- start everything ----
 shale_env=(env -u AUTH_TOKEN -u AUTH_READ_TOKEN -u TLS_CERT -u TLS_KEY -u HOST -u PORT -u DATA_DIR -u SHARD_LIMIT
@@ -411,33 +325,7 @@ if ((HAVE_REDIS)); then
         [[ $got == "$KEYS" ]] || die "redis ($mode) has $got keys, expected $KEYS"
     done
 fi
-etcd_count() {
-    curl -fsS -X POST -H 'Content-Type: application/json' "http://${URL[etcd]}/v3/kv/range" \
-        -d "{\"key\":\"$(printf k | base64)\",\"range_end\":\"$(printf l | base64)\",\"count_only\":true}" |
-        sed -n 's/.*"count":"\([0-9]*\)".*/\1/p'
-}
-if ((HAVE_ETCD)); then
-    for ((round = 1; round <= 3; round++)); do
-        log "preloading $KEYS keys into etcd, round $round"
-        : >"$TMP/etcdload.done"
-        t0=$(date +%s)
-        wrk -t2 -c256 -d600s --timeout 10s -s "$TMP/etcdload.lua" "http://${URL[etcd]}" -- \
-            "$KEYS" "$VALUE" "$TMP/etcdload.done" 2 >"$TMP/etcdload.out" 2>&1 &
-        wpid=$!
-        for ((i = 0; i < 6000; i++)); do
-            (($(wc -l <"$TMP/etcdload.done") >= 2)) && break
-            kill -0 "$wpid" 2>/dev/null || break
-            sleep 0.1
-        done
-        sleep 1
-        kill -INT "$wpid" 2>/dev/null || true
-        wait "$wpid" || true
-        got=$(etcd_count)
-        log "etcd has ${got:-?} keys after $(($(date +%s) - t0)) s"
-        [[ "${got:-0}" == "$KEYS" ]] && break
-    done
-    [[ "${got:-0}" == "$KEYS" ]] || die "could not preload etcd"
-fi
+if ((HAVE_ETCD)); then etcd_load "${URL[etcd]}" "$KEYS" "$VALUE" etcd; fi
 
 # ---- measurement ----
 # measure SYSTEM LOAD CONNS SECONDS: prints "rps p50_us p99_us status_errors io_errors requests" (requests: req/s x
