@@ -331,3 +331,57 @@ async fn a_dead_node_is_removed_and_a_fresh_one_takes_its_place() {
     assert_eq!(put_eventually(c.url(1, "/kv/three"), "3").await, 201);
     assert_eq!(get(c.url(fresh, "/kv/three")).await, (200, "3".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_nodes_data_dir_becomes_the_first_node_of_a_cluster() {
+    let mut c = TestCluster::new(3, ENV);
+    // A single node with data: keys and documents.
+    let single = common::Shale::serve(c.dir(0)).env("SHARD_LIMIT", "2").start();
+    for n in 0..50 {
+        let r = client().put(single.url(&format!("/kv/old{n}"))).body(format!("{n}")).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    for _ in 0..3 {
+        let r = client().post(single.url("/api")).json(&serde_json::json!({"data": {}})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (status, _) = single.terminate();
+    assert!(status.success());
+
+    // The same data dir as a cluster's first node: every record reaches the nodes that join.
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    c.init(0).await;
+    c.wait_voters(0, &[0, 1, 2]).await;
+    c.wait_converged().await;
+    for i in 1..3 {
+        let held = c.contents(i).await;
+        assert_eq!(held.len(), 50, "node {i} holds every record of the single node");
+        assert_eq!(get(c.url(i, "/kv/old49")).await, (200, "49".to_string()));
+    }
+    let r = client().post(c.url(2, "/api")).json(&serde_json::json!({"data": {}})).send().await.unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["id"], 4, "ids go on after the single node's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_nodes_data_dir_refuses_resharding_and_single_node_mode() {
+    let mut c = TestCluster::start(3, ENV);
+    c.init(0).await;
+    c.wait_voters(0, &[0, 1, 2]).await;
+    c.kill9(2);
+    let resharded = common::Shale::serve(c.dir(2))
+        .env("NODE_ADDR", &c.cluster_addrs[2])
+        .env("CLUSTER_PORT", c.cluster_addrs[2].rsplit_once(':').unwrap().1)
+        .env("HOST", c.cluster_addrs[2].rsplit_once(':').unwrap().0)
+        .env("SHARD_LIMIT", "3")
+        .try_start()
+        .err()
+        .expect("a cluster node does not start with another shard count");
+    assert!(resharded.stderr.contains("resharding a cluster node is not supported"), "{}", resharded.stderr);
+    let single = common::Shale::serve(c.dir(2)).env("SHARD_LIMIT", "2").try_start().err().expect("no single node");
+    assert!(single.stderr.contains("belongs to cluster"), "{}", single.stderr);
+    // Refused before anything changed: it still rejoins.
+    c.start_node(2);
+    c.wait_voters(0, &[0, 1, 2]).await;
+}
