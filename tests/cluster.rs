@@ -7,6 +7,9 @@
 #[path = "common/cluster.rs"]
 mod cluster_harness;
 mod common;
+#[path = "common/resp.rs"]
+#[allow(dead_code)] // the RESP tests use the rest
+mod resp_client;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -384,4 +387,45 @@ async fn a_cluster_nodes_data_dir_refuses_resharding_and_single_node_mode() {
     // Refused before anything changed: it still rejoins.
     c.start_node(2);
     c.wait_voters(0, &[0, 1, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_protocol_on_a_cluster_reads_linearizably_or_readonly_and_says_tryagain_without_a_majority() {
+    // Each node has its own loopback address, so one RESP port number serves them all.
+    let port = cluster_harness::free_port("127.0.0.10").to_string();
+    let env = [ENV, &[("RESP_PORT", port.as_str())]].concat();
+    let mut c = TestCluster::start(3, &env);
+    c.init(0).await;
+    c.wait_voters(0, &[0, 1, 2]).await;
+    let resp = |i: usize| {
+        let ip = c.node(i).addr.ip();
+        resp_client::RespClient::connect(std::net::SocketAddr::new(ip, port.parse().unwrap()))
+    };
+    let (mut one, mut two) = (resp(1), resp(2));
+    assert_eq!(one.cmd(&["SET", "r", "1"]), resp_client::Resp::ok());
+    assert_eq!(two.cmd(&["GET", "r"]), resp_client::Resp::bulk("1"), "a linearizable read on another node");
+    assert_eq!(two.cmd(&["READONLY"]), resp_client::Resp::ok());
+    c.wait_converged().await;
+    assert_eq!(two.cmd(&["GET", "r"]), resp_client::Resp::bulk("1"));
+    assert_eq!(two.cmd(&["READWRITE"]), resp_client::Resp::ok());
+    assert_eq!(two.cmd(&["MULTI"]), resp_client::Resp::ok());
+    two.cmd(&["SET", "{t}a", "x"]);
+    two.cmd(&["SET", "{t}b", "y"]);
+    let exec = two.cmd(&["EXEC"]);
+    assert_eq!(exec.array().len(), 2, "{exec:?}");
+    assert_eq!(
+        one.cmd(&["MGET", "{t}a", "{t}b"]).array(),
+        [resp_client::Resp::bulk("x"), resp_client::Resp::bulk("y")]
+    );
+
+    // Two of three down: writes and linearizable reads answer TRYAGAIN; READONLY reads still answer.
+    drop(one);
+    c.kill9(0);
+    c.kill9(1);
+    let refused = two.cmd(&["SET", "r", "2"]);
+    assert!(refused.error_text().is_some_and(|e| e.starts_with("TRYAGAIN")), "{refused:?}");
+    let refused = two.cmd(&["GET", "r"]);
+    assert!(refused.error_text().is_some_and(|e| e.starts_with("TRYAGAIN")), "{refused:?}");
+    assert_eq!(two.cmd(&["READONLY"]), resp_client::Resp::ok());
+    assert_eq!(two.cmd(&["GET", "r"]), resp_client::Resp::bulk("1"));
 }
