@@ -115,6 +115,20 @@ async fn a_cluster_forms_and_every_node_serves_every_api() {
         leaders += text.lines().filter(|l| l.starts_with("shale_raft_is_leader{shard=\"0\"} 1")).count();
     }
     assert_eq!(leaders, 1, "one leader of shard 0");
+
+    // A backup of a cluster node holds its replicas; restored, it is a single node with the same records.
+    let backups = common::temp_dir();
+    let out = backups.path().join("b");
+    let r = client().post(c.url(2, "/admin/backup")).json(&serde_json::json!({ "path": out })).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let restored = backups.path().join("restored");
+    let done = common::Shale::bare()
+        .args(["restore", "--from", out.to_str().unwrap(), "--data-dir", restored.to_str().unwrap()])
+        .run(Duration::from_secs(30));
+    assert!(done.status.success(), "{}", done.stderr);
+    let single = common::Shale::serve(&restored).env("SHARD_LIMIT", "2").start();
+    assert_eq!(get(single.url("/kv/k1")).await, (200, "v1".to_string()));
+    assert_eq!(get(single.url("/counter/hits/value")).await, (200, "10".to_string()));
 }
 
 /// Writers that send unique keys and counter increments round-robin to the nodes that are up, recording what
