@@ -120,8 +120,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let node = Node::new(handles.clone(), cache, readiness, config.max_key_bytes).map_err(StartError::Store)?;
     // The HTTP port is bound before the cluster starts, so the address peers are told is the bound one.
-    let http_listener = std::net::TcpListener::bind((config.host.as_str(), config.port))?;
-    let addr = http_listener.local_addr()?;
+    let http_listeners = bind_http(&config.host, config.port).await?;
+    let addr = http_listeners[0].local_addr()?;
     let (node, cluster) = match &config.node_addr {
         None => (node, None),
         Some(node_addr) => {
@@ -158,13 +158,16 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     if let Some(n) = config.http_workers {
         server = server.workers(n.max(1));
     }
-    let server = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = crate::api::tls::server_config(cert, key)?;
-            server.listen_rustls_0_23(http_listener, tls)?
-        }
-        _ => server.listen(http_listener)?,
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::api::tls::server_config(cert, key)?),
+        _ => None,
     };
+    for listener in http_listeners {
+        server = match &tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls.clone())?,
+            None => server.listen(listener)?,
+        };
+    }
     let resp = match resp_listener {
         Some(listener) => Some(crate::api::resp::RespServer::start(listener, &config, node.clone())?),
         None => None,
@@ -175,6 +178,22 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, ms = started.elapsed().as_millis() as u64, "listening");
     Ok(RunningServer { addr, handle, serving, node, workers, resp, cluster })
+}
+
+/// Binds the HTTP port on every address `host` resolves to, as actix's own `bind` does (address reuse, a
+/// [`BACKLOG`] of pending connections), before the server runs, so its address is known to the cluster.
+async fn bind_http(host: &str, port: u16) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        listeners.push(socket.listen(BACKLOG)?.into_std()?);
+    }
+    if listeners.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} resolves to no address")));
+    }
+    Ok(listeners)
 }
 
 /// Refuses a data dir whose cluster membership does not match the mode it is started in, and the resharding of
