@@ -152,6 +152,37 @@ pub enum Command {
         /// Keyspace.
         space: Space,
     },
+    /// `command`, applied at most once per `request` within [`IDEMPOTENCY_WINDOW_MS`]: the shard records the
+    /// outcome under `request` in the same transaction, and a later command with the same `request` (a retry)
+    /// is answered that outcome and changes nothing. Answers [`Reply::Idempotent`] either way. Placed by
+    /// `command`'s key, so a retry reaches the shard holding the record.
+    Idempotent {
+        /// The request's id (see [`request_id`]).
+        request: u128,
+        /// Wall-clock milliseconds since the Unix epoch when the receiving node built this command. Expiry is
+        /// decided from it, not from the applying node's clock, so every replica of a log expires the same
+        /// records.
+        at_ms: u64,
+        /// The write.
+        command: Box<Command>,
+    },
+}
+
+/// How long an [`Command::Idempotent`] request's outcome is kept: a command whose `at_ms` is at most this much
+/// after the recorded one's is answered the recorded outcome.
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// A stable 128-bit id of a request made of `parts` (an idempotency key, a method, a path): the first 16 bytes
+/// of SHA-256 over the parts, each preceded by its length, so that no two lists of parts share an encoding.
+pub fn request_id(parts: &[&[u8]]) -> u128 {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    u128::from_be_bytes(digest[..16].try_into().expect("SHA-256 has 32 bytes"))
 }
 
 /// When a [`Command::Set`] writes.
@@ -203,6 +234,7 @@ impl Command {
             Command::CounterAdd { name, .. } => name,
             Command::Batch(cmds) => cmds.first().map_or(&[], |c| c.key()),
             Command::Clear { .. } => &[],
+            Command::Idempotent { command, .. } => command.key(),
         }
     }
 
@@ -214,6 +246,7 @@ impl Command {
             Command::Set { .. } | Command::KvIncr { .. } => Space::Kv,
             Command::CounterAdd { .. } => Space::Counter,
             Command::Batch(cmds) => cmds.first().map_or(Space::Kv, |c| c.space()),
+            Command::Idempotent { command, .. } => command.space(),
         }
     }
 
@@ -224,6 +257,7 @@ impl Command {
             Command::Batch(cmds) => cmds.iter().for_each(|c| c.for_each_key(f)),
             Command::Clear { space } => f(*space, None),
             Command::Read { .. } => {}
+            Command::Idempotent { command, .. } => command.for_each_key(f),
             c => f(c.space(), Some(c.key())),
         }
     }
@@ -238,6 +272,7 @@ impl Command {
             Command::KvIncr { key, .. } | Command::Read { key, .. } => key.len() + 20,
             Command::Batch(cmds) => cmds.iter().map(Command::weight).sum(),
             Command::Clear { .. } => 0,
+            Command::Idempotent { command, .. } => command.weight() + 24,
         }
     }
 }
@@ -274,6 +309,26 @@ pub enum Reply {
     Batch(Vec<Result<Reply, crate::error::Error>>),
     /// How many records a [`Command::Clear`] removed.
     Cleared(u64),
+    /// What a [`Command::Idempotent`] answered: its command's outcome, the first time or recorded.
+    Idempotent {
+        /// The key the outcome belongs to: the first attempt's command's key (a retry's command may name
+        /// another, as a document create does with a newly allocated id).
+        key: Bytes,
+        /// The command's outcome (its own failure included: a retry gets the same error).
+        outcome: Box<Result<Reply, crate::error::Error>>,
+        /// The outcome was recorded by an earlier command with the same request; this one changed nothing.
+        replayed: bool,
+    },
+}
+
+impl Reply {
+    /// The outcome this reply stands for: a [`Reply::Idempotent`]'s command's outcome, any other reply itself.
+    pub fn into_outcome(self) -> Result<Reply, crate::error::Error> {
+        match self {
+            Reply::Idempotent { outcome, .. } => *outcome,
+            other => Ok(other),
+        }
+    }
 }
 
 /// Parses a decimal i64 exactly as strictly as Redis's `string2ll`: an optional `-`, then digits without a
@@ -312,6 +367,14 @@ pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_stable_and_tell_their_parts_apart() {
+        // Recorded ids outlive a process (and, on a cluster, one version of it): the hash must never change.
+        assert_eq!(request_id(&[b"key-1", b"PUT", b"/kv/a"]), 0x039713c0aa27509c9b0a2a6631e8bda3);
+        assert_ne!(request_id(&[b"ab", b"c"]), request_id(&[b"a", b"bc"]));
+        assert_ne!(request_id(&[b"key-1", b"PUT", b"/kv/a"]), request_id(&[b"key-1", b"PUT", b"/kv/b"]));
+    }
 
     #[test]
     fn strict_integers_follow_redis() {

@@ -7,7 +7,8 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::command::{parse_i64_strict, Command, Reply, SetCond, Space, NOT_AN_INTEGER};
 use crate::engine::change::{Change, Outcome};
-use crate::engine::schema::table;
+use crate::engine::requests::{self, Entry, Lookup};
+use crate::engine::schema::{table, TABLE_REQUESTS, TABLE_REQUEST_TIMES};
 use crate::error::Error;
 use crate::record::{counter_of, Record, RecordView};
 
@@ -40,11 +41,26 @@ macro_rules! read_current {
 pub struct Tables<'t> {
     txn: &'t WriteTransaction,
     open: [Option<redb::Table<'t, &'static [u8], &'static [u8]>>; Space::ALL.len()],
+    requests: Option<(RequestsById<'t>, RequestsByTime<'t>)>,
 }
+
+/// The recorded outcomes of idempotent writes by request id (see [`crate::engine::requests`]).
+pub(crate) type RequestsById<'t> = redb::Table<'t, u128, &'static [u8]>;
+/// The same records by (`at_ms`, request id), oldest first.
+pub(crate) type RequestsByTime<'t> = redb::Table<'t, (u64, u128), ()>;
 
 impl<'t> Tables<'t> {
     pub fn new(txn: &'t WriteTransaction) -> Tables<'t> {
-        Tables { txn, open: Default::default() }
+        Tables { txn, open: Default::default(), requests: None }
+    }
+
+    /// The open tables of recorded requests: by id, and by time.
+    pub(crate) fn requests(&mut self) -> Result<(&mut RequestsById<'t>, &mut RequestsByTime<'t>), redb::Error> {
+        if self.requests.is_none() {
+            self.requests = Some((self.txn.open_table(TABLE_REQUESTS)?, self.txn.open_table(TABLE_REQUEST_TIMES)?));
+        }
+        let (by_id, by_time) = self.requests.as_mut().expect("opened above");
+        Ok((by_id, by_time))
     }
 
     /// The open table of `space`.
@@ -183,6 +199,26 @@ pub fn apply_one(tables: &mut Tables<'_>, cmd: &Command, rev: &mut u64) -> Resul
             // A revision marks the commit, so a failed-but-landed commit is recognised (see `commit_landed`).
             take_rev();
             Ok(Ok((Reply::Cleared(removed), Change::Clear(*space))))
+        }
+        Command::Idempotent { request, at_ms, command } => {
+            let expired = match requests::lookup(tables, *request, *at_ms)? {
+                Ok(Lookup::Live(Entry { key, outcome, .. })) => {
+                    let reply = Reply::Idempotent { key, outcome: Box::new(outcome), replayed: true };
+                    return Ok(Ok((reply, Change::None)));
+                }
+                Ok(Lookup::Expired(recorded_ms)) => Some(recorded_ms),
+                Ok(Lookup::Absent) => None,
+                Err(e) => return Ok(Err(e)),
+            };
+            let (outcome, change) = match apply_one(tables, command, rev)? {
+                Ok((reply, change)) => (Ok(reply), change),
+                Err(e) => (Err(e), Change::None),
+            };
+            let entry = Entry { at_ms: *at_ms, key: Bytes::copy_from_slice(command.key()), outcome };
+            let mut changes = vec![change];
+            requests::remember(tables, *request, &entry, expired, &mut changes)?;
+            let reply = Reply::Idempotent { key: entry.key, outcome: Box::new(entry.outcome), replayed: false };
+            Ok(Ok((reply, Change::Many(changes))))
         }
     }
 }

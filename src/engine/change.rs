@@ -22,8 +22,26 @@ pub enum Change {
     /// A read inside the transaction found this record; nothing changed. The cache may take it if the key is
     /// absent (a fill from the only writer of the key, after its commit; see `shard::cache`).
     Found(Space, Bytes, Record),
-    /// The changes of a transaction's commands (`MULTI`), in order.
+    /// Several changes, in order: a transaction's commands (`MULTI`), or an idempotent write's command and its
+    /// request records.
     Many(Vec<Change>),
+    /// The outcome of an idempotent write was recorded under its request (`entry`: the stored record; see
+    /// [`crate::engine::requests`]). Only the file changed: the cache holds no such records.
+    Recorded {
+        /// The request id.
+        request: u128,
+        /// When the write was made (milliseconds since the Unix epoch).
+        at_ms: u64,
+        /// The record as stored.
+        entry: Bytes,
+    },
+    /// The record of `request`, made at `at_ms`, was removed: it expired.
+    Forgotten {
+        /// The request id.
+        request: u128,
+        /// When the recorded write was made.
+        at_ms: u64,
+    },
 }
 
 impl Change {
@@ -31,7 +49,11 @@ impl Change {
     pub fn changes(&self) -> bool {
         match self {
             Change::None | Change::Found(..) => false,
-            Change::Put(..) | Change::Remove(..) | Change::Clear(_) => true,
+            Change::Put(..)
+            | Change::Remove(..)
+            | Change::Clear(_)
+            | Change::Recorded { .. }
+            | Change::Forgotten { .. } => true,
             Change::Many(all) => all.iter().any(Change::changes),
         }
     }

@@ -1,12 +1,13 @@
 //! Copying a shard file: every record, the `meta` table (but the log position, which belongs to the live file and
-//! its log) and the `raft` table, from one read transaction into a new redb file. Backups and Raft snapshots are
+//! its log), the `raft` table and the recorded requests (so a replica installing a Raft snapshot still answers a
+//! retry of a request applied before it), from one read transaction into a new redb file. Backups and Raft snapshots are
 //! such copies: consistent (one read transaction), compact, and made while the shard keeps writing.
 
 use std::path::Path;
 
 use redb::{Database, Durability, ReadTransaction, ReadableTable};
 
-use crate::engine::schema::{META_REV, TABLES_BYTES, TABLE_META, TABLE_RAFT};
+use crate::engine::schema::{META_REV, TABLES_BYTES, TABLE_META, TABLE_RAFT, TABLE_REQUESTS, TABLE_REQUEST_TIMES};
 use crate::error::{Error, Result};
 
 /// Entries copied per (non-durable) transaction; the last commit is durable.
@@ -63,8 +64,30 @@ pub fn copy_file(txn: &ReadTransaction, path: &Path, last_rev: u64) -> Result<u6
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(err(e.into())),
         }
+        // About one window of requests (see `engine::requests`): small enough for this one transaction.
+        copy_table(txn, &w, TABLE_REQUESTS).map_err(err)?;
+        copy_table(txn, &w, TABLE_REQUEST_TIMES).map_err(err)?;
     }
     w.commit().map_err(|e| err(e.into()))?; // durable: everything above is on disk
     drop(db);
     Ok(n)
+}
+
+/// Copies every entry of table `def` that `txn` sees into `w` (a file written before the table existed has none).
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    w: &redb::WriteTransaction,
+    def: redb::TableDefinition<K, V>,
+) -> std::result::Result<(), redb::Error> {
+    let src = match txn.open_table(def) {
+        Ok(src) => src,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut dst = w.open_table(def)?;
+    for item in src.iter()? {
+        let (k, v) = item?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod copy;
 pub mod durability;
 pub mod held;
 pub mod open;
+pub mod requests;
 pub mod room;
 pub mod schema;
 pub mod store;

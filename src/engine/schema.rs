@@ -4,6 +4,8 @@
 //!   [`Space`].
 //! - `meta`: [`META_REV`] -> the last revision handed out in this file; [`META_WAL_SEQ`], [`META_WAL_EPOCH`] -> which
 //!   log belongs to the file and the last log frame it holds (see [`crate::engine::wal`]).
+//! - `requests`: request id -> the recorded outcome of an idempotent write; `request_times`: (`at_ms`, request id)
+//!   -> (), the same records in the order they expire (see [`crate::engine::requests`]).
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,10 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub const TABLES_BYTES: [TableDefinition<&[u8], &[u8]>; 4] = [KV, DOCS, COUNTERS, BUCKETS];
 /// The metadata table.
 pub const TABLE_META: TableDefinition<&str, u64> = META;
+/// The recorded outcomes of idempotent writes, by request id (see [`crate::engine::requests`]).
+pub const TABLE_REQUESTS: TableDefinition<u128, &[u8]> = TableDefinition::new("requests");
+/// The records of [`TABLE_REQUESTS`] by (`at_ms`, request id): oldest first, for expiry.
+pub const TABLE_REQUEST_TIMES: TableDefinition<(u64, u128), ()> = TableDefinition::new("request_times");
 /// A cluster shard's Raft state (absent on a single node): [`RAFT_APPLIED`] and [`RAFT_MEMBERSHIP`].
 pub const TABLE_RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
 /// raft key: the id of the last log entry applied to this file.
@@ -59,6 +65,8 @@ pub(crate) fn create_tables(db: &Database, shard: ShardId) -> Result<()> {
             txn.open_table(table(space)).map_err(|e| storage(shard, "create table")(e.into()))?;
         }
         txn.open_table(META).map_err(|e| storage(shard, "create table")(e.into()))?;
+        txn.open_table(TABLE_REQUESTS).map_err(|e| storage(shard, "create table")(e.into()))?;
+        txn.open_table(TABLE_REQUEST_TIMES).map_err(|e| storage(shard, "create table")(e.into()))?;
     }
     txn.commit().map_err(|e| storage(shard, "commit")(e.into()))
 }

@@ -1449,4 +1449,135 @@ mod tests {
         let out = store.apply_batch([Command::Read { space: Space::Kv, key: kv("a") }].iter(), &mut rev, true).unwrap();
         assert!(matches!(&out[0], Ok((Reply::Value(Some(r)), _)) if r.value_ref() == b"1"), "{out:?}");
     }
+
+    // ---- idempotent writes (see `engine::requests`) ----
+
+    fn once(request: u128, at_ms: u64, cmd: Command) -> Command {
+        Command::Idempotent { request, at_ms, command: Box::new(cmd) }
+    }
+
+    /// An idempotent write alone in its batch: its command's outcome, and whether it was a replay.
+    fn apply_once(store: &Store, cmd: Command, rev: &mut u64) -> (Result<Reply>, bool) {
+        let mut out = apply(store, &[cmd], rev).unwrap();
+        match out.pop() {
+            Some(Ok((Reply::Idempotent { outcome, replayed, .. }, effect))) => {
+                assert_eq!(effect.changes(), !replayed, "a replay changes nothing, a first write records: {effect:?}");
+                (*outcome, replayed)
+            }
+            other => panic!("an idempotent write answered {other:?}"),
+        }
+    }
+
+    fn counter(store: &Store, name: &str) -> Option<i64> {
+        store.get_current(Space::Counter, name.as_bytes()).unwrap().and_then(|r| counter_value(&r))
+    }
+
+    /// Rows of the two request tables (they always agree).
+    fn recorded(store: &Store) -> u64 {
+        use crate::engine::schema::{TABLE_REQUESTS, TABLE_REQUEST_TIMES};
+        store.settle().unwrap();
+        let txn = store.db().unwrap().begin_read().unwrap();
+        let by_id = txn.open_table(TABLE_REQUESTS).unwrap().len().unwrap();
+        assert_eq!(txn.open_table(TABLE_REQUEST_TIMES).unwrap().len().unwrap(), by_id);
+        by_id
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn an_idempotent_write_is_applied_once_and_a_retry_gets_the_first_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
+        let mut rev = 1;
+        let first = apply_once(&store, once(1, T0, put("a", "1", Precondition::NONE)), &mut rev);
+        assert_eq!(first, (Ok(Reply::Stored { created: true, rev: 1 }), false));
+        apply(&store, &[put("a", "2", Precondition::NONE)], &mut rev).unwrap();
+        // The retry is answered the first outcome (created, ETag 1) and does not overwrite the later value.
+        let retry = apply_once(&store, once(1, T0 + 1000, put("a", "1", Precondition::NONE)), &mut rev);
+        assert_eq!(retry, (Ok(Reply::Stored { created: true, rev: 1 }), true));
+        assert_eq!(value(&store, Space::Kv, "a").as_deref(), Some(&b"2"[..]));
+        // A failure is an outcome too: the retry fails the same way though its condition would hold now.
+        let failed = apply_once(&store, once(2, T0, put("b", "x", exists())), &mut rev);
+        assert!(matches!(failed, (Err(Error::PreconditionFailed(_)), false)), "{failed:?}");
+        apply(&store, &[put("b", "1", Precondition::NONE)], &mut rev).unwrap();
+        let retry = apply_once(&store, once(2, T0 + 1, put("b", "x", exists())), &mut rev);
+        assert_eq!(retry, (failed.0, true));
+        assert_eq!(value(&store, Space::Kv, "b").as_deref(), Some(&b"1"[..]));
+        // An increment retried counts once; another request counts again.
+        let add = || Command::CounterAdd { name: kv("c"), delta: 5 };
+        for _ in 0..3 {
+            assert_eq!(apply_once(&store, once(3, T0, add()), &mut rev).0, Ok(Reply::Counter(5)));
+        }
+        assert_eq!(apply_once(&store, once(4, T0, add()), &mut rev), (Ok(Reply::Counter(10)), false));
+        assert_eq!(counter(&store, "c"), Some(10));
+        // Within one batch too: the second is answered from the first's record.
+        let out = apply(&store, &[once(5, T0, add()), once(5, T0, add())], &mut rev).unwrap();
+        assert!(matches!(&out[1], Ok((Reply::Idempotent { replayed: true, .. }, _))), "{out:?}");
+        assert_eq!(counter(&store, "c"), Some(15));
+        assert_eq!(recorded(&store), 5);
+    }
+
+    #[test]
+    fn a_recorded_request_expires_after_the_window_and_writes_remove_expired_ones_a_few_at_a_time() {
+        use crate::command::IDEMPOTENCY_WINDOW_MS as WINDOW;
+        use crate::engine::requests::EXPIRE_PER_WRITE;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
+        let mut rev = 1;
+        let add = || Command::CounterAdd { name: kv("c"), delta: 1 };
+        assert_eq!(apply_once(&store, once(1, T0, add()), &mut rev), (Ok(Reply::Counter(1)), false));
+        // At the end of the window it is still a retry; a command made earlier (another node's clock) too.
+        assert_eq!(apply_once(&store, once(1, T0 + WINDOW, add()), &mut rev), (Ok(Reply::Counter(1)), true));
+        assert_eq!(apply_once(&store, once(1, T0 - 5000, add()), &mut rev), (Ok(Reply::Counter(1)), true));
+        // Past it, the request is new again, and its new record answers the next retry.
+        let later = T0 + WINDOW + 1;
+        assert_eq!(apply_once(&store, once(1, later, add()), &mut rev), (Ok(Reply::Counter(2)), false));
+        assert_eq!(apply_once(&store, once(1, later + 1, add()), &mut rev), (Ok(Reply::Counter(2)), true));
+        assert_eq!(recorded(&store), 1, "the expired record was replaced");
+
+        // 100 more requests, then writes when all but the newest have expired: each write removes at most
+        // EXPIRE_PER_WRITE expired records, oldest first.
+        for i in 0..100u64 {
+            assert!(!apply_once(&store, once(1000 + u128::from(i), later + i, add()), &mut rev).1);
+        }
+        assert_eq!(recorded(&store), 101);
+        let much_later = later + 99 + WINDOW;
+        assert!(!apply_once(&store, once(2000, much_later, add()), &mut rev).1);
+        assert_eq!(recorded(&store), 101 - EXPIRE_PER_WRITE as u64 + 1, "the oldest 64 and nothing else");
+        assert!(apply_once(&store, once(1099, much_later, add()), &mut rev).1, "the newest still answers");
+        assert!(!apply_once(&store, once(2001, much_later, add()), &mut rev).1);
+        assert_eq!(recorded(&store), 3, "1099 and the two made a window later");
+    }
+
+    #[test]
+    fn recorded_requests_survive_a_crash_through_the_log_and_travel_in_a_copy() {
+        use crate::command::IDEMPOTENCY_WINDOW_MS as WINDOW;
+        let [dir, image, copy] = temp_dirs();
+        let store = open_logged(dir.path().join("s.redb"));
+        let mut rev = 1;
+        for (request, at_ms, key) in [(1, T0, "a"), (2, T0, "b"), (3, T0 + WINDOW + 1, "c"), (4, T0 + WINDOW + 1, "d")]
+        {
+            // Request 3, a window later, expires (removes) the records of 1 and 2.
+            let first = apply_once(&store, once(request, at_ms, put(key, "1", Precondition::NONE)), &mut rev);
+            assert!(matches!(first, (Ok(Reply::Stored { created: true, .. }), false)), "{first:?}");
+        }
+        assert!(store.pending(), "only the log holds these batches");
+        // A crash: the replayed log brings back the records and their removal.
+        let crashed = open_logged(crash_image(dir.path(), image.path(), true));
+        let mut rev = crashed.last_rev().unwrap() + 1;
+        assert_eq!(recorded(&crashed), 2);
+        let retry = apply_once(&crashed, once(4, T0 + WINDOW + 2, put("d", "2", Precondition::NONE)), &mut rev);
+        assert_eq!(retry, (Ok(Reply::Stored { created: true, rev: 4 }), true));
+        assert_eq!(value(&crashed, Space::Kv, "d").as_deref(), Some(&b"1"[..]));
+        let expired = apply_once(&crashed, once(1, T0 + WINDOW + 2, put("a", "2", Precondition::NONE)), &mut rev);
+        assert_eq!(expired, (Ok(Reply::Stored { created: false, rev: 5 }), false));
+        // A copy (a backup, a Raft snapshot) carries the records: a replica installing it answers the retry.
+        let txn = crashed.begin_snapshot().unwrap();
+        crate::engine::copy::copy_file(&txn, &copy.path().join("s.redb"), crashed.last_rev().unwrap()).unwrap();
+        drop(txn);
+        let replica = Store::open(copy.path().join("s.redb"), ShardId(0), 1 << 20, Log::Off).unwrap();
+        let mut rev = replica.last_rev().unwrap() + 1;
+        let retry = apply_once(&replica, once(4, T0 + WINDOW + 3, put("d", "3", Precondition::NONE)), &mut rev);
+        assert_eq!(retry, (Ok(Reply::Stored { created: true, rev: 4 }), true));
+    }
 }

@@ -19,8 +19,10 @@
 //! (`Wal::grow`) or frames of an earlier round; each frame is
 //! `[xxh3 of the rest: u64][payload length: u32][epoch: u64][seq: u64][payload]`, all little-endian. The payload
 //! is the batch's changes, in order: `1 space klen key vlen record` (the key now holds this record),
-//! `2 space klen key` (removed), `3 space` (every record of the space removed), `4 rev` (meta `rev`); a frame
-//! written under `eventual` starts with `5 synced_through` (not fdatasynced; the log was durable through that seq).
+//! `2 space klen key` (removed), `3 space` (every record of the space removed), `4 rev` (meta `rev`), `6 request
+//! at_ms elen entry` (an idempotent write's outcome recorded; see [`crate::engine::requests`]), `7 request at_ms`
+//! (that record removed); a frame written under `eventual` starts with `5 synced_through` (not fdatasynced; the log
+//! was durable through that seq). A request id is 16 bytes, big-endian.
 //!
 //! # Invariants
 //! - A batch is answered only after its frame is written (and, under `immediate`, fdatasynced); redb commits it
@@ -58,6 +60,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::engine::change::{Change, Outcome};
 use crate::engine::durability::CHECKPOINT_BYTES;
+use crate::engine::requests;
 use crate::engine::schema::{META_REV, META_WAL_EPOCH, META_WAL_SEQ, TABLES_BYTES, TABLE_META};
 use crate::error::{Error, Result};
 use crate::placement::ShardId;
@@ -79,6 +82,8 @@ const OP_REV: u8 = 4;
 /// a power loss may lose it, or leave it on disk after a frame before it that was lost (see [`recover`]). Its
 /// operand (u64) is the seq through which the log was durable when the frame was written ([`Wal::sync`]).
 const OP_UNSYNCED: u8 = 5;
+const OP_RECORD: u8 = 6;
+const OP_FORGET: u8 = 7;
 
 /// The log file of the shard file at `redb_path`.
 pub fn path_for(redb_path: &Path) -> PathBuf {
@@ -310,6 +315,17 @@ fn encode_effect(buf: &mut Vec<u8>, effect: &Change) -> std::io::Result<()> {
             put_bytes(buf, key)?;
         }
         Change::Clear(space) => buf.extend_from_slice(&[OP_CLEAR, *space as u8]),
+        Change::Recorded { request, at_ms, entry } => {
+            buf.push(OP_RECORD);
+            buf.extend_from_slice(&request.to_be_bytes());
+            buf.extend_from_slice(&at_ms.to_le_bytes());
+            put_bytes(buf, entry)?;
+        }
+        Change::Forgotten { request, at_ms } => {
+            buf.push(OP_FORGET);
+            buf.extend_from_slice(&request.to_be_bytes());
+            buf.extend_from_slice(&at_ms.to_le_bytes());
+        }
         Change::Many(all) => {
             for e in all {
                 encode_effect(buf, e)?;
@@ -420,6 +436,19 @@ fn apply_frame(txn: &WriteTransaction, mut p: &[u8]) -> std::result::Result<Opti
             let Some(rev) = take(&mut p, 8) else { return Ok(None) };
             let rev = u64::from_le_bytes(rev.try_into().expect("8 bytes"));
             txn.open_table(TABLE_META)?.insert(META_REV, rev)?;
+            continue;
+        }
+        if op[0] == OP_RECORD || op[0] == OP_FORGET {
+            let Some(request) = take(&mut p, 16) else { return Ok(None) };
+            let request = u128::from_be_bytes(request.try_into().expect("16 bytes"));
+            let Some(at_ms) = take(&mut p, 8) else { return Ok(None) };
+            let at_ms = u64::from_le_bytes(at_ms.try_into().expect("8 bytes"));
+            if op[0] == OP_FORGET {
+                requests::remove_entry(txn, request, at_ms)?;
+                continue;
+            }
+            let Some(entry) = take_bytes(&mut p) else { return Ok(None) };
+            requests::put_entry(txn, request, at_ms, entry)?;
             continue;
         }
         let Some(&space) = take(&mut p, 1).and_then(|s| s.first()) else { return Ok(None) };

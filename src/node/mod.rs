@@ -32,6 +32,14 @@ use crate::placement::{shard_for, ShardId};
 use crate::shard::cache::Cache;
 use crate::shard::{Readiness, ShardHandle};
 
+/// `cmd` as the [`Command::Idempotent`] write of `request`, made now.
+pub fn idempotent(request: u128, cmd: Command) -> Command {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    Command::Idempotent { request, at_ms, command: Box::new(cmd) }
+}
+
 /// Holds every shard of this node; shared by every HTTP worker and RESP connection behind an `Arc`.
 pub struct Node {
     /// The local shard workers, in id order: their stores and queues serve reads.
@@ -141,6 +149,19 @@ impl Node {
     /// (allocated per request by actix) small; see the size test in `api::http`.
     pub fn dispatch(&self, cmd: Command) -> impl Future<Output = Result<Reply>> + use<> {
         self.dispatch_to(self.shard_for(cmd.key()), cmd)
+    }
+
+    /// Sends a write as [`Node::dispatch`] does and answers its outcome. With a `request` id (from a client's
+    /// idempotency key), the write is applied at most once per id within
+    /// [`IDEMPOTENCY_WINDOW_MS`](crate::command::IDEMPOTENCY_WINDOW_MS): a repeated id is answered the first
+    /// write's outcome, success or failure, and changes nothing (see [`Command::Idempotent`]).
+    pub fn dispatch_once(&self, cmd: Command, request: Option<u128>) -> impl Future<Output = Result<Reply>> + use<> {
+        let cmd = match request {
+            Some(request) => idempotent(request, cmd),
+            None => cmd,
+        };
+        let answer = self.dispatch(cmd);
+        async move { answer.await?.into_outcome() }
     }
 
     /// Sends a command to shard `shard` (a [`Command::Clear`], which has no key) and waits for its outcome. Queued

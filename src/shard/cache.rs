@@ -209,7 +209,8 @@ impl Cache {
     /// the command is answered.
     pub fn apply(&self, change: Change) {
         match change {
-            Change::None => {}
+            // Request records live only in the file.
+            Change::None | Change::Recorded { .. } | Change::Forgotten { .. } => {}
             Change::Put(space, key, rec) => self.insert(space, &key, rec),
             Change::Remove(space, key) => self.invalidate(space, &key),
             Change::Found(space, key, rec) => {

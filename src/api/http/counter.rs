@@ -34,15 +34,17 @@ pub fn parse_delta(body: &[u8]) -> Result<i64> {
         .map_err(|_| Error::BadRequest(format!("the increment {text} does not fit a 64-bit signed integer")))
 }
 
-/// `POST /counter/{name}` with a decimal body -> 204.
+/// `POST /counter/{name}` with a decimal body -> 204. With an `Idempotency-Key`, a retry adds nothing and is
+/// answered the first attempt's outcome.
 pub async fn handle_add(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
     let name = counter_name(&req, &state.node)?;
+    let request = super::idempotency_key(&req)?;
     let body = read_body(&req, body, MAX_DELTA_BODY).await.map_err(|e| match e {
         Error::PayloadTooLarge(_) => Error::BadRequest("the increment must be a decimal integer".into()),
         e => e,
     })?;
     let delta = parse_delta(&body)?;
-    state.node.dispatch(Command::CounterAdd { name, delta }).await?;
+    state.node.dispatch_once(Command::CounterAdd { name, delta }, request).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -77,8 +77,10 @@ fn doc_response(id: u64, data: &[u8]) -> HttpResponse {
     HttpResponse::Ok().content_type(JSON).body(body)
 }
 
-/// `POST /api` `{"id": null | N | "N", "data": ...}`: create with a new id, or create/replace document N.
+/// `POST /api` `{"id": null | N | "N", "data": ...}`: create with a new id, or create/replace document N. With an
+/// `Idempotency-Key`, a retry is answered the first attempt's outcome (a create: its id) and stores nothing.
 pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let request = super::idempotency_key(&req)?;
     let body = read_body(&req, body, state.config.max_value_bytes).await?;
     // The parsed request is dropped before the next await: the future (allocated per request) stays small.
     let (id, data) = {
@@ -98,11 +100,11 @@ pub async fn handle_post(req: HttpRequest, body: web::Payload, state: web::Data<
                     "id {id} is too large: explicit ids go up to {MAX_WRITABLE_DOC_ID} (2^53-1)"
                 )));
             }
-            node.put_doc(id, data.clone()).await?;
+            node.put_doc(id, data.clone(), request).await?;
             Ok(doc_response(id, &data))
         }
         None => {
-            let id = node.create_doc(data.clone()).await?;
+            let id = node.create_doc(data.clone(), request).await?;
             Ok(doc_response(id, &data))
         }
     }

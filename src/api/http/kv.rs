@@ -129,10 +129,12 @@ pub async fn handle_get(req: HttpRequest, state: web::Data<AppState>) -> Result<
     Ok(res.body(rec.value()))
 }
 
-/// `PUT /kv/{key}`: 201 when created, 204 when replaced, both with the new ETag.
+/// `PUT /kv/{key}`: 201 when created, 204 when replaced, both with the new ETag. With an `Idempotency-Key`, a
+/// retry is answered the first attempt's status and ETag (or error) and stores nothing.
 pub async fn handle_put(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
     let key = kv_key(&req, &state.node)?;
     let precondition = write_precondition(&req)?;
+    let request = super::idempotency_key(&req)?;
     let content_type = match req.headers().get(header::CONTENT_TYPE) {
         None => Bytes::new(),
         Some(v) if v.len() > MAX_CONTENT_TYPE => {
@@ -142,7 +144,7 @@ pub async fn handle_put(req: HttpRequest, body: web::Payload, state: web::Data<A
     };
     let value = read_body(&req, body, state.config.max_value_bytes).await?;
     let cmd = Command::Put { space: Space::Kv, key, value, content_type, precondition, skip_if_unchanged: false };
-    match state.node.dispatch(cmd).await? {
+    match state.node.dispatch_once(cmd, request).await? {
         Reply::Stored { created, rev } => {
             let mut res = if created { HttpResponse::Created() } else { HttpResponse::NoContent() };
             Ok(res.insert_header((header::ETAG, etag_of(rev))).finish())
@@ -151,11 +153,13 @@ pub async fn handle_put(req: HttpRequest, body: web::Payload, state: web::Data<A
     }
 }
 
-/// `DELETE /kv/{key}`: 204, 404 when absent, 412 when If-Match does not match.
+/// `DELETE /kv/{key}`: 204, 404 when absent, 412 when If-Match does not match (with an `Idempotency-Key`, a retry
+/// is answered the first attempt's).
 pub async fn handle_delete(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let key = kv_key(&req, &state.node)?;
     let precondition = write_precondition(&req)?;
-    match state.node.dispatch(Command::Delete { space: Space::Kv, key, precondition }).await? {
+    let request = super::idempotency_key(&req)?;
+    match state.node.dispatch_once(Command::Delete { space: Space::Kv, key, precondition }, request).await? {
         Reply::Deleted => Ok(HttpResponse::NoContent().finish()),
         other => Err(Error::Internal(format!("unexpected reply to a delete: {other:?}"))),
     }

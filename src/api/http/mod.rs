@@ -178,6 +178,30 @@ pub fn consistency(req: &HttpRequest) -> crate::error::Result<Consistency> {
     }
 }
 
+/// The longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request id of a write carrying an `Idempotency-Key` header, which makes the write apply at most once (see
+/// [`Node::dispatch_once`]): a hash of the key, the method and the path, so that one key sent to another resource
+/// or with another method is another request. `None` without the header; 400 for a key that is not 1 to
+/// [`MAX_IDEMPOTENCY_KEY`] visible ASCII characters, or for more than one such header.
+pub fn idempotency_key(req: &HttpRequest) -> crate::error::Result<Option<u128>> {
+    let mut values = req.headers().get_all("idempotency-key");
+    let Some(key) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(Error::BadRequest("send one Idempotency-Key header, not several".into()));
+    }
+    let key = key.as_bytes();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.iter().all(u8::is_ascii_graphic) {
+        return Err(Error::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters (no spaces), got {} bytes",
+            key.len()
+        )));
+    }
+    let method = req.method().as_str().as_bytes();
+    Ok(Some(crate::command::request_id(&[key, method, req.uri().path().as_bytes()])))
+}
+
 /// 405 for `req`, naming the methods its resource serves.
 pub fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpResponse {
     let err = Error::MethodNotAllowed(format!("{} is not allowed on {} (allowed: {allow})", req.method(), req.path()));

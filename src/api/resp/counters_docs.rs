@@ -42,7 +42,7 @@ pub fn doc_add(session: &mut Session, args: &[Bytes]) -> Plan {
     };
     let node = session.shared.node.clone();
     Plan::Task(Box::pin(async move {
-        match node.create_doc(data).await {
+        match node.create_doc(data, None).await {
             Ok(id) => Frame::Integer(id as i64),
             Err(e) => error_frame(&e),
         }
