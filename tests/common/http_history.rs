@@ -76,7 +76,7 @@ impl Client {
                 }
                 2 => {
                     let sent = http.put(format!("{base}/kv/{key}")).body(value.to_string()).send().await;
-                    let done = self.answer(sent).is_some_and(|res| self.succeeded(res.status()));
+                    let Some(done) = self.write_outcome(sent).await else { continue };
                     (key, Op::Write { value }, done)
                 }
                 3 => {
@@ -86,18 +86,19 @@ impl Client {
                         Some(etag) => req.header("If-Match", etag),
                         None => req.header("If-None-Match", "*"),
                     };
-                    match self.answer(req.send().await).map(|res| res.status()) {
-                        Some(s) if s.is_success() => (key, Op::Cas { expect, value, done: true }, true),
-                        Some(StatusCode::PRECONDITION_FAILED) => (key, Op::Cas { expect, value, done: false }, true),
-                        Some(s) if !self.faults => panic!("conditional PUT answered {s}"),
-                        // It may have been applied: its outcome is unknown, and if it applied, it succeeded.
-                        _ => (key, Op::Cas { expect, value, done: true }, false),
+                    let sent = req.send().await;
+                    if sent.as_ref().is_ok_and(|res| res.status() == StatusCode::PRECONDITION_FAILED) {
+                        (key, Op::Cas { expect, value, done: false }, true)
+                    } else {
+                        // Unknown outcome: if it applied, it succeeded.
+                        let Some(done) = self.write_outcome(sent).await else { continue };
+                        (key, Op::Cas { expect, value, done: true }, done)
                     }
                 }
                 4 => {
                     let delta = (next() % 3 + 1) as i64;
                     let sent = http.post(format!("{base}/counter/{COUNTER}")).body(delta.to_string()).send().await;
-                    let done = self.answer(sent).is_some_and(|res| self.succeeded(res.status()));
+                    let Some(done) = self.write_outcome(sent).await else { continue };
                     (COUNTER, Op::Add { delta }, done)
                 }
                 _ => {
@@ -127,9 +128,27 @@ impl Client {
         }
     }
 
-    /// Whether a write's status acknowledges it (anything else is a failure under faults, a panic otherwise).
-    fn succeeded(&self, status: StatusCode) -> bool {
+    /// What a write's answer says: `Some(true)` acknowledged, `Some(false)` unknown (it may have been
+    /// applied: a timeout, a broken connection, a 503 that says so), `None` certainly not applied (the node
+    /// could not be reached, or refused it before proposing it), so it is left out of the history. Anything but
+    /// an acknowledgement is a panic without faults.
+    async fn write_outcome(&self, sent: reqwest::Result<reqwest::Response>) -> Option<bool> {
+        let res = match sent {
+            Ok(res) => res,
+            Err(e) if self.faults && e.is_connect() => return None,
+            Err(e) if self.faults => {
+                let _ = e;
+                return Some(false);
+            }
+            Err(e) => panic!("a write failed: {e}"),
+        };
+        let status = res.status();
         assert!(self.faults || status.is_success(), "a write answered {status}");
-        status.is_success()
+        if status.is_success() {
+            return Some(true);
+        }
+        let body = res.text().await.unwrap_or_default();
+        let refused = ["was not applied", "not initialised", "overloaded"].iter().any(|m| body.contains(m));
+        (!refused).then_some(false)
     }
 }
