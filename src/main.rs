@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the server (the default).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Interactive shell with history; reads one command per line when stdin is not a terminal.
     Cli(shale::cli::Connect),
     #[command(flatten)]
@@ -199,7 +199,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
         None => cli.serve,
-        Some(Cmd::Serve(c)) => c,
+        Some(Cmd::Serve(c)) => *c,
         Some(Cmd::Cli(connect)) => return shale::cli::run_shell(&connect),
         Some(Cmd::Client(cmd)) => return shale::cli::run_one(cmd),
         Some(Cmd::Cluster { action }) => return run_cluster(action),

@@ -8,7 +8,6 @@
 mod cluster_harness;
 mod common;
 #[path = "common/resp.rs"]
-#[allow(dead_code)] // the RESP tests use the rest
 mod resp_client;
 
 use std::collections::BTreeMap;

@@ -46,6 +46,9 @@ const CAUGHT_UP_ENTRIES: u64 = 100;
 /// How often a joining node asks again, and a leader looks for learners to promote.
 const MEMBERSHIP_POLL: Duration = Duration::from_millis(500);
 
+/// Records the cluster a node belongs to in its manifest.
+pub type RecordCluster = Box<dyn Fn(&ClusterId) -> io::Result<()> + Send + Sync>;
+
 /// What a cluster node needs to start.
 pub struct ClusterConfig {
     /// This node.
@@ -70,7 +73,7 @@ pub struct ClusterConfig {
     /// follower catches up from the log rather than a whole copy.
     pub snapshot_entries: u64,
     /// Records the cluster this node belongs to in its manifest, durably, before it acts as a member.
-    pub record: Box<dyn Fn(&ClusterId) -> io::Result<()> + Send + Sync>,
+    pub record: RecordCluster,
 }
 
 /// A running cluster node.
@@ -88,7 +91,7 @@ struct Inner {
     join: Vec<String>,
     replicas: u32,
     timeout: Duration,
-    record: Box<dyn Fn(&ClusterId) -> io::Result<()> + Send + Sync>,
+    record: RecordCluster,
 }
 
 impl Cluster {
@@ -551,7 +554,7 @@ impl Inner {
             cluster: self.identity.cluster().map(|c| c.id),
             replicas: self.identity.cluster().map(|c| c.replicas),
             node: format!("{:016x}", self.me()),
-            ready: self.ready().err().map_or_else(|| "ready".to_string(), |why| why),
+            ready: self.ready().err().unwrap_or_else(|| "ready".to_string()),
             nodes: nodes.into_values().collect(),
             shards,
         }

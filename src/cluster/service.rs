@@ -170,7 +170,7 @@ pub async fn propose(group: &Group, proposals: Vec<Proposal>) -> BoxFuture<'stat
 /// answers the log position a linearizable read must see applied.
 pub async fn read_index(group: &Group) -> Result<(u64, ReadIndex), Refused> {
     match group.get_read_linearizer(ReadPolicy::ReadIndex).await {
-        Ok(linearizer) => Ok((*group.node_id(), linearizer.read_log_id().clone())),
+        Ok(linearizer) => Ok((*group.node_id(), *linearizer.read_log_id())),
         Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Err(not_leader(group)),
         Err(e) => Err(Refused::Failed(e.to_string())),
     }
