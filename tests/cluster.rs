@@ -442,3 +442,23 @@ async fn the_redis_protocol_on_a_cluster_reads_linearizably_or_readonly_and_says
     assert_eq!(two.cmd(&["READONLY"]), resp_client::Resp::ok());
     assert_eq!(two.cmd(&["GET", "r"]), resp_client::Resp::bulk("1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_every_node_at_once_loses_no_acknowledged_write() {
+    let mut c = TestCluster::start(3, ENV);
+    c.init(0).await;
+    c.wait_voters(0, &[0, 1, 2]).await;
+    let urls = Arc::new(Mutex::new((0..3).map(|i| c.node(i).base()).collect::<Vec<_>>()));
+    let load = Load::start(urls, 4);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    let (acked, increments) = load.stop().await;
+    assert!(acked.len() > 20, "the load was acknowledged before the kill ({} writes)", acked.len());
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    c.wait_voters(0, &[0, 1, 2]).await;
+    check_nothing_lost(&c, &acked, increments, u64::MAX).await;
+}

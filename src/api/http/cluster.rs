@@ -33,7 +33,8 @@ pub async fn handle_status(state: web::Data<AppState>) -> Result<HttpResponse> {
 /// shards' leaders promote standby nodes in its place.
 pub async fn handle_remove(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let raw = req.match_info().get("id").unwrap_or("");
-    let node = u64::from_str_radix(raw, 16).map_err(|_| {
+    let hex = !raw.is_empty() && raw.len() <= 16 && raw.bytes().all(|b| b.is_ascii_hexdigit());
+    let node = u64::from_str_radix(raw, 16).ok().filter(|_| hex).ok_or_else(|| {
         Error::BadRequest(format!("a node id is 16 hex digits, as shale cluster status shows; got {raw:?}"))
     })?;
     cluster(&state)?.remove(node).await?;
