@@ -98,7 +98,7 @@ if isinstance(leader, str) and ":" in leader:
 ' 2>/dev/null || true
 }
 
-# ---- helpers -----------------------------------------------------------------------------------------------------
+# ---- functions ---------------------------------------------------------------------------------------------------
 # free_ports N: N distinct TCP ports free on 127.0.0.1 right now (all bound at once, then released).
 free_ports() {
     python3 -c 'import socket, sys
