@@ -116,15 +116,15 @@ const SECRET: &[u8] = b"the cluster secret";
 /// Proposes `command` through `raft`, retrying while the leader is not yet sure of its majority (openraft answers
 /// `ForwardToLeader` without a leader until a quorum acknowledged it): what the node's write path will do within
 /// `REQUEST_TIMEOUT_MS`.
-async fn write(raft: &Raft, request: u128, command: Command) -> openraft::raft::ClientWriteResponse<ShardRaft> {
+async fn write(raft: &Raft, label: u128, command: Command) -> openraft::raft::ClientWriteResponse<ShardRaft> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match raft.client_write(Proposal { request, command: command.clone() }).await {
+        match raft.client_write(Proposal { command: command.clone() }).await {
             Ok(w) => return w,
             Err(e) if std::time::Instant::now() < deadline && e.forward_to_leader().is_some() => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => panic!("request {request}: {e}"),
+            Err(e) => panic!("write {label}: {e}"),
         }
     }
 }

@@ -77,10 +77,7 @@ fn put(key: &str, value: &str) -> Command {
 }
 
 fn proposal(index: u64, cmd: Command) -> Entry {
-    Entry {
-        log_id: log_id::<ShardRaft>(1, 1, index),
-        payload: EntryPayload::Normal(Proposal { request: index.into(), command: cmd }),
-    }
+    Entry { log_id: log_id::<ShardRaft>(1, 1, index), payload: EntryPayload::Normal(Proposal { command: cmd }) }
 }
 
 async fn apply(state: &mut ShardState, entries: Vec<Entry>) {

@@ -6,18 +6,18 @@ use std::fmt;
 use crate::command::{Command, Reply};
 use crate::error::Error;
 
-/// One write proposed to a shard's Raft group.
+/// One write proposed to a shard's Raft group. A write is proposed again only when no leader took it, so an
+/// entry needs no id of its own to be applied once; a client's retries are deduplicated by
+/// `Command::Idempotent`, decided in the apply like any command.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Proposal {
-    /// Identifies the request across retries and forwarding, so that it is applied at most once.
-    pub request: u128,
     /// The write.
     pub command: Command,
 }
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request {:032x}", self.request)
+        write!(f, "a write of a {}-byte key", self.command.key().len())
     }
 }
 

@@ -103,13 +103,9 @@ impl ShardWrites for ReplicatedWrites {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Full(Box::new(cmd)));
         }
-        let Some(request) = crate::random::os_bytes::<16>().map(u128::from_le_bytes) else {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Stopped);
-        };
         let (tx, answer) = oneshot::channel();
         let queued = Queued {
-            proposal: Proposal { request, command: cmd },
+            proposal: Proposal { command: cmd },
             deadline: Instant::now() + self.timeout,
             reply: Slot { tx: Some(tx), in_flight: self.in_flight.clone() },
         };
@@ -224,30 +220,33 @@ async fn settle(
     };
     // Too few outcomes (a timeout, or an answer that does not match the request): the rest are unknown.
     let outcomes = outcomes.into_iter().chain(std::iter::repeat_with(|| Err(())));
+    let mut again = Vec::new();
     for ((w, proposal), outcome) in waiting.into_iter().zip(proposals).zip(outcomes) {
-        finish(shard, &route, w, Some(proposal), outcome).await;
+        if let Some(retry) = finish(shard, &route, w, proposal, outcome) {
+            again.push(retry);
+        }
+    }
+    if !again.is_empty() {
+        route_batch(shard, &route, again).await;
     }
 }
 
-/// Answers one write: its applied outcome, or a refusal. A write no leader took (`NotLeader`) goes again when
-/// its proposal is at hand and its deadline has not passed.
-async fn finish(
+/// Answers one write: its applied outcome, or a refusal. A write no leader took (`NotLeader`) is handed back, to
+/// go again, while its deadline has not passed.
+fn finish(
     shard: ShardId,
     route: &Route,
     w: Waiting,
-    proposal: Option<Proposal>,
+    proposal: Proposal,
     outcome: std::result::Result<Outcome, ()>,
-) {
+) -> Option<Queued> {
     let answer = match outcome {
         Ok(Ok(Applied(Some(result)))) => result,
         Ok(Ok(Applied(None))) => Err(Error::Internal("a write's entry carried no command".into())),
-        Ok(Err(Refused::NotLeader(_))) => match proposal {
-            Some(proposal) if Instant::now() < w.deadline => {
-                let again = Queued { proposal, deadline: w.deadline, reply: w.reply };
-                return route_batch(shard, route, vec![again]).await;
-            }
-            _ => Err(no_leader(shard, route.timeout)),
-        },
+        Ok(Err(Refused::NotLeader(_))) if Instant::now() < w.deadline => {
+            return Some(Queued { proposal, deadline: w.deadline, reply: w.reply });
+        }
+        Ok(Err(Refused::NotLeader(_))) => Err(no_leader(shard, route.timeout)),
         Ok(Err(Refused::Unknown(why))) => Err(Error::NoQuorum(format!(
             "shard {shard}: {why}; the write may or may not be applied (read it back before retrying)"
         ))),
@@ -259,6 +258,7 @@ async fn finish(
         ))),
     };
     w.reply.send(answer);
+    None
 }
 
 fn no_leader(shard: ShardId, timeout: Duration) -> Error {
