@@ -37,7 +37,7 @@ use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::OptionalSend;
 use sha2::Sha256;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,6 +50,10 @@ use crate::cluster::types::{NodeAddr, ShardRaft};
 pub const MAX_FRAME: usize = 64 << 20;
 /// The largest handshake frame: a peer that has not proven the secret never makes this node allocate more.
 const MAX_HANDSHAKE_FRAME: usize = 256;
+/// Most frames written with one system call.
+const WRITE_FRAMES: usize = 256;
+/// Bytes read from a connection at once (frames are parsed out of them).
+const READ_BUFFER: usize = 64 << 10;
 /// How long a connection attempt or a handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -94,15 +98,45 @@ enum Reply {
     Service(Response),
 }
 
-async fn write_frame(w: &mut Writer, frame: &Frame) -> io::Result<()> {
-    let body = postcard::to_allocvec(frame).map_err(|e| io::Error::other(format!("encoding a frame: {e}")))?;
-    if body.len() > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a {} byte frame", body.len())));
+/// Appends `frame`, its length first, to `out`.
+fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> io::Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = postcard::to_io(frame, &mut *out) {
+        out.truncate(start);
+        return Err(io::Error::other(format!("encoding a frame: {e}")));
     }
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a {len} byte frame")));
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+async fn write_frame(w: &mut Writer, frame: &Frame) -> io::Result<()> {
+    let mut out = Vec::new();
+    encode_frame(frame, &mut out)?;
     w.write_all(&out).await
+}
+
+/// Writes the frames queued on `rx` until the queue closes or a write fails: everything queued at once goes out
+/// with one write, so the shards' messages to a peer share its system calls and its wake-ups.
+async fn write_frames(mut w: Writer, mut rx: mpsc::UnboundedReceiver<Frame>) {
+    let mut frames = Vec::new();
+    let mut out = Vec::new();
+    while rx.recv_many(&mut frames, WRITE_FRAMES).await > 0 {
+        out.clear();
+        for frame in frames.drain(..) {
+            if let Err(e) = encode_frame(&frame, &mut out) {
+                tracing::error!(error = %e, "a frame for the cluster port could not be encoded");
+            }
+        }
+        if w.write_all(&out).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Reads one frame of at most `max` bytes.
@@ -175,7 +209,7 @@ impl Security {
                 let tls = acceptor.accept(stream).await?;
                 let binding = export(tls.get_ref().1)?;
                 let (r, w) = tokio::io::split(tls);
-                Ok((Box::new(r), Box::new(w), binding))
+                Ok((Box::new(BufReader::with_capacity(READ_BUFFER, r)), Box::new(w), binding))
             }
         }
     }
@@ -190,7 +224,7 @@ impl Security {
                 let tls = connector.connect(name, stream).await?;
                 let binding = export(tls.get_ref().1)?;
                 let (r, w) = tokio::io::split(tls);
-                Ok((Box::new(r), Box::new(w), binding))
+                Ok((Box::new(BufReader::with_capacity(READ_BUFFER, r)), Box::new(w), binding))
             }
         }
     }
@@ -198,7 +232,7 @@ impl Security {
 
 fn plain(stream: TcpStream) -> io::Result<(Reader, Writer, [u8; 32])> {
     let (r, w) = stream.into_split();
-    Ok((Box::new(r), Box::new(w), [0; 32]))
+    Ok((Box::new(BufReader::with_capacity(READ_BUFFER, r)), Box::new(w), [0; 32]))
 }
 
 fn export<D>(session: &rustls::ConnectionCommon<D>) -> io::Result<[u8; 32]> {
@@ -319,14 +353,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, groups: Groups, s
     }
     write_frame(&mut w, &Frame::Welcome { proof: proof(secret, b"server", &theirs, &binding) }).await?;
     // Answers go out through one writer task, in the order they are ready.
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if write_frame(&mut w, &frame).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (tx, rx) = mpsc::unbounded_channel::<Frame>();
+    let writer = tokio::spawn(write_frames(w, rx));
     let incoming = Arc::new(Mutex::new(HashMap::<u64, PathBuf>::new()));
     let mut requests = tokio::task::JoinSet::new();
     let result = loop {
@@ -555,14 +583,8 @@ impl Connection {
             tracing::warn!(%addr, "refused a cluster peer: it does not know CLUSTER_SECRET");
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer does not know the cluster secret"));
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-        tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if write_frame(&mut w, &frame).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (tx, rx) = mpsc::unbounded_channel::<Frame>();
+        tokio::spawn(write_frames(w, rx));
         let pending: Pending = Arc::default();
         let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (answers, ended) = (pending.clone(), broken.clone());
