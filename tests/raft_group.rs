@@ -36,6 +36,17 @@ struct Replica {
     /// Its cluster port.
     addr: SocketAddr,
     serving: tokio::task::JoinHandle<()>,
+    /// The last entry its shard file and cache hold.
+    applied: tokio::sync::watch::Receiver<Option<u64>>,
+}
+
+/// Waits until `replica`'s shard file and cache hold entry `index`.
+async fn applied(replica: &Replica, index: u64) {
+    let mut applied = replica.applied.clone();
+    tokio::time::timeout(WAIT.unwrap(), applied.wait_for(|a| a.is_some_and(|a| a >= index)))
+        .await
+        .expect("applied in time")
+        .expect("the state machine runs");
 }
 
 /// Starts (or restarts) replica `id` on `dir`, its cluster port at `addr` (any free port when `None`).
@@ -59,9 +70,10 @@ async fn start_with(
     while !readiness.is_ready() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let log = RaftLog::open(&dir.join("shard-0.raft")).expect("the Raft log");
+    let log = RaftLog::open(&dir.join("raft"), 1).expect("the Raft log").remove(0);
     let snapshots = dir.join("shard-0.snapshots");
     let state = ShardState::new(handle.clone(), snapshots.clone()).expect("the snapshot dir");
+    let applied = state.applied();
     let config = Config {
         heartbeat_interval: 50,
         election_timeout_min: 300,
@@ -82,7 +94,7 @@ async fn start_with(
     let groups = Groups::new(Identity::new(id, NodeAddr::default(), None));
     groups.insert(0, raft.clone(), snapshots);
     let serving = tokio::spawn(serve(listener, groups, security));
-    Replica { raft, handle, worker, addr, serving }
+    Replica { raft, handle, worker, addr, serving, applied }
 }
 
 /// Stops a replica: its cluster port closed, its Raft tasks ended, its worker joined (so its files can be opened
@@ -147,7 +159,7 @@ async fn three_replicas_agree_and_a_restarted_one_catches_up_from_a_snapshot() {
     let refused = write(&replicas[&leader].raft, 2, put("k", "two", if_absent)).await;
     assert!(matches!(refused.data, Applied(Some(Err(Error::PreconditionFailed(_))))), "{:?}", refused.data);
     for r in replicas.values() {
-        r.raft.wait(WAIT).applied_index_at_least(Some(refused.log_id.index), "applied").await.unwrap();
+        applied(r, refused.log_id.index).await;
         assert_eq!(value(r, "k"), Some((b"one".to_vec(), rev)), "the same record, revision included, everywhere");
     }
 
@@ -179,7 +191,7 @@ async fn three_replicas_agree_and_a_restarted_one_catches_up_from_a_snapshot() {
 
     // Back up: the entries it missed are gone from the leader's log, so it gets the snapshot.
     let back = start(down, dirs[down as usize - 1].path(), Some(down_addr), SECRET).await;
-    back.raft.wait(WAIT).applied_index_at_least(Some(last), "caught up").await.unwrap();
+    applied(&back, last).await;
     let installed = std::fs::read_dir(dirs[down as usize - 1].path().join("shard-0.snapshots"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("snapshot-"))
@@ -219,7 +231,7 @@ async fn replicas_agree_over_tls_and_a_node_without_the_secret_is_refused_there_
     let leader = leader.current_leader.unwrap();
     let w = write(&replicas[&leader].raft, 1, put("k", "over tls", Precondition::NONE)).await;
     for r in replicas.values() {
-        r.raft.wait(WAIT).applied_index_at_least(Some(w.log_id.index), "applied").await.unwrap();
+        applied(r, w.log_id.index).await;
         assert_eq!(value(r, "k").map(|(v, _)| v), Some(b"over tls".to_vec()));
     }
     // The port speaks TLS: a plain connection gets no challenge (the node waits for a TLS ClientHello).

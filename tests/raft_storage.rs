@@ -24,6 +24,7 @@ use shale::engine::durability::Log;
 use shale::engine::store::Store;
 use shale::placement::ShardId;
 use shale::shard::cache::Cache;
+use shale::shard::snapshot::{Rendezvous, SnapshotRequest};
 use shale::shard::{Readiness, ShardHandle, ShardOptions};
 use shale::Config;
 
@@ -57,7 +58,7 @@ struct Fresh;
 impl StoreBuilder<ShardRaft, RaftLog, ShardState, tempfile::TempDir> for Fresh {
     async fn build(&self) -> Result<(tempfile::TempDir, RaftLog, ShardState), StorageError<ShardRaft>> {
         let shard = shard();
-        let log = RaftLog::open(&shard.dir.path().join("shard-0.raft")).expect("a new log");
+        let log = RaftLog::open(&shard.dir.path().join("raft"), 1).expect("a new log").remove(0);
         let state = state_of(&shard);
         Ok((shard.dir, log, state))
     }
@@ -82,11 +83,37 @@ fn proposal(index: u64, cmd: Command) -> Entry {
 
 async fn apply(state: &mut ShardState, entries: Vec<Entry>) {
     let stream = futures_util::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
-    state.apply(stream).await.expect("applied");
+    state.apply(stream).await.expect("queued");
+    // Applying is pipelined: the applied state is read once the worker has applied everything queued.
+    state.applied_state().await.expect("applied");
 }
 
 fn value(shard: &Shard, key: &str) -> Option<Vec<u8>> {
     shard.handle.store().get(Space::Kv, key.as_bytes()).unwrap().map(|r| r.value().to_vec())
+}
+
+#[test]
+fn the_applied_index_moves_once_the_worker_has_applied_not_when_the_entries_are_queued() {
+    run(async {
+        let a = shard();
+        let mut sa = state_of(&a);
+        let mut applied = sa.applied();
+        // The worker held in a backup's rendezvous of two parties (it and this test) cannot apply anything.
+        let rendezvous = Rendezvous::new(2);
+        let (reply, _snapshot) = crossbeam_channel::bounded(1);
+        a.handle.request_snapshot(SnapshotRequest { rendezvous: rendezvous.clone(), reply }).unwrap();
+        let stream = futures_util::stream::iter([Ok((proposal(1, put("k", "one")), None))]);
+        sa.apply(stream).await.expect("queued while the worker is held");
+        assert_eq!(*applied.borrow(), None, "queued entries are not applied ones: a linearizable read waits for them");
+        assert_eq!(value(&a, "k"), None);
+        // Released (the rendezvous meets twice: paused, then the snapshot opened), the worker applies the entry.
+        tokio::task::spawn_blocking(move || assert!(rendezvous.meet() && rendezvous.meet())).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), applied.wait_for(|a| a.is_some_and(|a| a >= 1)))
+            .await
+            .expect("applied in time")
+            .unwrap();
+        assert_eq!(value(&a, "k").as_deref(), Some(&b"one"[..]), "the applied index moves once the file holds it");
+    });
 }
 
 #[test]
@@ -157,16 +184,16 @@ fn run(f: impl std::future::Future<Output = ()>) {
 fn a_reopened_log_has_its_entries_vote_commit_and_purge_point() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shard-0.raft");
+        let path = dir.path().join("raft");
         let vote = VoteOf::<ShardRaft>::new_committed(3, 2);
         {
-            let mut log = RaftLog::open(&path).unwrap();
+            let mut log = RaftLog::open(&path, 1).unwrap().remove(0);
             let seg = path.join(format!("{:020}.seg", 1));
             let empty = std::fs::metadata(&seg).unwrap().len();
             append(&mut log, entries(1, 1..=10)).await;
             // Reported durable: the records are in the file, whatever the writer does next.
             let written = std::fs::metadata(&seg).unwrap().len();
-            assert!(written >= empty + 10 * 13, "{empty} bytes before ten appends, {written} after");
+            assert!(written >= empty + 10 * 17, "{empty} bytes before ten appends, {written} after");
             append(&mut log, vec![membership_ent::<ShardRaft>(1, 1, 11, vec![BTreeSet::from([1, 2, 3])])]).await;
             log.truncate_after(Some(log_id::<ShardRaft>(1, 1, 8))).await.unwrap();
             append(&mut log, entries(2, 9..=12)).await;
@@ -174,7 +201,7 @@ fn a_reopened_log_has_its_entries_vote_commit_and_purge_point() {
             log.purge(log_id::<ShardRaft>(1, 1, 4)).await.unwrap();
             log.save_vote(&vote).await.unwrap();
         }
-        let mut log = RaftLog::open(&path).unwrap();
+        let mut log = RaftLog::open(&path, 1).unwrap().remove(0);
         assert_eq!(indexes(&mut log).await, (5..=12).collect::<Vec<_>>());
         let reread = log.try_get_log_entries(9..=9).await.unwrap();
         assert_eq!(reread[0].log_id(), log_id::<ShardRaft>(2, 1, 9), "the entry after the truncation");
@@ -190,9 +217,9 @@ fn a_reopened_log_has_its_entries_vote_commit_and_purge_point() {
 fn a_torn_last_record_is_cut_off_and_damage_before_it_refuses_the_open() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shard-0.raft");
+        let path = dir.path().join("raft");
         {
-            let mut log = RaftLog::open(&path).unwrap();
+            let mut log = RaftLog::open(&path, 1).unwrap().remove(0);
             append(&mut log, entries(1, 1..=5)).await;
         }
         let seg = path.join(format!("{:020}.seg", 1));
@@ -200,19 +227,19 @@ fn a_torn_last_record_is_cut_off_and_damage_before_it_refuses_the_open() {
         // A crash in the middle of the last record's write: its last bytes never reached the disk.
         std::fs::write(&seg, &whole[..whole.len() - 3]).unwrap();
         {
-            let mut log = RaftLog::open(&path).unwrap();
+            let mut log = RaftLog::open(&path, 1).unwrap().remove(0);
             assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4], "the torn entry 5 is gone");
             append(&mut log, entries(1, 5..=6)).await;
         }
-        let mut log = RaftLog::open(&path).unwrap();
+        let mut log = RaftLog::open(&path, 1).unwrap().remove(0);
         assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4, 5, 6], "appends after the cut replay");
         drop(log);
 
         // A flipped byte in a segment that is not the last: the log refuses to open rather than lose what follows.
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shard-0.raft");
+        let path = dir.path().join("raft");
         {
-            let mut log = RaftLog::open_with(&path, 256).unwrap();
+            let mut log = RaftLog::open_with(&path, 1, 256).unwrap().remove(0);
             for i in 1..=20 {
                 append(&mut log, entries(1, i..=i)).await;
             }
@@ -222,7 +249,7 @@ fn a_torn_last_record_is_cut_off_and_damage_before_it_refuses_the_open() {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x40;
         std::fs::write(&first, bytes).unwrap();
-        let err = RaftLog::open_with(&path, 256).err().expect("damage refuses the open");
+        let err = RaftLog::open_with(&path, 1, 256).err().expect("damage refuses the open");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     });
 }
@@ -231,9 +258,9 @@ fn a_torn_last_record_is_cut_off_and_damage_before_it_refuses_the_open() {
 fn purging_deletes_the_segments_it_empties_and_keeps_the_rest() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shard-0.raft");
+        let path = dir.path().join("raft");
         let segments = || std::fs::read_dir(&path).unwrap().count();
-        let mut log = RaftLog::open_with(&path, 128).unwrap();
+        let mut log = RaftLog::open_with(&path, 1, 128).unwrap().remove(0);
         for i in 1..=40 {
             append(&mut log, entries(1, i..=i)).await;
         }
@@ -245,7 +272,7 @@ fn purging_deletes_the_segments_it_empties_and_keeps_the_rest() {
         let after = segments();
         assert!(after < before && after >= 1, "{before} segments before the purge, {after} after");
         drop(log);
-        let mut log = RaftLog::open_with(&path, 128).unwrap();
+        let mut log = RaftLog::open_with(&path, 1, 128).unwrap().remove(0);
         assert_eq!(indexes(&mut log).await, (31..=41).collect::<Vec<_>>());
         assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(log_id::<ShardRaft>(1, 1, 30)));
     });
@@ -255,17 +282,62 @@ fn purging_deletes_the_segments_it_empties_and_keeps_the_rest() {
 fn a_purge_past_the_last_entry_leaves_an_empty_log_at_the_purge_point() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shard-0.raft");
+        let path = dir.path().join("raft");
         {
-            let mut log = RaftLog::open(&path).unwrap();
+            let mut log = RaftLog::open(&path, 1).unwrap().remove(0);
             append(&mut log, entries(1, 1..=3)).await;
             // As after a snapshot was installed: the log is purged beyond what it holds.
             log.purge(log_id::<ShardRaft>(2, 1, 50)).await.unwrap();
         }
-        let mut log = RaftLog::open(&path).unwrap();
+        let mut log = RaftLog::open(&path, 1).unwrap().remove(0);
         assert!(indexes(&mut log).await.is_empty());
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id::<ShardRaft>(2, 1, 50)));
         assert_eq!(state.last_log_id, Some(log_id::<ShardRaft>(2, 1, 50)));
+    });
+}
+
+#[test]
+fn the_shards_of_a_node_share_one_log_and_each_replays_its_own() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft");
+        let segments = || std::fs::read_dir(&path).unwrap().count();
+        let vote = VoteOf::<ShardRaft>::new_committed(7, 3);
+        let mut logs = RaftLog::open_with(&path, 2, 128).unwrap();
+        let (mut zero, mut one) = (logs.remove(0), logs.remove(0));
+        for i in 1..=20 {
+            append(&mut zero, entries(1, i..=i)).await;
+            if i <= 5 {
+                append(&mut one, entries(2, i..=i)).await;
+            }
+        }
+        one.save_vote(&vote).await.unwrap();
+        let before = segments();
+        assert!(before >= 4, "{before} segments of 128 bytes for 25 entries");
+        // Shard 0's purge empties segments that still hold shard 1's entries: those stay.
+        zero.purge(log_id::<ShardRaft>(1, 1, 20)).await.unwrap();
+        append(&mut zero, entries(1, 21..=21)).await;
+        let kept = segments();
+        assert!(kept < before, "segments without shard 1's entries go: {before} before, {kept} after");
+        assert!(kept >= 2, "segments holding shard 1's entries stay: {kept} left");
+        one.purge(log_id::<ShardRaft>(2, 1, 5)).await.unwrap();
+        append(&mut one, entries(2, 6..=6)).await;
+        let after = segments();
+        assert!(after < kept, "{kept} segments before shard 1's purge, {after} after");
+        drop((zero, one));
+
+        let mut logs = RaftLog::open_with(&path, 2, 128).unwrap();
+        let (mut zero, mut one) = (logs.remove(0), logs.remove(0));
+        assert_eq!(indexes(&mut zero).await, vec![21]);
+        assert_eq!(indexes(&mut one).await, vec![6]);
+        assert_eq!(one.try_get_log_entries(6..=6).await.unwrap()[0].log_id(), log_id::<ShardRaft>(2, 1, 6));
+        assert_eq!(one.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(zero.read_vote().await.unwrap(), None, "a vote belongs to its shard");
+        drop((zero, one));
+
+        // The same files opened for another number of shards: refused, never read as other shards' logs.
+        let err = RaftLog::open_with(&path, 3, 128).err().expect("another shard count refuses the open");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     });
 }

@@ -1,9 +1,15 @@
-//! The Raft log of one shard: its entries, its vote, its committed id and its purge point, in segment files that
-//! one writer thread appends in the order they were asked for.
+//! The Raft logs of a node's shards: each shard's entries, vote, committed id and purge point, in one sequence of
+//! segment files that one writer thread appends in the order they were asked for.
+//!
+//! # One log for every shard
+//! Every shard's group has a log of its own (a [`RaftLog`]: its own entries, vote and purge point), but their
+//! records go to one file: a round of the writer covers what every shard queued with one `write` and one
+//! `fdatasync`. The shards of a node share its disk, so separate files would cost one fdatasync per shard per
+//! round, each a round trip to the disk, for the same durability.
 //!
 //! # Ordering and durability (what openraft requires of a log store)
-//! - Every change (an append, the vote, the committed id, a truncation, a purge) is applied to the in-memory
-//!   view before its call returns, so it is readable at once, and queued to the writer in call order.
+//! - Every change (an append, the vote, the committed id, a truncation, a purge) is applied to the shard's
+//!   in-memory view before its call returns, so it is readable at once, and queued to the writer in call order.
 //! - The writer takes everything queued, writes it with one `write` and, when any of it must be durable, one
 //!   `fdatasync` (group commit), then reports each append durable (`IOFlushed`) in order. A report covers every
 //!   earlier write too, since all of them precede it in one file.
@@ -11,16 +17,17 @@
 //! - The committed id, a truncation and a purge are not synced on their own: the next append or vote covers them,
 //!   and losing one to a crash only brings back a state this log already had (entries that were never
 //!   committed, or entries below a snapshot).
-//! - After a failed write or fdatasync every later call fails: openraft then stops the group, and the node must
-//!   be restarted (a log whose writes failed cannot say what reached the disk).
+//! - After a failed write or fdatasync every later call of every shard fails: openraft then stops the groups,
+//!   and the node must be restarted (a log whose writes failed cannot say what reached the disk).
 //!
 //! # Files
-//! `shard-<i>.raft/<seq>.seg` next to the shard's redb file. A segment is a sequence of records
-//! `[xxh3 of the rest: u64][body length: u32][kind: u8][body]`, bodies in postcard. Each segment starts with the
-//! vote, committed id and purge point as of its creation, so a purge can delete whole older segments: one whose
-//! entries are all purged is removed, and a segment past [`SEGMENT_BYTES`] is closed and a new one begun. On
-//! open, the segments are replayed in order; a record torn by a crash can only be at the end of the last one,
-//! which is cut back to it. A bad record anywhere else is damage, and the log refuses to open.
+//! `raft/<seq>.seg` next to the shard files. A segment is a sequence of records
+//! `[xxh3 of the rest: u64][body length: u32][kind: u8][shard: u32][body]`, bodies in postcard. Each segment
+//! starts with every shard's vote, committed id and purge point as of its creation, so a purge can delete whole
+//! older segments: one in which every shard's entries are purged is removed, and a segment past
+//! [`SEGMENT_BYTES`] is closed and a new one begun. On open, the segments are replayed in order, each record into
+//! its shard's log; a record torn by a crash can only be at the end of the last one, which is cut back to it. A
+//! bad record anywhere else is damage, and the log refuses to open.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -49,9 +56,9 @@ type Vote = VoteOf<ShardRaft>;
 /// A segment is closed, and a new one begun, once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
-/// Checksum, body length, kind.
-const HEADER: usize = 8 + 4 + 1;
-/// The vote, committed id and purge point as of the segment's creation (its first record).
+/// Checksum, body length, kind, shard.
+const HEADER: usize = 8 + 4 + 1 + 4;
+/// Every shard's vote, committed id and purge point as of the segment's creation (its first record).
 const KIND_STATE: u8 = 1;
 const KIND_ENTRY: u8 = 2;
 const KIND_VOTE: u8 = 3;
@@ -61,7 +68,7 @@ const KIND_TRUNCATE: u8 = 5;
 /// Every entry up to the given id is gone.
 const KIND_PURGE: u8 = 6;
 
-/// What a segment's first record holds.
+/// What a segment's first record holds of one shard.
 type SegmentState = (Option<Vote>, Option<LogId>, Option<LogId>);
 
 /// The log as every reader sees it.
@@ -86,17 +93,18 @@ impl View {
         }
     }
 
-    /// Replays one record read from a segment.
+    /// Takes the shard's state from a segment's first record.
+    fn replay_state(&mut self, (vote, committed, purged): SegmentState) {
+        self.vote = vote;
+        self.committed = committed;
+        if let Some(p) = purged {
+            self.purge(&p);
+        }
+    }
+
+    /// Replays one record of the shard read from a segment.
     fn replay(&mut self, kind: u8, body: &[u8]) -> io::Result<()> {
         match kind {
-            KIND_STATE => {
-                let (vote, committed, purged): SegmentState = decode(body)?;
-                self.vote = vote;
-                self.committed = committed;
-                if let Some(p) = purged {
-                    self.purge(&p);
-                }
-            }
             KIND_ENTRY => {
                 let entry: Entry = decode(body)?;
                 self.entries.insert(entry.index(), entry);
@@ -118,15 +126,22 @@ pub struct RaftLog {
 }
 
 struct Inner {
+    shard: u32,
     view: RwLock<View>,
-    writer: Option<Sender<Write_>>,
+    writer: Arc<WriterThread>,
+}
+
+/// The writer thread every shard's log queues to; it ends once every log is dropped.
+struct WriterThread {
+    tx: Option<Sender<Write_>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for Inner {
-    /// Lets the writer finish what was queued, sync it and close its file, so the log can be opened again at once.
+impl Drop for WriterThread {
+    /// Lets the writer finish what was queued, sync it and close its file, so the logs can be opened again at
+    /// once.
     fn drop(&mut self) {
-        drop(self.writer.take());
+        drop(self.tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -134,27 +149,31 @@ impl Drop for Inner {
 }
 
 impl RaftLog {
-    /// Opens (or creates) the log in the folder `dir`, replaying it.
-    pub fn open(dir: &Path) -> io::Result<RaftLog> {
-        RaftLog::open_with(dir, SEGMENT_BYTES)
+    /// Opens (or creates) the logs of shards `0..shards` in the folder `dir`, replaying them; one per shard, in
+    /// shard order.
+    pub fn open(dir: &Path, shards: u32) -> io::Result<Vec<RaftLog>> {
+        RaftLog::open_with(dir, shards, SEGMENT_BYTES)
     }
 
     /// [`RaftLog::open`] with segments of `segment_bytes` (tests use small ones).
-    pub fn open_with(dir: &Path, segment_bytes: u64) -> io::Result<RaftLog> {
+    pub fn open_with(dir: &Path, shards: u32, segment_bytes: u64) -> io::Result<Vec<RaftLog>> {
         std::fs::create_dir_all(dir)?;
-        let mut segments = list_segments(dir)?;
-        let mut view = View::default();
+        let count = shards as usize;
+        let mut segments = list_segments(dir, count)?;
+        let mut views: Vec<View> = (0..count).map(|_| View::default()).collect();
         if segments.is_empty() {
-            segments.push(Segment::create(dir, 1, &(None, None, None))?);
+            segments.push(Segment::create(dir, 1, &vec![(None, None, None); count])?);
             sync_dir(dir)?;
         }
         let last = segments.len() - 1;
         for (i, seg) in segments.iter_mut().enumerate() {
-            seg.replay(&mut view, i == last)?;
+            seg.replay(&mut views, i == last)?;
         }
         // A state record may name a purge point past entries of earlier segments.
-        if let Some(p) = view.purged {
-            view.purge(&p);
+        for view in &mut views {
+            if let Some(p) = view.purged {
+                view.purge(&p);
+            }
         }
         let current = segments.pop().expect("at least one segment");
         let file = OpenOptions::new().append(true).open(&current.path)?;
@@ -164,16 +183,20 @@ impl RaftLog {
             closed: segments,
             current,
             file,
-            vote: view.vote,
-            committed: view.committed,
-            purged: view.purged,
+            states: views.iter().map(|v| (v.vote, v.committed, v.purged)).collect(),
             failed: None,
-            append_seconds: metrics::histogram!("shale_raft_append_seconds", "log" => dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())),
+            append_seconds: metrics::histogram!("shale_raft_append_seconds"),
         };
         let (tx, rx) = crossbeam_channel::unbounded();
-        let name = dir.file_name().map_or_else(|| "raft-log".into(), |n| n.to_string_lossy().into_owned());
-        let thread = std::thread::Builder::new().name(name).spawn(move || writer.run(rx))?;
-        Ok(RaftLog { inner: Arc::new(Inner { view: RwLock::new(view), writer: Some(tx), thread: Some(thread) }) })
+        let thread = std::thread::Builder::new().name("raft-log".into()).spawn(move || writer.run(rx))?;
+        let writer = Arc::new(WriterThread { tx: Some(tx), thread: Some(thread) });
+        Ok(views
+            .into_iter()
+            .enumerate()
+            .map(|(shard, view)| RaftLog {
+                inner: Arc::new(Inner { shard: shard as u32, view: RwLock::new(view), writer: writer.clone() }),
+            })
+            .collect())
     }
 
     fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
@@ -184,8 +207,14 @@ impl RaftLog {
         self.inner.view.write().expect("the view lock is never held across a panic")
     }
 
-    fn queue(&self, write: Write_) -> io::Result<()> {
-        let writer = self.inner.writer.as_ref().expect("the writer lives as long as the log");
+    /// A record of this shard.
+    fn record(&self, kind: u8, body: &[u8]) -> Vec<u8> {
+        record(kind, self.inner.shard, body)
+    }
+
+    fn queue(&self, bytes: Vec<u8>, sync: bool, done: Done, change: Change) -> io::Result<()> {
+        let writer = self.inner.writer.tx.as_ref().expect("the writer lives as long as the logs");
+        let write = Write_ { shard: self.inner.shard as usize, bytes, sync, done, change };
         writer.send(write).map_err(|_| io::Error::other("the log writer stopped"))
     }
 }
@@ -217,17 +246,17 @@ impl RaftLogStorage<ShardRaft> for RaftLog {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let bytes = record(KIND_VOTE, &encode(vote)?);
+        let bytes = self.record(KIND_VOTE, &encode(vote)?);
         self.view_mut().vote = Some(*vote);
         let (done, synced) = oneshot::channel();
-        self.queue(Write_ { bytes, sync: true, done: Done::Vote(done), change: Change::Vote(*vote) })?;
+        self.queue(bytes, true, Done::Vote(done), Change::Vote(*vote))?;
         synced.await.map_err(|_| io::Error::other("the log writer stopped"))?
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let bytes = record(KIND_COMMITTED, &encode(&committed)?);
+        let bytes = self.record(KIND_COMMITTED, &encode(&committed)?);
         self.view_mut().committed = committed;
-        self.queue(Write_ { bytes, sync: false, done: Done::Nothing, change: Change::Committed(committed) })
+        self.queue(bytes, false, Done::Nothing, Change::Committed(committed))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -244,31 +273,33 @@ impl RaftLogStorage<ShardRaft> for RaftLog {
         {
             let mut view = self.view_mut();
             for entry in entries {
-                bytes.extend_from_slice(&record(KIND_ENTRY, &encode(&entry)?));
+                bytes.extend_from_slice(&self.record(KIND_ENTRY, &encode(&entry)?));
                 last = Some(entry.index());
                 view.entries.insert(entry.index(), entry);
             }
         }
-        self.queue(Write_ { bytes, sync: true, done: Done::Flushed(callback), change: Change::Entries { last } })
+        self.queue(bytes, true, Done::Flushed(callback), Change::Entries { last })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let bytes = record(KIND_TRUNCATE, &encode(&last_log_id)?);
+        let bytes = self.record(KIND_TRUNCATE, &encode(&last_log_id)?);
         self.view_mut().truncate_after(last_log_id.as_ref());
-        self.queue(Write_ { bytes, sync: false, done: Done::Nothing, change: Change::None })
+        self.queue(bytes, false, Done::Nothing, Change::None)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let bytes = record(KIND_PURGE, &encode(&log_id)?);
+        let bytes = self.record(KIND_PURGE, &encode(&log_id)?);
         self.view_mut().purge(&log_id);
-        self.queue(Write_ { bytes, sync: false, done: Done::Nothing, change: Change::Purge(log_id) })
+        self.queue(bytes, false, Done::Nothing, Change::Purge(log_id))
     }
 }
 
 // ---- the writer thread ----
 
-/// One change for the writer: its records, whether it must be durable before it is reported, and whom to tell.
+/// One change of one shard's log for the writer: its records, whether it must be durable before it is reported,
+/// and whom to tell.
 struct Write_ {
+    shard: usize,
     bytes: Vec<u8>,
     sync: bool,
     done: Done,
@@ -298,9 +329,8 @@ struct Writer {
     closed: Vec<Segment>,
     current: Segment,
     file: File,
-    vote: Option<Vote>,
-    committed: Option<LogId>,
-    purged: Option<LogId>,
+    /// Each shard's vote, committed id and purge point.
+    states: Vec<SegmentState>,
     /// The first failure: every later write fails with it.
     failed: Option<(io::ErrorKind, String)>,
     /// Time of each batch's write and fdatasync (`shale_raft_append_seconds`).
@@ -316,7 +346,7 @@ impl Writer {
             let outcome = self.write(&batch);
             self.append_seconds.record(started.elapsed().as_secs_f64());
             if let Err(e) = &outcome {
-                tracing::error!(dir = %self.dir.display(), error = %e, "writing the Raft log failed");
+                tracing::error!(dir = %self.dir.display(), error = %e, "writing the Raft logs failed");
                 self.failed.get_or_insert((e.kind(), e.to_string()));
             }
             for w in batch {
@@ -348,16 +378,18 @@ impl Writer {
         let mut purged = false;
         for w in batch {
             bytes.extend_from_slice(&w.bytes);
+            let state = &mut self.states[w.shard];
             match &w.change {
                 Change::None => {}
                 Change::Entries { last } => {
-                    self.current.last_entry = self.current.last_entry.max(*last);
+                    let seg_last = &mut self.current.last_entry[w.shard];
+                    *seg_last = (*seg_last).max(*last);
                 }
-                Change::Vote(v) => self.vote = Some(*v),
-                Change::Committed(c) => self.committed = *c,
+                Change::Vote(v) => state.0 = Some(*v),
+                Change::Committed(c) => state.1 = *c,
                 Change::Purge(p) => {
-                    if self.purged.as_ref().is_none_or(|old| old.index < p.index) {
-                        self.purged = Some(*p);
+                    if state.2.as_ref().is_none_or(|old| old.index < p.index) {
+                        state.2 = Some(*p);
                     }
                     purged = true;
                 }
@@ -377,24 +409,31 @@ impl Writer {
         Ok(())
     }
 
-    /// Closes the current segment and begins the next, headed by the current vote, committed id and purge point.
+    /// Closes the current segment and begins the next, headed by every shard's vote, committed id and purge point.
     fn begin_segment(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
-        let state: SegmentState = (self.vote, self.committed, self.purged);
-        let next = Segment::create(&self.dir, self.current.seq + 1, &state)?;
+        let next = Segment::create(&self.dir, self.current.seq + 1, &self.states)?;
         sync_dir(&self.dir)?;
         self.file = OpenOptions::new().append(true).open(&next.path)?;
         self.closed.push(std::mem::replace(&mut self.current, next));
         Ok(())
     }
 
-    /// Deletes the closed segments whose entries are all purged (their state is in every later segment's header).
+    /// Deletes the closed segments in which every shard's entries are purged (their state is in every later
+    /// segment's header).
     fn delete_purged(&mut self) -> io::Result<()> {
-        let Some(upto) = self.purged.as_ref().map(|p| p.index) else { return Ok(()) };
         let before = self.closed.len();
         let mut kept = Vec::with_capacity(before);
+        let states = &self.states;
+        let all_purged = |seg: &Segment| {
+            seg.last_entry.iter().zip(states).all(|(last, (_, _, purged))| match (last, purged) {
+                (None, _) => true,
+                (Some(last), Some(p)) => *last <= p.index,
+                (Some(_), None) => false,
+            })
+        };
         for seg in self.closed.drain(..) {
-            if seg.last_entry.is_none_or(|last| last <= upto) {
+            if all_purged(&seg) {
                 std::fs::remove_file(&seg.path)?;
             } else {
                 kept.push(seg);
@@ -414,8 +453,8 @@ struct Segment {
     seq: u64,
     path: PathBuf,
     len: u64,
-    /// The highest entry index written to it.
-    last_entry: Option<u64>,
+    /// The highest entry index of each shard written to it.
+    last_entry: Vec<Option<u64>>,
 }
 
 impl Segment {
@@ -423,23 +462,23 @@ impl Segment {
         format!("{seq:020}.seg")
     }
 
-    /// A new segment holding only its header, fdatasynced.
-    fn create(dir: &Path, seq: u64, state: &SegmentState) -> io::Result<Segment> {
+    /// A new segment holding only its header (`states`, one per shard), fdatasynced.
+    fn create(dir: &Path, seq: u64, states: &[SegmentState]) -> io::Result<Segment> {
         let path = dir.join(Segment::name(seq));
-        let header = record(KIND_STATE, &encode(state)?);
+        let header = record(KIND_STATE, 0, &encode(&states)?);
         let mut f = OpenOptions::new().write(true).create_new(true).open(&path)?;
         f.write_all(&header)?;
         f.sync_data()?;
-        Ok(Segment { seq, path, len: header.len() as u64, last_entry: None })
+        Ok(Segment { seq, path, len: header.len() as u64, last_entry: vec![None; states.len()] })
     }
 
-    /// Replays the segment into `view`. In the `last` segment a bad record ends the log (a write torn by a crash)
-    /// and the file is cut back to it; in another one it is damage.
-    fn replay(&mut self, view: &mut View, last: bool) -> io::Result<()> {
+    /// Replays the segment into `views`, one per shard. In the `last` segment a bad record ends the log (a write
+    /// torn by a crash) and the file is cut back to it; in another one it is damage.
+    fn replay(&mut self, views: &mut [View], last: bool) -> io::Result<()> {
         let data = std::fs::read(&self.path)?;
         let mut at = 0;
         while at < data.len() {
-            let Some((kind, body, end)) = read_record(&data, at) else {
+            let Some((kind, shard, body, end)) = read_record(&data, at) else {
                 if !last {
                     return Err(damaged(format!("{} is damaged at byte {at}", self.path.display())));
                 }
@@ -449,11 +488,31 @@ impl Segment {
                 f.sync_all()?;
                 break;
             };
-            if kind == KIND_ENTRY {
-                let entry: Entry = decode(body)?;
-                self.last_entry = self.last_entry.max(Some(entry.index()));
+            if kind == KIND_STATE {
+                let states: Vec<SegmentState> = decode(body)?;
+                // A node's shards are fixed for its life (a cluster refuses a new SHARD_LIMIT).
+                if states.len() != views.len() {
+                    return Err(damaged(format!(
+                        "{} holds the Raft logs of {} shards, this node has {}",
+                        self.path.display(),
+                        states.len(),
+                        views.len()
+                    )));
+                }
+                for (view, state) in views.iter_mut().zip(states) {
+                    view.replay_state(state);
+                }
+            } else {
+                let view = views.get_mut(shard as usize).ok_or_else(|| {
+                    damaged(format!("{} holds a record of shard {shard}, which this node lacks", self.path.display()))
+                })?;
+                if kind == KIND_ENTRY {
+                    let entry: Entry = decode(body)?;
+                    let seg_last = &mut self.last_entry[shard as usize];
+                    *seg_last = (*seg_last).max(Some(entry.index()));
+                }
+                view.replay(kind, body)?;
             }
-            view.replay(kind, body)?;
             at = end;
         }
         self.len = at as u64;
@@ -461,8 +520,8 @@ impl Segment {
     }
 }
 
-/// The segments of `dir`, oldest first.
-fn list_segments(dir: &Path) -> io::Result<Vec<Segment>> {
+/// The segments of `dir`, oldest first, for `shards` shards.
+fn list_segments(dir: &Path, shards: usize) -> io::Result<Vec<Segment>> {
     let mut segs = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -472,7 +531,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<Segment>> {
             .and_then(|n| n.strip_suffix(".seg"))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(seq) = seq {
-            segs.push(Segment { seq, path, len: 0, last_entry: None });
+            segs.push(Segment { seq, path, len: 0, last_entry: vec![None; shards] });
         }
     }
     segs.sort_by_key(|s| s.seq);
@@ -481,25 +540,28 @@ fn list_segments(dir: &Path) -> io::Result<Vec<Segment>> {
 
 // ---- records ----
 
-fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+fn record(kind: u8, shard: u32, body: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(HEADER + body.len());
     r.extend_from_slice(&[0; 8]);
     r.extend_from_slice(&(body.len() as u32).to_le_bytes());
     r.push(kind);
+    r.extend_from_slice(&shard.to_le_bytes());
     r.extend_from_slice(body);
     let sum = xxh3_64(&r[8..]);
     r[..8].copy_from_slice(&sum.to_le_bytes());
     r
 }
 
-/// The record at `at`: its kind, its body and where the next one begins; `None` if it is torn or damaged.
-fn read_record(data: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+/// The record at `at`: its kind, its shard, its body and where the next one begins; `None` if it is torn or
+/// damaged.
+fn read_record(data: &[u8], at: usize) -> Option<(u8, u32, &[u8], usize)> {
     let head = data.get(at..at + HEADER)?;
     let sum = u64::from_le_bytes(head[..8].try_into().ok()?);
     let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
     let end = at.checked_add(HEADER)?.checked_add(len)?;
     let covered = data.get(at + 8..end)?;
-    (xxh3_64(covered) == sum).then(|| (head[12], &data[at + HEADER..end], end))
+    let shard = u32::from_le_bytes(head[13..17].try_into().ok()?);
+    (xxh3_64(covered) == sum).then(|| (head[12], shard, &data[at + HEADER..end], end))
 }
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {

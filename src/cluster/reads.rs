@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use openraft::raft::linearizable_read::Linearizer;
 
 use crate::cluster::service::{self, leader_of, Refused, Request, Response};
-use crate::cluster::state::Group;
 use crate::cluster::writes::{not_initialised, Route};
 use crate::error::{Error, Result};
 use crate::node::reads::Linearize;
@@ -82,7 +80,7 @@ async fn caught_up(shard: ShardId, route: &Route) -> Result<()> {
             None => None,
         };
         match index {
-            Some(Ok((leader, read))) => return applied(&route.group, leader, read, deadline, late).await,
+            Some(Ok((_, read))) => return applied(route, read, deadline, late).await,
             Some(Err(Refused::Failed(why))) => {
                 tracing::debug!(%shard, %why, "a read index was refused");
             }
@@ -92,18 +90,16 @@ async fn caught_up(shard: ShardId, route: &Route) -> Result<()> {
     }
 }
 
-/// Waits until `group` has applied up to `read`.
-async fn applied(
-    group: &Group,
-    leader: u64,
-    read: service::ReadIndex,
-    deadline: Instant,
-    late: impl Fn() -> Error,
-) -> Result<()> {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    match Linearizer::new(leader, read, None).try_await_ready(group, Some(remaining)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) => Err(late()),
-        Err(fatal) => Err(Error::Unavailable(format!("the shard's Raft group stopped: {fatal}"))),
-    }
+/// Waits until the local replica has applied up to `read` (its worker's applied index, which moves only once the
+/// file and cache hold the entry).
+async fn applied(route: &Route, read: service::ReadIndex, deadline: Instant, late: impl Fn() -> Error) -> Result<()> {
+    let mut applied = route.applied.clone();
+    let index = read.index();
+    let reached =
+        match tokio::time::timeout_at(deadline.into(), applied.wait_for(|a| a.is_some_and(|a| a >= index))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Unavailable("the shard's state machine stopped".into())),
+            Err(_) => Err(late()),
+        };
+    reached
 }

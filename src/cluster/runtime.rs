@@ -121,13 +121,15 @@ impl Cluster {
         let peers = Peers::new(config.identity.node(), security.clone(), source.filter(|ip| !ip.is_unspecified()));
         let groups_served = Groups::new(config.identity.clone());
         let identity = config.identity.clone();
-        let (groups, listener) = runtime.block_on(async {
+        let (groups, applied, listener) = runtime.block_on(async {
             let mut groups = Vec::new();
-            for shard in shards {
+            let mut applied = Vec::new();
+            let logs = RaftLog::open(&config.data_dir.join("raft"), shards.len() as u32)?;
+            for (shard, log) in shards.iter().zip(logs) {
                 let i = shard.id().0;
-                let log = RaftLog::open(&config.data_dir.join(format!("shard-{i}.raft")))?;
                 let snapshots = config.data_dir.join(format!("shard-{i}.snapshots"));
                 let state = ShardState::new(shard.clone(), snapshots.clone())?;
+                applied.push(state.applied());
                 let group = Group::new(identity.node(), raft_config.clone(), peers.network(i), log, state)
                     .await
                     .map_err(|e| io::Error::other(format!("starting shard {i}'s Raft group: {e}")))?;
@@ -135,7 +137,7 @@ impl Cluster {
                 groups.push(group);
             }
             let listener = TcpListener::bind(&config.listen).await?;
-            io::Result::Ok((groups, listener))
+            io::Result::Ok((groups, applied, listener))
         })?;
         let addr = listener.local_addr()?;
         runtime.spawn(serve(listener, groups_served, security));
@@ -146,11 +148,13 @@ impl Cluster {
         };
         let routes = groups
             .iter()
-            .map(|group| Route {
+            .zip(applied)
+            .map(|(group, applied)| Route {
                 group: group.clone(),
                 peers: peers.clone(),
                 timeout: config.timeout,
                 initialised: initialised.clone(),
+                applied,
             })
             .collect();
         let inner = Arc::new(Inner {
@@ -237,7 +241,8 @@ impl Cluster {
             let last = m.last_log_index.unwrap_or(0);
             metrics::gauge!("shale_raft_last_log_index", "shard" => shard.clone()).set(last as f64);
             metrics::gauge!("shale_raft_commit_index", "shard" => shard.clone()).set(index(m.local_committed));
-            metrics::gauge!("shale_raft_applied_index", "shard" => shard.clone()).set(index(m.last_applied));
+            let applied = self.inner.routes[i].applied.borrow().map_or(0.0, |a| a as f64);
+            metrics::gauge!("shale_raft_applied_index", "shard" => shard.clone()).set(applied);
             metrics::gauge!("shale_raft_snapshot_index", "shard" => shard.clone()).set(index(m.snapshot));
             for (peer, matched) in m.replication.iter().flatten() {
                 let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
@@ -497,7 +502,7 @@ impl Inner {
                 return Err(format!("shard {i} has no leader"));
             }
             let committed = m.local_committed.map_or(0, |l| l.index);
-            let applied = m.last_applied.map_or(0, |l| l.index);
+            let applied = self.routes[i].applied.borrow().unwrap_or(0);
             if applied < committed {
                 return Err(format!("shard {i}: catching up ({applied} of {committed} entries applied)"));
             }
@@ -534,7 +539,7 @@ impl Inner {
                 learners: membership.learner_ids().map(|id| format!("{id:016x}")).collect(),
                 last_log_index: last,
                 committed: m.local_committed.map_or(0, |l| l.index),
-                applied: m.last_applied.map_or(0, |l| l.index),
+                applied: self.routes[i].applied.borrow().unwrap_or(0),
                 snapshot: m.snapshot.map(|l| l.index),
                 lag,
             });

@@ -1,9 +1,12 @@
 //! The state machine of a shard's Raft group: the shard's redb file, which only the shard's worker writes.
 //!
-//! - Apply: committed entries go to the worker in log order ([`ShardHandle::apply`]). It applies their commands
-//!   with the command logic of a single node (`engine::apply`) in one transaction, records the last applied entry
-//!   and the membership in the same transaction, updates the cache, and answers each command's outcome, which is
-//!   what the client that proposed it gets.
+//! - Apply: committed entries are queued to the worker in log order ([`ShardHandle::apply`]), and the group goes
+//!   on with the next ones without waiting (apply is pipelined). The worker applies their commands with the
+//!   command logic of a single node (`engine::apply`), the entries queued together in one transaction, records
+//!   the last applied entry and the membership in the same transaction, updates the cache, and answers each
+//!   command's outcome, which is what the client that proposed it gets. Only then does the shard's applied index
+//!   ([`ShardState::applied`]) move: linearizable reads wait on it, not on openraft's, which counts entries once
+//!   they are queued. A failed apply stops the group at its next call.
 //! - Snapshot: a copy of the shard file from one read transaction taken between the worker's batches (the
 //!   backup's rendezvous, for one shard), written to `shard-<i>.snapshots/snapshot-<index>.redb` and made durable
 //!   there. Its metadata (last applied entry, membership) is read from the copy itself. The newest one is the
@@ -13,14 +16,16 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::TryStreamExt;
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::watch;
 
 use crate::cluster::types::{Applied, ShardRaft};
 use crate::engine::copy::copy_file;
@@ -48,6 +53,12 @@ pub struct ShardState {
     store: Arc<Store>,
     /// Where its snapshots are kept.
     dir: PathBuf,
+    /// The index of the last entry the shard file and cache hold, once the worker has applied it.
+    applied: Arc<watch::Sender<Option<u64>>>,
+    /// One past the index of the last entry queued to the worker.
+    queued: Arc<AtomicU64>,
+    /// Why an apply failed: the group stops at its next call.
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl ShardState {
@@ -55,7 +66,38 @@ impl ShardState {
     pub fn new(shard: ShardHandle, dir: PathBuf) -> io::Result<ShardState> {
         std::fs::create_dir_all(&dir)?;
         let store = shard.store().clone();
-        Ok(ShardState { shard, store, dir })
+        let applied = store.raft_state().map_err(io_error)?.applied.as_deref().map(decode::<LogId>).transpose()?;
+        let applied = applied.map(|l| l.index);
+        Ok(ShardState {
+            shard,
+            store,
+            dir,
+            applied: Arc::new(watch::channel(applied).0),
+            queued: Arc::new(AtomicU64::new(applied.map_or(0, |i| i + 1))),
+            failed: Arc::default(),
+        })
+    }
+
+    /// The index of the last entry the shard's file and cache hold (readers see it).
+    pub fn applied(&self) -> watch::Receiver<Option<u64>> {
+        self.applied.subscribe()
+    }
+
+    fn failure(&self) -> io::Result<()> {
+        match self.failed.lock().expect("failed lock").as_ref() {
+            Some(why) => Err(io::Error::other(format!("applying committed entries failed: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every entry queued to the worker is applied.
+    async fn settled(&self) -> io::Result<()> {
+        let queued = self.queued.load(Ordering::Acquire);
+        let failed = self.failed.clone();
+        let mut applied = self.applied.subscribe();
+        let done = |a: &Option<u64>| a.map_or(0, |i| i + 1) >= queued;
+        let _ = applied.wait_for(|a| done(a) || failed.lock().expect("failed lock").is_some()).await;
+        self.failure()
     }
 
     /// The snapshot files, oldest first.
@@ -90,6 +132,7 @@ impl RaftStateMachine<ShardRaft> for ShardState {
     type SnapshotBuilder = ShardState;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
+        self.settled().await?;
         let store = self.store.clone();
         let state = blocking(move || store.raft_state().map_err(io_error)).await?;
         let applied = state.applied.as_deref().map(decode).transpose()?;
@@ -100,9 +143,12 @@ impl RaftStateMachine<ShardRaft> for ShardState {
     where
         S: futures_util::Stream<Item = Result<EntryResponder<ShardRaft>, io::Error>> + Unpin + OptionalSend,
     {
+        self.failure()?;
         let mut batch = Vec::new();
         let mut responders = Vec::new();
+        let mut last = 0;
         while let Some((entry, responder)) = entries.try_next().await? {
+            last = entry.log_id.index;
             let applied = encode(&entry.log_id)?;
             let (command, membership) = match entry.payload {
                 EntryPayload::Blank => (None, None),
@@ -115,16 +161,26 @@ impl RaftStateMachine<ShardRaft> for ShardState {
         if batch.is_empty() {
             return Ok(());
         }
-        // A failed transaction stops the group: the entries are committed, and must be applied before any later.
         let started = std::time::Instant::now();
         let outcomes = self.shard.apply(batch).await.map_err(io_error)?;
-        metrics::histogram!("shale_raft_apply_seconds", "shard" => self.shard.id().to_string())
-            .record(started.elapsed().as_secs_f64());
-        for (responder, outcome) in responders.into_iter().zip(outcomes) {
-            if let Some(r) = responder {
-                r.send(Applied(outcome));
+        self.queued.fetch_max(last + 1, Ordering::AcqRel);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let outcomes = match outcomes.await {
+                Ok(Ok(outcomes)) => outcomes,
+                Ok(Err(e)) => return this.apply_failed(e.to_string(), responders),
+                Err(_) => return this.apply_failed("the shard stopped".into(), responders),
+            };
+            // The worker answers in log order, after the file and cache hold the entries.
+            this.applied.send_if_modified(|a| advance(a, last));
+            metrics::histogram!("shale_raft_apply_seconds", "shard" => this.shard.id().to_string())
+                .record(started.elapsed().as_secs_f64());
+            for (responder, outcome) in responders.into_iter().zip(outcomes) {
+                if let Some(r) = responder {
+                    r.send(Applied(outcome));
+                }
             }
-        }
+        });
         Ok(())
     }
 
@@ -142,6 +198,10 @@ impl RaftStateMachine<ShardRaft> for ShardState {
             sync_dir(&self.dir)?;
         }
         self.shard.install(current.clone()).await.map_err(io_error)?;
+        if let Some(index) = meta.last_log_id.map(|l| l.index) {
+            self.queued.fetch_max(index + 1, Ordering::AcqRel);
+            self.applied.send_if_modified(|a| advance(a, index));
+        }
         metrics::counter!("shale_raft_snapshots_installed_total", "shard" => self.shard.id().to_string()).increment(1);
         self.delete_others(&current)
     }
@@ -156,6 +216,26 @@ impl RaftStateMachine<ShardRaft> for ShardState {
         })
         .await?;
         Ok(Some(SnapshotOf::<ShardRaft, SnapshotFile> { meta, snapshot: SnapshotFile(newest) }))
+    }
+}
+
+impl ShardState {
+    /// A failed transaction stops the group (at its next call): the entries are committed, and must be applied
+    /// before any later one. Their writers learn that the outcome is unknown until the node restarts.
+    fn apply_failed(&self, why: String, responders: Vec<Option<ApplyResponder<ShardRaft>>>) {
+        tracing::error!(shard = %self.shard.id(), error = %why, "applying committed entries failed; the shard's group stops");
+        let answer = || {
+            Error::Unavailable(format!(
+                "shard {}: applying the committed write failed ({why}); it is applied when the node restarts",
+                self.shard.id()
+            ))
+        };
+        for r in responders.into_iter().flatten() {
+            r.send(Applied(Some(Err(answer()))));
+        }
+        self.failed.lock().expect("failed lock").get_or_insert(why);
+        // Wakes whoever waits for the applied index.
+        self.applied.send_modify(|_| {});
     }
 }
 
@@ -184,6 +264,16 @@ impl RaftSnapshotBuilder<ShardRaft> for ShardState {
         .await?;
         Ok(SnapshotOf::<ShardRaft, SnapshotFile> { meta, snapshot: SnapshotFile(path) })
     }
+}
+
+/// Moves an applied index forward to `index` (never back: the worker's answers may be seen out of order);
+/// whether it moved.
+fn advance(applied: &mut Option<u64>, index: u64) -> bool {
+    let moved = applied.is_none_or(|a| a < index);
+    if moved {
+        *applied = Some(index);
+    }
+    moved
 }
 
 /// The snapshot metadata a shard file (or a copy of one) records.

@@ -44,6 +44,8 @@ pub struct Route {
     pub timeout: Duration,
     /// Whether this node belongs to an initialised cluster (before that, every write is refused).
     pub initialised: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The index of the last entry the local replica's file and cache hold.
+    pub applied: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
 /// One queued write.

@@ -63,13 +63,16 @@ impl ShardHandle {
         }
     }
 
-    /// Cluster mode: has the worker apply committed entries of the shard's Raft log, in order after everything
-    /// queued before, and returns each entry's outcome. Waits for room in the queue as long as the worker runs:
-    /// committed entries are never dropped.
-    pub async fn apply(&self, entries: Vec<Replicated>) -> Result<Vec<Option<Result<Reply>>>> {
+    /// Cluster mode: queues committed entries of the shard's Raft log for the worker to apply, in order after
+    /// everything queued before; the receiver gets each entry's outcome once they are applied. Waits for room in
+    /// the queue as long as the worker runs: committed entries are never dropped.
+    pub async fn apply(
+        &self,
+        entries: Vec<Replicated>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Option<Result<Reply>>>>>> {
         let (reply, rx) = oneshot::channel();
         self.send_patiently(ShardMsg::Apply { entries, reply }).await?;
-        rx.await.map_err(|_| self.stopped())?
+        Ok(rx)
     }
 
     /// Cluster mode: has the worker replace the shard file with the Raft snapshot at `from`.

@@ -17,12 +17,15 @@ use crate::shard::cache::{Cache, FillRequest};
 use crate::shard::readiness::Readiness;
 use crate::shard::{ShardMsg, ShardOptions};
 
+/// Where the outcomes of a run of applied entries go.
+type ApplyReply = oneshot::Sender<Result<Vec<Option<Result<Reply>>>>>;
+
 /// A message that must follow the writes queued before it: served once they are committed.
 enum After {
     /// A backup's snapshot (see [`crate::shard::snapshot`]).
     Backup(crate::shard::snapshot::SnapshotRequest),
-    /// Committed entries of the shard's Raft log, and where their outcomes go.
-    Apply(Vec<Replicated>, oneshot::Sender<Result<Vec<Option<Result<Reply>>>>>),
+    /// Runs of committed entries of the shard's Raft log, consecutive in the log, each with where its outcomes go.
+    Apply(Vec<(Vec<Replicated>, ApplyReply)>),
     /// A Raft snapshot to install, and where to say whether it was.
     Install(PathBuf, oneshot::Sender<Result<()>>),
 }
@@ -79,10 +82,14 @@ impl Worker {
         let mut writes: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
         let mut fills: Vec<FillRequest> = Vec::new();
         let mut policy = Policy::new(self.store.log(), self.options.durability, self.options.flush_interval);
+        // A message taken from the queue behind a run of entries to apply, served next.
+        let mut carried: Option<ShardMsg> = None;
         loop {
             // Wake up in time for the next durable point and for the held transaction's commit.
             let durable_at = policy.durable_point_at();
-            let first = if let Some(due) = durable_at.into_iter().chain(self.store.held_due()).min() {
+            let first = if let Some(m) = carried.take() {
+                m
+            } else if let Some(due) = durable_at.into_iter().chain(self.store.held_due()).min() {
                 match self.rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => {
@@ -102,7 +109,7 @@ impl Worker {
                     Err(_) => break,
                 }
             };
-            let after = self.collect(first, &mut writes, &mut fills);
+            let after = self.collect(first, &mut writes, &mut fills, &mut carried);
             if !writes.is_empty() {
                 let durable = policy.commit_is_durable();
                 let no_room = self.commit_batch(&mut writes, &mut next_rev, durable);
@@ -167,12 +174,14 @@ impl Worker {
 
     /// Takes `first` and everything already queued, up to the batch caps, without waiting. Stops at a message
     /// that must follow the writes queued before it (a backup's snapshot, replicated entries, a snapshot to
-    /// install), which is returned to be served after they are committed.
+    /// install), which is returned to be served after they are committed. Entries to apply take the runs of
+    /// entries queued right behind them along (one transaction for all), and the message after those in `carried`.
     fn collect(
         &self,
         first: ShardMsg,
         writes: &mut Vec<(Command, oneshot::Sender<Result<Reply>>)>,
         fills: &mut Vec<FillRequest>,
+        carried: &mut Option<ShardMsg>,
     ) -> Option<After> {
         let mut bytes = 0usize;
         let mut next = Some(first);
@@ -184,7 +193,24 @@ impl Worker {
                 }
                 ShardMsg::Fill(f) => fills.push(f),
                 ShardMsg::Snapshot(req) => return Some(After::Backup(req)),
-                ShardMsg::Apply { entries, reply } => return Some(After::Apply(entries, reply)),
+                ShardMsg::Apply { entries, reply } => {
+                    let mut runs = vec![(entries, reply)];
+                    let mut len = runs[0].0.len();
+                    while len < self.options.max_batch {
+                        match self.rx.try_recv() {
+                            Ok(ShardMsg::Apply { entries, reply }) => {
+                                len += entries.len();
+                                runs.push((entries, reply));
+                            }
+                            Ok(other) => {
+                                *carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    return Some(After::Apply(runs));
+                }
                 ShardMsg::Install { from, reply } => return Some(After::Install(from, reply)),
             }
             if writes.len() >= self.options.max_batch || bytes >= self.options.max_batch_bytes {
@@ -199,29 +225,41 @@ impl Worker {
     fn serve_after(&self, after: After, next_rev: &mut u64) {
         match after {
             After::Backup(req) => req.serve(&self.store),
-            After::Apply(entries, reply) => {
+            After::Apply(runs) => {
+                let mut entries = Vec::with_capacity(runs.iter().map(|(e, _)| e.len()).sum());
+                let replies: Vec<(usize, ApplyReply)> = runs
+                    .into_iter()
+                    .map(|(run, reply)| {
+                        let len = run.len();
+                        entries.extend(run);
+                        (len, reply)
+                    })
+                    .collect();
                 let applied = self.store.apply_replicated(&entries, next_rev);
-                let answer = match applied {
-                    Ok(outcomes) => Ok(outcomes
-                        .into_iter()
-                        .map(|o| {
+                match applied {
+                    Ok(outcomes) => {
+                        let mut outcomes = outcomes.into_iter().map(|o| {
                             o.map(|outcome| {
                                 outcome.map(|(r, change)| {
                                     self.cache.apply(change);
                                     r
                                 })
                             })
-                        })
-                        .collect()),
+                        });
+                        for (len, reply) in replies {
+                            let _ = reply.send(Ok(outcomes.by_ref().take(len).collect()));
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(shard = self.store.shard().0, error = %e, "applying replicated entries failed");
                         // What reached the file is unknown: the next reads go to the file.
                         self.cache.clear();
                         self.reopen(next_rev);
-                        Err(e)
+                        for (_, reply) in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
                     }
-                };
-                let _ = reply.send(answer);
+                }
             }
             After::Install(from, reply) => {
                 let installed = self.store.replace_file(&from).and_then(|()| self.store.last_rev());
