@@ -119,6 +119,7 @@ fn put(key: &str, value: &str, precondition: Precondition) -> Command {
 }
 
 fn value(replica: &Replica, key: &str) -> Option<(Vec<u8>, u64)> {
+    replica.handle.store().settle().unwrap();
     replica.handle.store().get(Space::Kv, key.as_bytes()).unwrap().map(|r| (r.value().to_vec(), r.rev()))
 }
 

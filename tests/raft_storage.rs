@@ -88,7 +88,9 @@ async fn apply(state: &mut ShardState, entries: Vec<Entry>) {
     state.applied_state().await.expect("applied");
 }
 
+/// The record of `key` in the shard's committed state, once the held transaction is committed.
 fn value(shard: &Shard, key: &str) -> Option<Vec<u8>> {
+    shard.handle.store().settle().unwrap();
     shard.handle.store().get(Space::Kv, key.as_bytes()).unwrap().map(|r| r.value().to_vec())
 }
 
@@ -151,6 +153,8 @@ fn applied_commands_and_their_position_move_with_a_snapshot_to_another_replica()
         assert_eq!(theirs.meta, snapshot.meta);
         // The installed replica goes on from there, with revisions after the snapshot's.
         apply(&mut sb, vec![proposal(5, put("k", "four"))]).await;
+        a.handle.store().settle().unwrap();
+        b.handle.store().settle().unwrap();
         let rev_a = a.handle.store().get(Space::Kv, b"k").unwrap().unwrap().rev();
         let rev_b = b.handle.store().get(Space::Kv, b"k").unwrap().unwrap().rev();
         assert_eq!(rev_a, rev_b, "both replicas gave the same write the same revision");
@@ -339,5 +343,30 @@ fn the_shards_of_a_node_share_one_log_and_each_replays_its_own() {
         // The same files opened for another number of shards: refused, never read as other shards' logs.
         let err = RaftLog::open_with(&path, 3, 128).err().expect("another shard count refuses the open");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    });
+}
+
+#[test]
+fn applied_entries_lost_with_a_failed_commit_stop_every_later_apply() {
+    run(async {
+        let a = shard();
+        let mut sa = state_of(&a);
+        let mut applied = sa.applied();
+        let stream = futures_util::stream::iter([Ok((proposal(1, put("k", "one")), None))]);
+        sa.apply(stream).await.expect("queued");
+        tokio::time::timeout(std::time::Duration::from_secs(10), applied.wait_for(|a| a.is_some_and(|a| a >= 1)))
+            .await
+            .expect("applied in time")
+            .unwrap();
+        assert!(a.handle.store().pending(), "the applied entry waits in the held transaction");
+        // The disk fails the held transaction's commit: entry 1 is gone from the file, which cannot replay it.
+        a.handle.store().inject_late_commit_failures(1);
+        assert!(a.handle.store().settle().is_err(), "the injected commit failure");
+        let stream = futures_util::stream::iter([Ok((proposal(2, put("j", "two")), None))]);
+        sa.apply(stream).await.expect("queued");
+        let stopped = sa.applied_state().await;
+        assert!(stopped.is_err(), "entry 2 must not be applied to a file that lost entry 1: {stopped:?}");
+        let stream = futures_util::stream::iter([Ok((proposal(3, put("i", "three")), None))]);
+        assert!(sa.apply(stream).await.is_err(), "the group stops at its next call");
     });
 }

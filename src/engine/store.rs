@@ -8,9 +8,9 @@
 //! fdatasyncs the frame under `DURABILITY=immediate` ([`Log::Fsynced`]) or leaves it to the page cache under
 //! `eventual` ([`Log::Written`]); [`Store::flush`] is then the checkpoint. Every open replays the log, logged or not.
 //!
-//! # Held transaction (logged stores only)
-//! A logged batch is answered once its log frame is written (fdatasynced under `immediate`), so its redb commit
-//! can wait: the write transaction stays open ("held") across batches and is committed once it holds
+//! # Held transaction (logged stores, and a cluster's applied entries)
+//! A logged batch is answered once its log frame is written (fdatasynced under `immediate`), and a cluster
+//! shard's entries are applied once a majority's Raft logs hold them, so their redb commit can wait: the write transaction stays open ("held") across batches and is committed once it holds
 //! [`HOLD_BATCHES`](crate::engine::durability::HOLD_BATCHES) batches or
 //! [`HOLD_BYTES`](crate::engine::durability::HOLD_BYTES) of payload, or is [`HOLD_TIME`] old, or when something
 //! reads the committed state on behalf of a client ([`Store::settle`]). A hold that a batch fills is committed
@@ -23,7 +23,9 @@
 //!   first; readers never see a change before it is in the log.
 //! - The shard thread holds the `held` lock for a whole batch, so [`Store::settle`] waits for a batch in flight.
 //! - Every batch in a held transaction is in the log: if the transaction is lost (a failed batch, a failed
-//!   commit), the store is marked for a reopen, and the reopen's replay brings them back.
+//!   commit), the store is marked for a reopen, and the reopen's replay brings them back. Applied Raft entries
+//!   are in the Raft log instead, which the store cannot replay: their loss refuses every later apply, so the
+//!   group stops and the restarted node applies them again ([`Store::apply_replicated`]).
 //!
 //! # Tables
 //! - `kv`, `docs`, `counters`, `buckets`: key bytes -> encoded [`Record`] (one table per [`Space`]).
@@ -107,6 +109,12 @@ pub struct Store {
     injected_checkpoint_failures: AtomicU32,
     /// A write failed inside redb: the handle refuses everything (reads too) until it is closed and reopened.
     needs_reopen: AtomicBool,
+    /// The held transaction holds applied entries of the shard's Raft log (cluster mode).
+    holds_replicated: AtomicBool,
+    /// Applied Raft entries were lost with a failed transaction: every later apply is refused, so the group stops
+    /// and the restarted node applies them again from its log (a reopen alone would build on a file that lacks
+    /// them).
+    replicated_lost: AtomicBool,
     /// The last write failed for lack of space: each write first checks that space came back ([`Store::check_space`]).
     disk_full: AtomicBool,
 }
@@ -146,6 +154,8 @@ impl Store {
             #[cfg(test)]
             injected_checkpoint_failures: AtomicU32::new(0),
             needs_reopen: AtomicBool::new(false),
+            holds_replicated: AtomicBool::new(false),
+            replicated_lost: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
         })
     }
@@ -265,6 +275,7 @@ impl Store {
         // Only now: a reader that sees `false` finds every answered batch in the committed state. After a failure
         // it stays true (the batches are only in the log) until the reopen has replayed them.
         self.pending.store(false, Ordering::Release);
+        self.holds_replicated.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -386,6 +397,10 @@ impl Store {
     /// check the free space first), and returns the error.
     fn write_failed(&self, e: Error) -> Error {
         self.needs_reopen.store(true, Ordering::Release);
+        // A held transaction with applied Raft entries is gone: the file lacks entries the group counts as applied.
+        if self.holds_replicated.load(Ordering::Acquire) {
+            self.replicated_lost.store(true, Ordering::Release);
+        }
         self.disk_full.store(matches!(e, Error::InsufficientStorage(_)), Ordering::Release);
         e
     }
@@ -748,20 +763,38 @@ impl Store {
 
     /// Applies committed entries of the shard's Raft log in ONE write transaction, each command checked and
     /// applied as in [`Store::apply_batch`], and records the last entry as applied (and the newest membership
-    /// among them) in the same transaction. The commit is not fsynced: the Raft log keeps the entries until a
-    /// durable snapshot covers them. `Err` means the transaction failed: nothing of it is stored, and the store
-    /// must be reopened.
+    /// among them) in the same transaction. The transaction is held across calls like a logged batch's (module
+    /// doc): the Raft log keeps the entries until a durable snapshot covers them, as the write-ahead log keeps a
+    /// logged batch, so the commit can wait ([`Store::end_full_hold`], [`Store::settle`]) and is never fsynced.
+    /// `Err` means the entries are not applied and the group must stop: the transaction failed, or applied
+    /// entries were lost with an earlier one.
     pub fn apply_replicated(&self, entries: &[Replicated], next_rev: &mut u64) -> Result<Vec<Option<Outcome>>> {
+        if self.replicated_lost.load(Ordering::Acquire) {
+            return Err(Error::Unavailable(format!(
+                "shard {}: applied entries were lost with a failed transaction; the node must restart to apply \
+                 them again from its Raft log",
+                self.shard
+            )));
+        }
         self.reopen()?;
         let storage_err = storage(self.shard, "apply");
         let err = |e: redb::Error| self.write_failed(storage_err(e));
         let db = self.db()?;
-        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-        txn.set_durability(Durability::None).map_err(|e| err(e.into()))?;
+        let mut held = self.held.lock().expect("held lock is never held across a panic");
+        let mut h = match held.take() {
+            Some(h) => h,
+            None => {
+                let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+                txn.set_durability(Durability::None).map_err(|e| err(e.into()))?;
+                Held { txn, batches: 0, bytes: 0, since: Instant::now() }
+            }
+        };
+        // From here on, an error drops `h` with whatever it held: `write_failed` then marks the entries lost.
+        self.holds_replicated.store(true, Ordering::Release);
         let mut rev = *next_rev;
         let mut outcomes = Vec::with_capacity(entries.len());
         {
-            let mut tables = Tables::new(&txn);
+            let mut tables = Tables::new(&h.txn);
             for e in entries {
                 outcomes.push(match &e.command {
                     Some(cmd) => Some(apply_one(&mut tables, cmd, &mut rev).map_err(&err)?),
@@ -770,7 +803,7 @@ impl Store {
             }
         }
         {
-            let mut raft = txn.open_table(TABLE_RAFT).map_err(|e| err(e.into()))?;
+            let mut raft = h.txn.open_table(TABLE_RAFT).map_err(|e| err(e.into()))?;
             if let Some(last) = entries.last() {
                 raft.insert(RAFT_APPLIED, &last.applied[..]).map_err(|e| err(e.into()))?;
             }
@@ -778,17 +811,23 @@ impl Store {
                 raft.insert(RAFT_MEMBERSHIP, &m[..]).map_err(|e| err(e.into()))?;
             }
             if rev != *next_rev {
-                let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+                let mut meta = h.txn.open_table(META).map_err(|e| err(e.into()))?;
                 meta.insert(META_REV, rev - 1).map_err(|e| err(e.into()))?;
             }
         }
-        txn.commit().map_err(|e| err(e.into()))?;
+        h.batches += 1;
+        h.bytes += entries.iter().filter_map(|e| e.command.as_ref()).map(Command::weight).sum::<usize>();
+        // About to be answered: readers of the committed state go through the shard or settle first.
+        self.pending.store(true, Ordering::Release);
+        *held = Some(h);
         *next_rev = rev;
         Ok(outcomes)
     }
 
-    /// A cluster shard's Raft state, as [`Store::apply_replicated`] recorded it.
+    /// A cluster shard's Raft state, as [`Store::apply_replicated`] recorded it (the held transaction committed
+    /// first).
     pub fn raft_state(&self) -> Result<RaftState> {
+        self.settle()?;
         let err = storage(self.shard, "read");
         let db = self.db()?;
         let txn = db.begin_read().map_err(|e| err(e.into()))?;
@@ -805,7 +844,9 @@ impl Store {
     /// shard thread. The copy is durable, under its final name, before the old file is gone.
     pub fn replace_file(&self, from: &Path) -> Result<()> {
         let io = |what: &str, e: std::io::Error| Error::storage(&format!("shard {}: {what}", self.shard), e);
+        // The snapshot is newer than everything the held transaction applied.
         drop(self.held.lock().expect("held lock is never held across a panic").take());
+        self.holds_replicated.store(false, Ordering::Release);
         self.take_db()?;
         let incoming = self.path.with_extension("redb.incoming");
         std::fs::copy(from, &incoming).map_err(|e| io("copying the snapshot", e))?;

@@ -249,6 +249,11 @@ impl Worker {
                         for (len, reply) in replies {
                             let _ = reply.send(Ok(outcomes.by_ref().take(len).collect()));
                         }
+                        // After the answers, as for a logged batch.
+                        if let Err(e) = self.store.end_full_hold() {
+                            tracing::error!(shard = self.store.shard().0, error = %e, "cannot reopen after a failed commit of a hold");
+                            self.reopen(next_rev);
+                        }
                     }
                     Err(e) => {
                         tracing::error!(shard = self.store.shard().0, error = %e, "applying replicated entries failed");
