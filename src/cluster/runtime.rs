@@ -46,6 +46,16 @@ const CAUGHT_UP_ENTRIES: u64 = 100;
 /// How often a joining node asks again, and a leader looks for learners to promote.
 const MEMBERSHIP_POLL: Duration = Duration::from_millis(500);
 
+/// How many log entries shard `shard` of node `node` lets pass between its snapshots: `entries` and up to half
+/// as many again, a fixed share for each node and shard. Every replica of a shard reaches a given log index at
+/// about the same time, and every shard of a busy node about together; with one count for all, every node would
+/// copy every shard file at once, starving the writes of the CPU for the length of a copy.
+fn snapshot_every(entries: u64, node: u64, shard: u32) -> u64 {
+    let share = xxhash_rust::xxh3::xxh3_64(&[node.to_le_bytes(), u64::from(shard).to_le_bytes()].concat()) % 1000;
+    let extra = u128::from(entries / 2) * u128::from(share) / 1000;
+    entries.saturating_add(extra as u64)
+}
+
 /// Records the cluster a node belongs to in its manifest.
 pub type RecordCluster = Box<dyn Fn(&ClusterId) -> io::Result<()> + Send + Sync>;
 
@@ -107,11 +117,9 @@ impl Cluster {
             heartbeat_interval: HEARTBEAT_MS,
             election_timeout_min: ELECTION_TIMEOUT_MS.0,
             election_timeout_max: ELECTION_TIMEOUT_MS.1,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: config.snapshot_entries / 5,
             ..Default::default()
         };
-        let raft_config = Arc::new(raft_config.validate().map_err(io::Error::other)?);
         let security = Security::new(config.secret.clone().into(), config.tls.clone());
         // Connections to peers leave from the address the node listens on, when it names one.
         let source = config
@@ -130,7 +138,11 @@ impl Cluster {
                 let snapshots = config.data_dir.join(format!("shard-{i}.snapshots"));
                 let state = ShardState::new(shard.clone(), snapshots.clone())?;
                 applied.push(state.applied());
-                let group = Group::new(identity.node(), raft_config.clone(), peers.network(i), log, state)
+                let every = snapshot_every(config.snapshot_entries, identity.node(), i);
+                let shard_config =
+                    openraft::Config { snapshot_policy: SnapshotPolicy::LogsSinceLast(every), ..raft_config.clone() };
+                let shard_config = Arc::new(shard_config.validate().map_err(io::Error::other)?);
+                let group = Group::new(identity.node(), shard_config, peers.network(i), log, state)
                     .await
                     .map_err(|e| io::Error::other(format!("starting shard {i}'s Raft group: {e}")))?;
                 groups_served.insert(i, group.clone(), snapshots);
@@ -619,4 +631,26 @@ pub struct ShardStatus {
     pub snapshot: Option<u64>,
     /// On the leader: how many entries each replica is behind.
     pub lag: Option<BTreeMap<String, u64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_every;
+
+    #[test]
+    fn the_nodes_and_shards_of_a_cluster_snapshot_at_different_points() {
+        let nodes = [0x8d1f_03a2_77c4_5e10_u64, 0x2b6e_91d0_4f38_a7c5, 0xf407_5c2e_b913_6d88];
+        let mut points = std::collections::BTreeSet::new();
+        for node in nodes {
+            for shard in 0..4 {
+                let every = snapshot_every(100_000, node, shard);
+                assert!((100_000..=150_000).contains(&every), "{every} entries between snapshots");
+                assert_eq!(every, snapshot_every(100_000, node, shard), "a node keeps its points across restarts");
+                points.insert(every);
+            }
+        }
+        assert!(points.len() >= 10, "12 replicas snapshot at only {} points: {points:?}", points.len());
+        assert!(snapshot_every(u64::MAX, nodes[0], 0) == u64::MAX, "the largest setting saturates");
+        assert!((10..=15).contains(&snapshot_every(10, nodes[1], 3)));
+    }
 }
