@@ -462,3 +462,24 @@ async fn kill_9_of_every_node_at_once_loses_no_acknowledged_write() {
     c.wait_voters(0, &[0, 1, 2]).await;
     check_nothing_lost(&c, &acked, increments, u64::MAX).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_miss_the_cache_see_applied_writes_not_yet_committed_to_the_shard_file() {
+    // No cache: every read goes to the shard, whose applied entries wait in a held transaction for up to a second.
+    let env = [ENV, &[("CACHE_BYTES", "0")]].concat();
+    let c = TestCluster::start(3, &env);
+    c.init(0).await;
+    c.wait_voters(0, &[0, 1, 2]).await;
+    for round in 0..20 {
+        let key = format!("/kv/m{}", round % 5);
+        let value = format!("v{round}");
+        assert_eq!(put(c.url(round % 3, &key), &value).await.as_u16() / 100, 2, "round {round}");
+        for i in 0..3 {
+            assert_eq!(
+                get(c.url(i, &key)).await,
+                (200, value.clone()),
+                "a linearizable read on node {i}, round {round}"
+            );
+        }
+    }
+}

@@ -59,6 +59,8 @@ pub struct ShardState {
     queued: Arc<AtomicU64>,
     /// Why an apply failed: the group stops at its next call.
     failed: Arc<Mutex<Option<String>>>,
+    /// `shale_raft_apply_seconds`: from queueing entries to their outcomes.
+    apply_seconds: metrics::Histogram,
 }
 
 impl ShardState {
@@ -68,6 +70,7 @@ impl ShardState {
         let store = shard.store().clone();
         let applied = store.raft_state().map_err(io_error)?.applied.as_deref().map(decode::<LogId>).transpose()?;
         let applied = applied.map(|l| l.index);
+        let apply_seconds = metrics::histogram!("shale_raft_apply_seconds", "shard" => shard.id().to_string());
         Ok(ShardState {
             shard,
             store,
@@ -75,6 +78,7 @@ impl ShardState {
             applied: Arc::new(watch::channel(applied).0),
             queued: Arc::new(AtomicU64::new(applied.map_or(0, |i| i + 1))),
             failed: Arc::default(),
+            apply_seconds,
         })
     }
 
@@ -88,6 +92,24 @@ impl ShardState {
             Some(why) => Err(io::Error::other(format!("applying committed entries failed: {why}"))),
             None => Ok(()),
         }
+    }
+
+    /// A failed transaction stops the group (at its next call): the entries are committed, and must be applied
+    /// before any later one. Their writers learn that the outcome is unknown until the node restarts.
+    fn apply_failed(&self, why: String, responders: Vec<Option<ApplyResponder<ShardRaft>>>) {
+        tracing::error!(shard = %self.shard.id(), error = %why, "applying committed entries failed; the shard's group stops");
+        let answer = || {
+            Error::Unavailable(format!(
+                "shard {}: applying the committed write failed ({why}); it is applied when the node restarts",
+                self.shard.id()
+            ))
+        };
+        for r in responders.into_iter().flatten() {
+            r.send(Applied(Some(Err(answer()))));
+        }
+        self.failed.lock().expect("failed lock").get_or_insert(why);
+        // Wakes whoever waits for the applied index.
+        self.applied.send_modify(|_| {});
     }
 
     /// Waits until every entry queued to the worker is applied.
@@ -173,8 +195,7 @@ impl RaftStateMachine<ShardRaft> for ShardState {
             };
             // The worker answers in log order, after the file and cache hold the entries.
             this.applied.send_if_modified(|a| advance(a, last));
-            metrics::histogram!("shale_raft_apply_seconds", "shard" => this.shard.id().to_string())
-                .record(started.elapsed().as_secs_f64());
+            this.apply_seconds.record(started.elapsed().as_secs_f64());
             for (responder, outcome) in responders.into_iter().zip(outcomes) {
                 if let Some(r) = responder {
                     r.send(Applied(outcome));
@@ -216,26 +237,6 @@ impl RaftStateMachine<ShardRaft> for ShardState {
         })
         .await?;
         Ok(Some(SnapshotOf::<ShardRaft, SnapshotFile> { meta, snapshot: SnapshotFile(newest) }))
-    }
-}
-
-impl ShardState {
-    /// A failed transaction stops the group (at its next call): the entries are committed, and must be applied
-    /// before any later one. Their writers learn that the outcome is unknown until the node restarts.
-    fn apply_failed(&self, why: String, responders: Vec<Option<ApplyResponder<ShardRaft>>>) {
-        tracing::error!(shard = %self.shard.id(), error = %why, "applying committed entries failed; the shard's group stops");
-        let answer = || {
-            Error::Unavailable(format!(
-                "shard {}: applying the committed write failed ({why}); it is applied when the node restarts",
-                self.shard.id()
-            ))
-        };
-        for r in responders.into_iter().flatten() {
-            r.send(Applied(Some(Err(answer()))));
-        }
-        self.failed.lock().expect("failed lock").get_or_insert(why);
-        // Wakes whoever waits for the applied index.
-        self.applied.send_modify(|_| {});
     }
 }
 

@@ -10,7 +10,8 @@
 //!
 //! # Held transaction (logged stores, and a cluster's applied entries)
 //! A logged batch is answered once its log frame is written (fdatasynced under `immediate`), and a cluster
-//! shard's entries are applied once a majority's Raft logs hold them, so their redb commit can wait: the write transaction stays open ("held") across batches and is committed once it holds
+//! shard's entries are applied once a majority's Raft logs hold them, so their redb commit can wait: the write
+//! transaction stays open ("held") across batches and is committed once it holds
 //! [`HOLD_BATCHES`](crate::engine::durability::HOLD_BATCHES) batches or
 //! [`HOLD_BYTES`](crate::engine::durability::HOLD_BYTES) of payload, or is [`HOLD_TIME`] old, or when something
 //! reads the committed state on behalf of a client ([`Store::settle`]). A hold that a batch fills is committed
